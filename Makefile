@@ -1,0 +1,38 @@
+# The two set-up commands of the README:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup demo example test lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup            ## install, then run the end-to-end demo (hub + nodes on 127.0.0.1)
+	$(VENV)/bin/consortia demo
+
+example: setup         ## install, then a first federated analysis in simulation
+	$(PY) examples/first_analysis.py
+
+test: setup lint       ## install, lint, then run the whole test suite
+	$(PY) -m pytest -n 2 -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench examples docs
+	$(VENV)/bin/ruff format --check src tests bench examples docs
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests bench examples docs
+	$(VENV)/bin/ruff format src tests bench examples docs
+
+bench: setup
+	$(PY) bench/secure_sum.py
+	$(PY) bench/glm_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

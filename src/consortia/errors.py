@@ -1,0 +1,95 @@
+"""The consortia exception hierarchy, drawn in one place.
+
+Every error consortia raises on purpose derives from :class:`ConsortiaError`.
+Third-party errors (numpy, cryptography, httpx, SQLAlchemy) are translated into
+these at the boundary where they occur, so callers only ever need to catch the
+classes below.  Messages name the parameter, column or rule that was broken and
+never contain a patient-level value.
+"""
+
+from __future__ import annotations
+
+
+class ConsortiaError(Exception):
+    """Base class of every error raised by consortia."""
+
+
+class ValidationError(ConsortiaError, ValueError):
+    """Bad input: a parameter, a column or a file breaks a documented rule."""
+
+
+class SchemaError(ValidationError):
+    """A dataset does not match its declared schema (missing column, wrong type, ...)."""
+
+
+class AlgorithmError(ConsortiaError):
+    """An algorithm was misused or could not produce a result."""
+
+
+class UnknownAlgorithmError(AlgorithmError, KeyError):
+    """No algorithm is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConvergenceError(AlgorithmError):
+    """An iterative algorithm did not converge within its round budget."""
+
+
+class ProtocolError(ConsortiaError):
+    """A message breaks the federation protocol (wrong layout, round, study, ...)."""
+
+
+class PrivacyError(ConsortiaError):
+    """The privacy layer refused an operation (encoding range, key check, replay)."""
+
+
+class EncodingRangeError(PrivacyError, ValidationError):
+    """A value is outside the range the fixed-point encoding can represent."""
+
+
+class KeyVerificationError(PrivacyError):
+    """A peer's masking key does not carry a valid signature from its identity."""
+
+
+class SecureAggregationError(PrivacyError):
+    """A secure-aggregation rule was broken (late reveal, replayed attempt, ...)."""
+
+
+class PolicyError(ConsortiaError):
+    """A node's disclosure policy refused to release a contribution.
+
+    Parameters
+    ----------
+    rule
+        The name of the policy rule that was broken (for example
+        ``"min_cohort_size"``).  The offending value is never included.
+    message
+        A human-readable explanation naming the rule and its threshold.
+    site
+        The site whose policy refused, when known.
+    """
+
+    def __init__(self, rule: str, message: str, *, site: str | None = None) -> None:
+        self.rule = rule
+        self.detail = message
+        self.site = site
+        prefix = f"site {site!r}: " if site else ""
+        super().__init__(f"{prefix}policy rule {rule!r} refused the release: {message}")
+
+    def with_site(self, site: str) -> PolicyError:
+        """Return a copy of this error attributed to ``site``."""
+        return PolicyError(self.rule, self.detail, site=site)
+
+
+class SiteFailure(ConsortiaError):
+    """A site failed to answer a round (crash, timeout, network error)."""
+
+    def __init__(self, site: str, reason: str = "no answer") -> None:
+        self.site = site
+        super().__init__(f"site {site!r} failed: {reason}")
+
+
+class StudyFailed(ConsortiaError):
+    """A study could not be completed; the message gives the reason."""

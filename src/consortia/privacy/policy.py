@@ -1,0 +1,122 @@
+"""A node's disclosure policy, enforced before anything leaves the node.
+
+The policy is checked twice for every round: once before the algorithm runs
+(:meth:`Policy.check_round`: is the algorithm allowed, are there enough peers)
+and once on the contribution it produced (:meth:`Policy.check_contribution`:
+cohort size, small cells, parameters per sample).  A breach raises
+:class:`~consortia.errors.PolicyError` naming the rule and its threshold, never
+the offending value, and nothing is released.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from consortia.errors import PolicyError, ValidationError
+from consortia.protocol import Contribution
+
+__all__ = ["Policy"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """Disclosure rules of one node for one dataset.
+
+    Parameters
+    ----------
+    allowed_algorithms
+        Algorithm names (shell-style patterns such as ``"stats.*"`` allowed) this
+        dataset may be used by; ``("*",)`` allows every registered algorithm.
+    min_cohort_size
+        Smallest number of patients a contribution may be computed from.
+    min_cell_count
+        Smallest non-zero value allowed in an array declared as counts.
+    min_sites
+        Smallest number of sites (this one included) a round may have.
+    max_params_per_sample
+        Largest ratio of model parameters to the contribution's cohort.
+    """
+
+    allowed_algorithms: tuple[str, ...] = ("*",)
+    min_cohort_size: int = 10
+    min_cell_count: int = 5
+    min_sites: int = 3
+    max_params_per_sample: float = 0.33
+
+    def __post_init__(self) -> None:
+        algos = self.allowed_algorithms
+        if isinstance(algos, str):
+            algos = (algos,)
+        if not all(isinstance(a, str) and a for a in algos):
+            raise ValidationError("Policy.allowed_algorithms must be a list of names")
+        object.__setattr__(self, "allowed_algorithms", tuple(algos))
+        for name in ("min_cohort_size", "min_cell_count", "min_sites"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValidationError(f"Policy.{name} must be a non-negative integer")
+        ratio = self.max_params_per_sample
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+            raise ValidationError("Policy.max_params_per_sample must be a positive number")
+
+    @classmethod
+    def from_mapping(cls, obj: Mapping[str, Any]) -> Policy:
+        """Build a policy from a mapping (for example a TOML table); unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise ValidationError(
+                f"unknown policy setting(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**dict(obj))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Inverse of :meth:`from_mapping`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["allowed_algorithms"] = list(self.allowed_algorithms)
+        return out
+
+    def allows(self, algorithm: str) -> bool:
+        """Whether ``algorithm`` matches one of the allowed patterns."""
+        return any(fnmatch.fnmatchcase(algorithm, pat) for pat in self.allowed_algorithms)
+
+    def check_round(self, algorithm: str, n_sites: int) -> None:
+        """Refuse a round of a disallowed algorithm or with too few sites."""
+        if not self.allows(algorithm):
+            raise PolicyError(
+                "allowed_algorithms",
+                f"algorithm {algorithm!r} is not allowed on this dataset",
+            )
+        if n_sites < self.min_sites:
+            raise PolicyError(
+                "min_sites", f"a round needs at least {self.min_sites} participating sites"
+            )
+
+    def check_contribution(self, contribution: Contribution) -> None:
+        """Refuse a contribution that breaks a cohort, cell or parameter rule."""
+        cohort = contribution.cohort
+        if cohort < self.min_cohort_size:
+            raise PolicyError(
+                "min_cohort_size",
+                f"a contribution must come from at least {self.min_cohort_size} patients",
+            )
+        for name in sorted(contribution.count_arrays):
+            arr = contribution.arrays[name]
+            small = (arr != 0) & (np.abs(arr) < self.min_cell_count)
+            if np.any(small):
+                raise PolicyError(
+                    "min_cell_count",
+                    f"count array {name!r} has non-zero cells below {self.min_cell_count}",
+                )
+        if contribution.n_parameters and (
+            contribution.n_parameters > self.max_params_per_sample * cohort
+        ):
+            raise PolicyError(
+                "max_params_per_sample",
+                f"a model may have at most {self.max_params_per_sample} parameters per patient "
+                "in this site's cohort",
+            )

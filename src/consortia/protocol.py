@@ -1,0 +1,334 @@
+"""The algorithm protocol: what every federated algorithm implements.
+
+An algorithm has two pure sides built from the same parameters:
+
+* :meth:`Algorithm.coordinate` (hub side) is a deterministic generator.  It
+  yields :class:`Round` objects (a step name and public arrays broadcast to the
+  sites) and receives, for each, the element-wise *sums* over sites of the sites'
+  contributions.  It finally returns a result object.
+* :meth:`Algorithm.local` (site side) computes one site's
+  :class:`Contribution` for a step from the public arrays and the site's private
+  data.
+
+Because ``coordinate`` depends only on the sums it received, a runtime can
+persist each round's sums and rebuild the generator's state after a crash by
+replaying them (:meth:`Coordinator.replay`).
+
+Algorithms never perform I/O and never import the runtime; they know only this
+module, numpy/scipy and their own maths.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+
+from consortia.errors import (
+    AlgorithmError,
+    ProtocolError,
+    UnknownAlgorithmError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from consortia.data.dataset import Dataset
+
+__all__ = [
+    "Algorithm",
+    "Contribution",
+    "Coordinator",
+    "Round",
+    "Sums",
+    "algorithm_from_spec",
+    "get_algorithm",
+    "register",
+    "registered_algorithms",
+]
+
+Sums = Mapping[str, np.ndarray]
+"""The element-wise sums over sites of the sites' contributions, by array name."""
+
+MAX_ROUNDS = 10_000
+"""A hard bound on the number of rounds one study may take."""
+
+
+def _as_float_array(name: str, value: Any, *, what: str) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what} array {name!r} is not numeric") from exc
+    if not np.all(np.isfinite(arr)):
+        raise ValidationError(f"{what} array {name!r} contains NaN or infinite values")
+    arr.setflags(write=False)
+    return arr
+
+
+def _check_name(name: Any, *, what: str) -> str:
+    if not isinstance(name, str) or not name or not name.replace("_", "a").isalnum():
+        raise ValidationError(
+            f"{what} array name {name!r} must be a non-empty identifier "
+            "(letters, digits, underscore)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round decided by the hub side: a step name and public arrays.
+
+    Parameters
+    ----------
+    step
+        The name of the site-side computation to run (passed to
+        :meth:`Algorithm.local`).
+    public
+        Arrays broadcast to every site (for example the current coefficients).
+        They are public: every participant and the hub sees them.
+    """
+
+    step: str
+    public: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.step, str) or not self.step:
+            raise ValidationError("Round.step must be a non-empty string")
+        public = {
+            _check_name(k, what="public"): _as_float_array(k, v, what="public")
+            for k, v in dict(self.public).items()
+        }
+        object.__setattr__(self, "public", MappingProxyType(public))
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One site's contribution to a round: named float arrays to be summed.
+
+    Parameters
+    ----------
+    arrays
+        Named numeric arrays.  The runtime sums each array element-wise over the
+        participating sites (securely: no party sees one site's array).
+    cohort
+        The number of patients this contribution was computed from; checked
+        against the node's minimum cohort size.  Never released.
+    count_arrays
+        Names of arrays holding counts of patients; every non-zero entry must
+        reach the node's minimum cell count.
+    n_parameters
+        The number of model parameters this contribution helps estimate (0 for a
+        descriptive statistic); checked against the node's maximum
+        parameters-per-sample ratio.
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    cohort: int
+    count_arrays: frozenset[str] = frozenset()
+    n_parameters: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.arrays:
+            raise ValidationError("a Contribution needs at least one array")
+        arrays = {
+            _check_name(k, what="contribution"): _as_float_array(k, v, what="contribution")
+            for k, v in dict(self.arrays).items()
+        }
+        object.__setattr__(self, "arrays", MappingProxyType(arrays))
+        if int(self.cohort) != self.cohort or self.cohort < 0:
+            raise ValidationError("Contribution.cohort must be a non-negative integer")
+        object.__setattr__(self, "cohort", int(self.cohort))
+        counts = frozenset(self.count_arrays)
+        unknown = counts - set(arrays)
+        if unknown:
+            raise ValidationError(
+                f"count_arrays names arrays that are not in the contribution: {sorted(unknown)}"
+            )
+        object.__setattr__(self, "count_arrays", counts)
+        if int(self.n_parameters) != self.n_parameters or self.n_parameters < 0:
+            raise ValidationError("Contribution.n_parameters must be a non-negative integer")
+
+
+Coordination = Generator[Round, Sums, Any]
+
+
+class Algorithm(abc.ABC):
+    """Base class of federated algorithms.
+
+    Subclasses are frozen dataclasses with keyword-only, JSON-serialisable
+    parameters (str, int, float, bool, None, and tuples/lists of these), a
+    unique class attribute ``name``, and are registered with :func:`register`.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def coordinate(self) -> Coordination:
+        """Hub side: yield rounds, receive their sums, return the result."""
+
+    @abc.abstractmethod
+    def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
+        """Site side: compute this site's contribution to ``step``."""
+
+    def spec(self) -> dict[str, Any]:
+        """Return the JSON-serialisable description ``{"name", "params"}`` of this algorithm."""
+        if not dataclasses.is_dataclass(self):
+            raise AlgorithmError(f"algorithm {type(self).__name__} must be a dataclass")
+        params = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"name": self.name, "params": params}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise AlgorithmError(f"algorithm parameter of type {type(value).__name__} is not serialisable")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Algorithm]] = {}
+_BUILTIN_PACKAGES = ("consortia.stats",)
+_builtins_loaded = False
+
+A = TypeVar("A", bound=type[Algorithm])
+
+
+def register(cls: A) -> A:
+    """Class decorator: register an algorithm under its ``name``."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise AlgorithmError(f"{cls.__name__} must define a class attribute 'name'")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise AlgorithmError(f"algorithm name {name!r} is already registered by {existing}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for pkg in _BUILTIN_PACKAGES:
+            importlib.import_module(pkg)
+
+
+def registered_algorithms() -> dict[str, type[Algorithm]]:
+    """Return a copy of the registry: algorithm name -> class."""
+    _load_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    """Return the algorithm class registered under ``name``."""
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UnknownAlgorithmError(
+            f"no algorithm is registered under {name!r} (known: {known})"
+        ) from None
+
+
+def algorithm_from_spec(spec: Mapping[str, Any]) -> Algorithm:
+    """Rebuild an algorithm from :meth:`Algorithm.spec` output."""
+    try:
+        name, params = spec["name"], spec.get("params", {})
+    except (KeyError, TypeError, AttributeError):
+        raise ValidationError("an algorithm spec needs 'name' and 'params'") from None
+    cls = get_algorithm(name)
+    try:
+        return cls(**{k: _from_json(v) for k, v in dict(params).items()})
+    except TypeError as exc:
+        raise ValidationError(f"bad parameters for algorithm {name!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+class Coordinator:
+    """Drives an algorithm's hub side one round at a time.
+
+    ``current`` is the round awaiting sums, or ``None`` once ``done``; then
+    ``result`` holds the algorithm's result.  The coordinator records the sums it
+    was given (``history``); :meth:`replay` rebuilds the same state from them.
+
+    Parameters
+    ----------
+    algorithm
+        The algorithm whose :meth:`~Algorithm.coordinate` is driven.
+    max_rounds
+        A hard bound on the number of rounds; exceeding it raises
+        :class:`~consortia.errors.ProtocolError`.
+    """
+
+    def __init__(self, algorithm: Algorithm, *, max_rounds: int = MAX_ROUNDS) -> None:
+        self.algorithm = algorithm
+        self.max_rounds = max_rounds
+        self.history: list[dict[str, np.ndarray]] = []
+        self.current: Round | None = None
+        self.result: Any = None
+        self.done = False
+        self._gen = algorithm.coordinate()
+        self._resume(lambda: next(self._gen))
+
+    @property
+    def round_index(self) -> int:
+        """Index of the current round (the number of rounds already summed)."""
+        return len(self.history)
+
+    def _resume(self, step: Any) -> None:
+        try:
+            rnd = step()
+        except StopIteration as stop:
+            self.current, self.result, self.done = None, stop.value, True
+            return
+        if not isinstance(rnd, Round):
+            raise ProtocolError(
+                f"{type(self.algorithm).__name__}.coordinate() yielded "
+                f"{type(rnd).__name__}, expected a Round"
+            )
+        if len(self.history) >= self.max_rounds:
+            raise ProtocolError(f"study exceeded the bound of {self.max_rounds} rounds")
+        self.current = rnd
+
+    def advance(self, sums: Sums) -> Round | None:
+        """Give the sums of the current round; return the next round (or ``None``)."""
+        if self.done:
+            raise ProtocolError("the study is already finished")
+        frozen = {k: np.array(v, dtype=np.float64) for k, v in sums.items()}
+        for v in frozen.values():
+            v.setflags(write=False)
+        self.history.append(frozen)
+        self._resume(lambda: self._gen.send(MappingProxyType(frozen)))
+        return self.current
+
+    @classmethod
+    def replay(cls, algorithm: Algorithm, history: Iterable[Sums], **kwargs: Any) -> Coordinator:
+        """Rebuild a coordinator by feeding it previously recorded sums."""
+        coord = cls(algorithm, **kwargs)
+        for sums in history:
+            coord.advance(sums)
+        return coord

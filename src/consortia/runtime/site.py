@@ -1,0 +1,113 @@
+"""The site side of every runtime: policy first, then compute, encode and mask."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from consortia.data.dataset import Dataset, as_dataset
+from consortia.errors import PolicyError, ValidationError
+from consortia.privacy.keys import PeerKey, SiteIdentity, verify_peers
+from consortia.privacy.policy import Policy
+from consortia.privacy.secagg import Ledger, MaskedContribution, SecureSite
+from consortia.protocol import Algorithm, Contribution, algorithm_from_spec
+from consortia.runtime.task import Task
+
+__all__ = ["SiteWorker"]
+
+
+class SiteWorker:
+    """One site: its datasets, its policy and its keys.
+
+    The in-process simulation and the networked node both answer tasks through
+    this class, so the policy, encoding and masking path is the same everywhere.
+
+    Parameters
+    ----------
+    name
+        The site's name in the federation.
+    datasets
+        Dataset name -> :class:`~consortia.data.Dataset` (or DataFrame).
+    policies
+        One :class:`~consortia.privacy.Policy` for every dataset, or a mapping
+        dataset name -> policy (datasets not named get the default ``Policy()``).
+    identity
+        The site's private keys (generated if omitted).
+    trusted
+        Enrolled identity keys of the peers, by site name; peers' masking keys
+        must be signed by these.
+    ledger
+        Secure-aggregation records (in memory if omitted; a node persists them).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        datasets: Mapping[str, Dataset | pd.DataFrame],
+        *,
+        policies: Policy | Mapping[str, Policy] | None = None,
+        identity: SiteIdentity | None = None,
+        trusted: Mapping[str, bytes] | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.name = name
+        self.datasets = {k: as_dataset(v, name=k) for k, v in datasets.items()}
+        self._policies = policies if policies is not None else Policy()
+        self.identity = identity if identity is not None else SiteIdentity.generate()
+        self.secure = SecureSite(name, self.identity, trusted=trusted, ledger=ledger)
+        self._algorithms: dict[str, Algorithm] = {}
+
+    @property
+    def peer_key(self) -> PeerKey:
+        """This site's signed public masking key."""
+        return self.identity.peer_key(self.name)
+
+    def set_trusted(self, trusted: Mapping[str, bytes]) -> None:
+        """Replace the enrolled identity keys of the peers."""
+        self.secure.trusted = dict(trusted)
+
+    def policy_for(self, dataset: str) -> Policy:
+        """The policy that governs ``dataset``."""
+        if isinstance(self._policies, Policy):
+            return self._policies
+        return self._policies.get(dataset, Policy())
+
+    def _algorithm(self, spec: Mapping) -> Algorithm:
+        key = repr(sorted(spec.items(), key=lambda kv: kv[0]))
+        algo = self._algorithms.get(key)
+        if algo is None:
+            algo = self._algorithms[key] = algorithm_from_spec(spec)
+        return algo
+
+    def compute(self, task: Task) -> Contribution:
+        """Check the policy and compute the (unmasked) contribution; nothing leaves."""
+        if task.dataset not in self.datasets:
+            raise ValidationError(
+                f"site {self.name!r} has no dataset {task.dataset!r} "
+                f"(it has: {sorted(self.datasets)})"
+            )
+        verify_peers(task.participants, self.secure.trusted)
+        policy = self.policy_for(task.dataset)
+        algo = self._algorithm(task.algorithm)
+        try:
+            policy.check_round(algo.name, len(task.participants))
+            contribution = algo.local(task.step, task.public, self.datasets[task.dataset])
+            if not isinstance(contribution, Contribution):
+                raise ValidationError(
+                    f"{type(algo).__name__}.local() returned {type(contribution).__name__}, "
+                    "expected a Contribution"
+                )
+            policy.check_contribution(contribution)
+        except PolicyError as err:
+            raise err.with_site(self.name) from None
+        return contribution
+
+    def contribute(self, task: Task) -> MaskedContribution:
+        """Answer a task: policy, compute, encode and mask.  Only the masked vector leaves."""
+        contribution = self.compute(task)
+        return self.secure.mask(task.context, contribution.arrays)
+
+    def reveal(self, task: Task) -> bytes:
+        """Release the self-mask seed of the task's attempt (once every vector is in)."""
+        return self.secure.reveal(task.context)

@@ -1,0 +1,40 @@
+"""Shared fixtures: where the reference data lives, small synthetic site data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$CONSORTIA_SHARED_DATA`` or ``../shared/data`` beside the project root."""
+    env = os.environ.get("CONSORTIA_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not (path / "tcga_brca" / "brca.csv").exists():
+        pytest.skip(f"reference data not found at {path}")
+    return path
+
+
+@pytest.fixture
+def toy_sites() -> dict[str, pd.DataFrame]:
+    """Four sites of 40-60 rows with numeric columns x1, x2, y and a binary event."""
+    rng = np.random.default_rng(12345)
+    sites = {}
+    for i, n in enumerate((40, 55, 60, 47)):
+        x1 = rng.normal(i * 0.3, 1.0, n)
+        x2 = rng.normal(0, 2.0, n)
+        y = 1.0 + 0.5 * x1 - 0.25 * x2 + rng.normal(0, 1, n)
+        event = (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 0.8 * x1 - 0.4 * x2)))).astype(int)
+        sites[f"site{i}"] = pd.DataFrame({"x1": x1, "x2": x2, "y": y, "event": event})
+    return sites
