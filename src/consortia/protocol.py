@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import pkgutil
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -208,7 +209,7 @@ def _from_json(value: Any) -> Any:
 # --------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, type[Algorithm]] = {}
-_BUILTIN_PACKAGES = ("consortia.stats",)
+_BUILTIN_PACKAGES = ("consortia.stats", "consortia.survival")
 _builtins_loaded = False
 
 A = TypeVar("A", bound=type[Algorithm])
@@ -230,8 +231,12 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        for pkg in _BUILTIN_PACKAGES:
-            importlib.import_module(pkg)
+        for pkg_name in _BUILTIN_PACKAGES:
+            pkg = importlib.import_module(pkg_name)
+            # every public submodule registers its algorithms on import
+            for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg_name}."):
+                if not info.name.rsplit(".", 1)[-1].startswith("_"):
+                    importlib.import_module(info.name)
 
 
 def registered_algorithms() -> dict[str, type[Algorithm]]:

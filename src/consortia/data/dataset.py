@@ -24,11 +24,14 @@ class Dataset:
         The dataset's name in the node's catalogue.
     schema
         The declared column roles and types, when the dataset was registered with one.
+    site
+        The name of the site holding it (set by the runtime).
     """
 
     frame: pd.DataFrame
     name: str = "data"
     schema: Any = None
+    site: str | None = None
 
     @property
     def n_rows(self) -> int:

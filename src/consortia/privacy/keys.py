@@ -93,8 +93,9 @@ class PeerKey:
                 signature=bytes.fromhex(obj["signature"]),
             )
         except (KeyError, ValueError, TypeError):
-            raise ValidationError("a peer key needs hex fields site, mask_key, "
-                                  "identity_key and signature") from None
+            raise ValidationError(
+                "a peer key needs hex fields site, mask_key, identity_key and signature"
+            ) from None
 
 
 class SiteIdentity:
@@ -149,12 +150,12 @@ class SiteIdentity:
         try:
             return self._masking.exchange(X25519PublicKey.from_public_bytes(peer.mask_key))
         except ValueError:
-            raise KeyVerificationError(f"the masking key of site {peer.site!r} is invalid") from None
+            raise KeyVerificationError(
+                f"the masking key of site {peer.site!r} is invalid"
+            ) from None
 
 
-def verify_peers(
-    peers: tuple[PeerKey, ...], trusted: Mapping[str, bytes] | None
-) -> None:
+def verify_peers(peers: tuple[PeerKey, ...], trusted: Mapping[str, bytes] | None) -> None:
     """Verify every peer key; with ``trusted``, each identity must be the enrolled one."""
     names = [p.site for p in peers]
     if len(set(names)) != len(names):

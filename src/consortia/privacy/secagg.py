@@ -267,9 +267,13 @@ class SecureSite:
         layout = Layout.of(arrays)
         codec = ctx.codec
         n = len(ctx.sites)
-        vec = np.concatenate(
-            [codec.encode(np.ravel(arrays[k]), n_parties=n, name=k) for k, _ in layout.entries]
-        ) if layout.entries else np.zeros(0, dtype=np.uint64)
+        vec = (
+            np.concatenate(
+                [codec.encode(np.ravel(arrays[k]), n_parties=n, name=k) for k, _ in layout.entries]
+            )
+            if layout.entries
+            else np.zeros(0, dtype=np.uint64)
+        )
         vec = np.ascontiguousarray(vec, dtype=np.uint64)
         seed = seeds.get(ctx.attempt)
         if seed is None:
@@ -361,4 +365,3 @@ class SecureAggregator:
         total = self._acc.copy()
         apply_masks(total, [(_self_key(seeds[s], self.ctx), -1) for s in self.ctx.sites])
         return self.layout.split(self.ctx.codec.decode(total))
-

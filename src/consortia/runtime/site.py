@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import pandas as pd
@@ -52,7 +53,9 @@ class SiteWorker:
         ledger: Ledger | None = None,
     ) -> None:
         self.name = name
-        self.datasets = {k: as_dataset(v, name=k) for k, v in datasets.items()}
+        self.datasets = {
+            k: dataclasses.replace(as_dataset(v, name=k), site=name) for k, v in datasets.items()
+        }
         self._policies = policies if policies is not None else Policy()
         self.identity = identity if identity is not None else SiteIdentity.generate()
         self.secure = SecureSite(name, self.identity, trusted=trusted, ledger=ledger)

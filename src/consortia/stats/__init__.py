@@ -1,4 +1,9 @@
-"""Federated statistics.  Importing this package registers the built-in algorithms."""
+"""Federated statistics.
+
+Algorithms in this package register themselves on import; the registry imports
+every public submodule, so adding a module is enough to make its algorithms
+available by name.
+"""
 
 from consortia.stats.descriptive import Mean, MeanResult
 
