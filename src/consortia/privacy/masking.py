@@ -32,7 +32,7 @@ def derive_key(secret: bytes, context: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_INFO).derive(secret)
 
 
-def _encryptor(key: bytes):  # noqa: ANN202 - cryptography's context type is private
+def _encryptor(key: bytes):
     # Each key is used for one stream only, so a zero counter block is safe.
     return Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
 

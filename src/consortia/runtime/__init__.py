@@ -8,4 +8,4 @@ from consortia.runtime.simulation import Simulation
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
 
-__all__ = ["SiteWorker", "Simulation", "Task"]
+__all__ = ["Simulation", "SiteWorker", "Task"]
