@@ -1,0 +1,92 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from consortia import Policy, PolicyError, Simulation
+from consortia.errors import SchemaError, StudyFailed, ValidationError
+from consortia.privacy import SecureAggregator
+from consortia.stats import Mean
+
+
+def test_mean_matches_pooled(toy_sites):
+    res = Simulation(toy_sites).run(Mean(columns=("x1", "y")))
+    pooled = pd.concat(toy_sites.values())
+    np.testing.assert_allclose(res.mean, pooled[["x1", "y"]].mean().to_numpy(), rtol=1e-8)
+    assert res.n == len(pooled)
+
+
+class RecordingAggregator(SecureAggregator):
+    seen: list = []
+
+    def add(self, masked):
+        RecordingAggregator.seen.append(masked.data.copy())
+        super().add(masked)
+
+
+def test_aggregator_never_holds_an_unmasked_site_array(toy_sites, monkeypatch):
+    RecordingAggregator.seen = []
+    monkeypatch.setattr(Simulation, "aggregator_cls", RecordingAggregator)
+    sim = Simulation(toy_sites)
+    sim.run(Mean(columns=("x1", "x2")))
+    assert len(RecordingAggregator.seen) == len(toy_sites)
+    codec = sim.precision
+    n = len(toy_sites)
+    for df in toy_sites.values():
+        plain = np.concatenate(
+            [
+                codec.encode(np.array([len(df)]), n_parties=n),
+                codec.encode(df[["x1", "x2"]].sum().to_numpy(), n_parties=n),
+            ]
+        )
+        for seen in RecordingAggregator.seen:
+            assert not np.any(seen == plain)  # not even one word in the clear
+
+
+def test_policy_breach_releases_nothing(toy_sites, monkeypatch):
+    RecordingAggregator.seen = []
+    monkeypatch.setattr(Simulation, "aggregator_cls", RecordingAggregator)
+    policies = {name: Policy() for name in toy_sites}
+    policies["site2"] = Policy(min_cohort_size=100)
+    sim = Simulation(toy_sites, policy=policies)
+    with pytest.raises(PolicyError, match="site 'site2': policy rule 'min_cohort_size'") as info:
+        sim.run(Mean(columns=("x1",)))
+    assert info.value.rule == "min_cohort_size" and info.value.site == "site2"
+    # sites are asked in order: the two before site2 sent masked arrays, nothing was unmasked
+    assert len(RecordingAggregator.seen) == 2
+
+
+def test_disallowed_algorithm_refused(toy_sites):
+    sim = Simulation(toy_sites, policy=Policy(allowed_algorithms=("survival.*",)))
+    with pytest.raises(PolicyError, match="allowed_algorithms"):
+        sim.run(Mean(columns=("x1",)))
+
+
+def test_dropout_reruns_among_survivors(toy_sites):
+    sim = Simulation(toy_sites, fail=lambda site, r, a: site == "site1" and a == 0)
+    res = sim.run(Mean(columns=("y",)))
+    survivors = [df for k, df in toy_sites.items() if k != "site1"]
+    np.testing.assert_allclose(res.mean, pd.concat(survivors)[["y"]].mean().to_numpy(), rtol=1e-8)
+    assert sim.last_study["attempts"] == 2 and "site1" not in sim.last_study["sites"]
+
+
+def test_dropout_below_min_sites_fails_clearly(toy_sites):
+    sim = Simulation(toy_sites, fail=lambda site, r, a: site in ("site1", "site2"))
+    with pytest.raises(PolicyError, match="min_sites"):
+        sim.run(Mean(columns=("y",)))
+    sim = Simulation(toy_sites, fail=lambda site, r, a: True)
+    with pytest.raises(StudyFailed, match="every site dropped out"):
+        sim.run(Mean(columns=("y",)))
+
+
+def test_bad_input_errors(toy_sites):
+    with pytest.raises(ValidationError, match="at least one site"):
+        Simulation({})
+    with pytest.raises(ValidationError, match="DataFrame or a consortia Dataset"):
+        Simulation({"a": [1, 2, 3]})
+    with pytest.raises(ValidationError, match="needs a consortia Algorithm"):
+        Simulation(toy_sites).run("stats.mean")
+    with pytest.raises(SchemaError, match=r"column\(s\) \['nope'\] not found"):
+        Simulation(toy_sites).run(Mean(columns=("nope",)))
+    bad = {k: v.assign(x1=v.x1.where(v.index != 3)) for k, v in toy_sites.items()}
+    with pytest.raises(SchemaError, match="column 'x1' contains missing"):
+        Simulation(bad).run(Mean(columns=("x1",)))
