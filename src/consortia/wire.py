@@ -122,7 +122,7 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
                 f"supported dtypes: {', '.join(sorted(SUPPORTED_DTYPES))}"
             )
         little = array.dtype.newbyteorder("<")
-        array = np.ascontiguousarray(array, dtype=little)
+        array = np.asarray(array, dtype=little, order="C")
         nbytes = array.nbytes
         entries.append(
             {
