@@ -1,0 +1,282 @@
+"""Public time grids for pooled survival statistics.
+
+A pooled Kaplan-Meier curve, a log-rank test or an unstratified Cox model need
+event and at-risk counts *per time* across sites.  Sites never release their
+event times: the study declares a **public time grid** (an algorithm
+parameter: integer days, weeks, or any strictly increasing non-negative times)
+and every site maps each patient's time to a grid point and releases only sums
+of counts per grid point.
+
+Mapping rule (used by every survival algorithm of consortia)
+-----------------------------------------------------------
+A time ``t`` is mapped to the *smallest grid point ``g >= t``* (times are
+**rounded up** to the grid).  An event at ``t`` is therefore counted at ``g``,
+and a patient is at risk at every grid point ``<= g``.  Statistics computed on
+the grid equal the pooled statistics of the data with times rounded up to the
+grid; when every time already lies on the grid (for example integer days on a
+day grid) they equal the pooled statistics of the raw data exactly.
+
+A time beyond the last grid point cannot be mapped and is refused with a
+:class:`~consortia.errors.SchemaError` naming the column; extend the grid.
+
+Helpers
+-------
+:func:`validate_grid` checks a grid, :func:`grid_index` maps times to grid
+indices, :func:`round_up_to_grid` gives the mapped times (for pooled
+references), :func:`grid_counts` builds the per-grid-point event and at-risk
+counts a site releases, and :func:`day_grid`, :func:`regular_grid` and
+:func:`quantile_grid` build grids (the last one from *public* values only, such
+as a published reference cohort: never from a site's private times).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from consortia.errors import SchemaError, ValidationError
+
+__all__ = [
+    "day_grid",
+    "grid_counts",
+    "grid_index",
+    "quantile_grid",
+    "regular_grid",
+    "round_up_to_grid",
+    "validate_grid",
+]
+
+MAX_GRID_POINTS = 1_000_000
+"""The largest grid accepted (a grid is broadcast and every site releases arrays of its size)."""
+
+
+def validate_grid(grid: Sequence[float] | np.ndarray, *, name: str = "time_grid") -> np.ndarray:
+    """Check a public time grid and return it as a read-only float array.
+
+    Parameters
+    ----------
+    grid
+        Grid points: a non-empty, one-dimensional sequence of finite,
+        non-negative, strictly increasing numbers.
+    name
+        The parameter name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        The grid as float64 (read-only).
+
+    Raises
+    ------
+    ValidationError
+        If the grid is empty, not one-dimensional, not numeric, holds a NaN,
+        infinite or negative point, is not strictly increasing, or has more
+        than :data:`MAX_GRID_POINTS` points.
+    """
+    if isinstance(grid, (str, bytes)):
+        raise ValidationError(f"{name} must be a sequence of numbers")
+    try:
+        arr = np.array(grid, dtype=np.float64, copy=True)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name} must be a sequence of numbers") from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValidationError(f"{name} must be a non-empty one-dimensional sequence of times")
+    if arr.size > MAX_GRID_POINTS:
+        raise ValidationError(f"{name} has more than {MAX_GRID_POINTS} points; coarsen it")
+    if not np.all(np.isfinite(arr)):
+        raise ValidationError(f"{name} must hold finite numbers (no NaN or infinity)")
+    if np.any(arr < 0):
+        raise ValidationError(f"{name} must hold non-negative times")
+    if np.any(np.diff(arr) <= 0):
+        raise ValidationError(f"{name} must be strictly increasing")
+    arr.setflags(write=False)
+    return arr
+
+
+def grid_index(
+    times: Sequence[float] | np.ndarray,
+    grid: Sequence[float] | np.ndarray,
+    *,
+    column: str = "time",
+    exact: bool = False,
+) -> np.ndarray:
+    """Map times to the index of the smallest grid point at or above each time.
+
+    Parameters
+    ----------
+    times
+        Non-negative finite times (validate them first, for example with
+        :func:`consortia.survival._validate.survival_columns`).
+    grid
+        A valid grid (see :func:`validate_grid`).
+    column
+        The name of the time column, used in error messages.
+    exact
+        If True, every time must equal a grid point (no rounding allowed).
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer indices into ``grid`` (``int64``), one per time.
+
+    Raises
+    ------
+    SchemaError
+        If a time is NaN or infinite, lies beyond the last grid point, or (with
+        ``exact``) is not a grid point.  The message names the column and the
+        public last grid point, never a patient's time.
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    t = np.asarray(times, dtype=np.float64)
+    if not np.all(np.isfinite(t)):
+        raise SchemaError(f"column {column!r} contains missing or infinite times")
+    idx = np.searchsorted(g, t, side="left")
+    if np.any(idx >= g.size):
+        raise SchemaError(
+            f"column {column!r} has times beyond the last grid point ({g[-1]:g}); "
+            "extend the time grid to cover the follow-up"
+        )
+    if exact and np.any(g[idx] != t):
+        raise SchemaError(
+            f"column {column!r} has times that are not points of the time grid "
+            "(this analysis requires times on the grid; use a finer grid or allow rounding up)"
+        )
+    return idx.astype(np.int64)
+
+
+def round_up_to_grid(
+    times: Sequence[float] | np.ndarray,
+    grid: Sequence[float] | np.ndarray,
+    *,
+    column: str = "time",
+) -> np.ndarray:
+    """Return each time replaced by the smallest grid point at or above it.
+
+    This is what a site does to its times before counting; applied to pooled
+    data it gives the reference that grid statistics reproduce exactly.
+    """
+    g = validate_grid(grid)
+    return g[grid_index(times, g, column=column)]
+
+
+def grid_counts(
+    index: np.ndarray,
+    event: np.ndarray,
+    n_grid: int,
+    codes: np.ndarray | None = None,
+    n_codes: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-grid-point event counts and at-risk counts, optionally per group code.
+
+    Parameters
+    ----------
+    index
+        Grid index of each patient's time (from :func:`grid_index`).
+    event
+        1 for an event, 0 for censoring, per patient.
+    n_grid
+        Number of grid points.
+    codes
+        Optional integer code in ``[0, n_codes)`` per patient (a group or a
+        group-by-stratum cell); all patients share code 0 when omitted.
+    n_codes
+        Number of codes.
+
+    Returns
+    -------
+    events, at_risk : numpy.ndarray
+        Arrays of shape ``(n_codes, n_grid)``: the number of events mapped to
+        each grid point, and the number of patients at risk there (patients
+        whose mapped time is at or after the grid point).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    event = np.asarray(event, dtype=np.float64)
+    codes = np.zeros(index.size, np.int64) if codes is None else np.asarray(codes, np.int64)
+    flat = codes * n_grid + index
+    size = n_codes * n_grid
+    events = np.bincount(flat, weights=event, minlength=size).reshape(n_codes, n_grid)
+    exits = np.bincount(flat, minlength=size).astype(np.float64).reshape(n_codes, n_grid)
+    at_risk = np.cumsum(exits[:, ::-1], axis=1)[:, ::-1]
+    return events, at_risk
+
+
+def regular_grid(stop: float, width: float, *, start: float = 0.0) -> tuple[float, ...]:
+    """A grid of regularly spaced points ``start, start + width, ...`` reaching ``stop``.
+
+    The last point is the first one at or above ``stop``, so times up to
+    ``stop`` can be mapped.
+
+    Parameters
+    ----------
+    stop
+        The largest time the grid must cover (public: for example the planned
+        maximum follow-up).
+    width
+        The spacing (for example 1 for days, 30 for months of days).
+    start
+        The first grid point (default 0).
+    """
+    for label, value in (("stop", stop), ("width", width), ("start", start)):
+        if isinstance(value, bool) or not np.isfinite(value):
+            raise ValidationError(f"{label} must be a finite number")
+    if width <= 0:
+        raise ValidationError("width must be positive")
+    if start < 0 or stop < start:
+        raise ValidationError("regular_grid needs 0 <= start <= stop")
+    n = int(np.ceil((stop - start) / width - 1e-12)) + 1
+    if n > MAX_GRID_POINTS:
+        raise ValidationError(f"the grid would have more than {MAX_GRID_POINTS} points")
+    return tuple(float(start + i * width) for i in range(n))
+
+
+def day_grid(max_days: float) -> tuple[float, ...]:
+    """The integer-day grid ``0, 1, ..., ceil(max_days)``.
+
+    With times recorded in whole days, grid statistics are exact.
+    """
+    return regular_grid(float(np.ceil(max_days)), 1.0)
+
+
+def quantile_grid(
+    public_values: Sequence[float] | np.ndarray,
+    n_points: int,
+    *,
+    stop: float | None = None,
+    decimals: int | None = None,
+) -> tuple[float, ...]:
+    """A grid at quantiles of *public* values (for example a published cohort's times).
+
+    Do not build it from a site's private times: the grid is broadcast to
+    every participant.
+
+    Parameters
+    ----------
+    public_values
+        Public, non-negative times.
+    n_points
+        Number of quantiles (evenly spaced probabilities in ``(0, 1]``);
+        duplicates are dropped, so the grid may be shorter.
+    stop
+        If given and above the largest quantile, appended as the last point so
+        that follow-up up to ``stop`` can be mapped.
+    decimals
+        If given, round the quantiles up to this many decimals (``0``: whole
+        units), which keeps times recorded at that resolution exact.
+    """
+    vals = np.asarray(public_values, dtype=np.float64)
+    if vals.ndim != 1 or vals.size == 0 or not np.all(np.isfinite(vals)) or np.any(vals < 0):
+        raise ValidationError("public_values must be non-empty, finite and non-negative")
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
+        raise ValidationError("n_points must be a positive integer")
+    q = np.quantile(vals, np.arange(1, n_points + 1) / n_points)
+    if decimals is not None:
+        f = 10.0**decimals
+        q = np.ceil(q * f - 1e-9) / f
+    points = np.unique(q)
+    if stop is not None:
+        if not np.isfinite(stop) or stop < 0:
+            raise ValidationError("stop must be a finite non-negative number")
+        if stop > points[-1]:
+            points = np.append(points, float(stop))
+    return tuple(float(p) for p in validate_grid(points))

@@ -1,0 +1,87 @@
+"""Public time grids: validation, mapping of times, counts per grid point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consortia.errors import SchemaError, ValidationError
+from consortia.survival._grid import (
+    day_grid,
+    grid_counts,
+    grid_index,
+    quantile_grid,
+    regular_grid,
+    round_up_to_grid,
+    validate_grid,
+)
+
+
+def test_validate_grid_accepts_increasing_non_negative_times() -> None:
+    g = validate_grid([0, 1.5, 3])
+    assert g.dtype == np.float64 and list(g) == [0.0, 1.5, 3.0]
+    assert not g.flags.writeable
+
+
+@pytest.mark.parametrize(
+    ("grid", "rule"),
+    [
+        ([], "non-empty"),
+        ([[0, 1]], "one-dimensional"),
+        ([0, np.nan], "finite"),
+        ([0, np.inf], "finite"),
+        ([-1, 0], "non-negative"),
+        ([0, 2, 2], "strictly increasing"),
+        ([3, 1], "strictly increasing"),
+        ("0,1", "sequence of numbers"),
+        (["a", "b"], "sequence of numbers"),
+    ],
+)
+def test_validate_grid_rejects_bad_grids(grid: object, rule: str) -> None:
+    with pytest.raises(ValidationError, match=rf"time_grid.*{rule}"):
+        validate_grid(grid)  # type: ignore[arg-type]
+
+
+def test_grid_index_rounds_up() -> None:
+    g = validate_grid([0, 10, 20])
+    idx = grid_index([0, 0.5, 10, 10.01, 20], g)
+    assert idx.tolist() == [0, 1, 1, 2, 2]
+    assert round_up_to_grid([0.5, 19], g).tolist() == [10.0, 20.0]
+
+
+def test_grid_index_refuses_time_beyond_grid_naming_column() -> None:
+    msg = r"column 'T' has times beyond the last grid point \(20\)"
+    with pytest.raises(SchemaError, match=msg):
+        grid_index([3.0, 20.5], [0, 10, 20], column="T")
+
+
+def test_grid_index_exact_mode_refuses_off_grid_times() -> None:
+    assert grid_index([1, 2], [0, 1, 2], exact=True).tolist() == [1, 2]
+    with pytest.raises(SchemaError, match=r"column 'days' has times that are not points"):
+        grid_index([1.5], [0, 1, 2], column="days", exact=True)
+
+
+def test_grid_index_refuses_nan() -> None:
+    with pytest.raises(SchemaError, match=r"column 'T' contains missing"):
+        grid_index([np.nan], [0, 1], column="T")
+
+
+def test_grid_counts_events_and_at_risk_per_code() -> None:
+    idx = np.array([0, 1, 1, 2, 2, 2])
+    ev = np.array([1, 0, 1, 1, 1, 0])
+    codes = np.array([0, 0, 1, 1, 0, 1])
+    events, at_risk = grid_counts(idx, ev, 3, codes, 2)
+    assert events.tolist() == [[1, 0, 1], [0, 1, 1]]
+    assert at_risk.tolist() == [[3, 2, 1], [3, 3, 2]]
+
+
+def test_regular_day_and_quantile_grids() -> None:
+    assert regular_grid(100, 30) == (0.0, 30.0, 60.0, 90.0, 120.0)
+    assert regular_grid(90, 30) == (0.0, 30.0, 60.0, 90.0)
+    assert day_grid(3.2) == (0.0, 1.0, 2.0, 3.0, 4.0)
+    q = quantile_grid(np.arange(1, 101), 4, stop=150, decimals=0)
+    assert q == (26.0, 51.0, 76.0, 100.0, 150.0)
+    with pytest.raises(ValidationError, match="width must be positive"):
+        regular_grid(10, 0)
+    with pytest.raises(ValidationError, match="n_points"):
+        quantile_grid([1.0, 2.0], 0)
