@@ -84,6 +84,24 @@ class FixedPoint:
         scaled = np.rint(arr * self.scale)
         return scaled.astype(np.int64).view(np.uint64)
 
+    def encode_into(
+        self, x: np.ndarray, out: np.ndarray, *, limit: float, work: np.ndarray | None = None
+    ) -> bool:
+        """Encode float ``x`` into the uint64 array ``out`` (same length), in place.
+
+        Returns False, leaving ``out`` partly written, if a value is NaN,
+        infinite or beyond ``limit`` in absolute value (the caller raises a
+        named error); this is the fast path used while masking.  ``work`` is an
+        optional float64 scratch buffer at least as long as ``x``.
+        """
+        if x.size and not (float(x.max()) <= limit and float(x.min()) >= -limit):
+            return False
+        scaled = work[: x.size] if work is not None else np.empty(x.size)
+        np.multiply(x, self.scale, out=scaled)
+        np.rint(scaled, out=scaled)
+        np.copyto(out.view(np.int64), scaled, casting="unsafe")
+        return True
+
     def decode(self, v: np.ndarray) -> np.ndarray:
         """Decode a uint64 array (an encoding or a sum of encodings) to float64."""
         arr = np.asarray(v, dtype=np.uint64)

@@ -12,16 +12,16 @@ cache-sized chunks, so the cost is dominated by the cipher itself.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["apply_masks", "derive_key", "stream"]
+__all__ = ["CHUNK_WORDS", "apply_masks", "derive_key", "stream"]
 
-_CHUNK_WORDS = 16_384  # 128 KiB per chunk: stays in L2 while the streams are added
+CHUNK_WORDS = 16_384  # 128 KiB per chunk: stays in L2 while the streams are added
 _ZERO_NONCE = b"\x00" * 16
 _HKDF_INFO = b"consortia/pairwise-mask/v1"
 
@@ -44,7 +44,12 @@ def stream(key: bytes, n: int) -> np.ndarray:
     return out
 
 
-def apply_masks(vec: np.ndarray, keys: Sequence[tuple[bytes, int]]) -> np.ndarray:
+def apply_masks(
+    vec: np.ndarray,
+    keys: Sequence[tuple[bytes, int]],
+    *,
+    fill: Callable[[int, np.ndarray], None] | None = None,
+) -> np.ndarray:
     """Add (+1) or subtract (-1) the keystream of each key into ``vec`` in place.
 
     Parameters
@@ -53,20 +58,24 @@ def apply_masks(vec: np.ndarray, keys: Sequence[tuple[bytes, int]]) -> np.ndarra
         A contiguous uint64 vector; arithmetic wraps modulo 2**64.
     keys
         ``(key, sign)`` pairs; ``sign`` is +1 or -1.
+    fill
+        Optional ``fill(start, chunk)`` called on each chunk of ``vec`` before its
+        masks are added, to write the chunk's content while it is in cache (the
+        fixed-point encoding uses this to avoid extra passes over memory).
     """
     if vec.dtype != np.uint64 or not vec.flags.c_contiguous:
         raise TypeError("apply_masks needs a contiguous uint64 vector")
-    if not keys:
-        return vec
     encs = [(_encryptor(k), s) for k, s in keys]
     n = vec.size
-    chunk = min(_CHUNK_WORDS, max(n, 1))
+    chunk = min(CHUNK_WORDS, max(n, 1))
     zeros = bytes(chunk * 8)
     raw = bytearray(chunk * 8 + 15)  # update_into needs block_size - 1 spare bytes
     buf = np.frombuffer(raw, dtype=np.uint64, count=chunk)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         target = vec[start : start + m]
+        if fill is not None:
+            fill(start, target)
         src = zeros if m == chunk else zeros[: m * 8]
         view = buf[:m]
         for enc, sign in encs:

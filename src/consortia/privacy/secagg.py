@@ -36,7 +36,7 @@ import numpy as np
 from consortia.errors import ProtocolError, SecureAggregationError, ValidationError
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.privacy.keys import PeerKey, SiteIdentity, verify_peers
-from consortia.privacy.masking import apply_masks, derive_key
+from consortia.privacy.masking import CHUNK_WORDS, apply_masks, derive_key
 
 __all__ = [
     "Layout",
@@ -117,6 +117,9 @@ class Layout:
         """Concatenate ``arrays`` (float) into one flat vector in layout order."""
         if not self.entries:
             return np.zeros(0, dtype=np.float64)
+        if len(self.entries) == 1:
+            name = self.entries[0][0]
+            return np.ascontiguousarray(np.ravel(arrays[name]), dtype=np.float64)
         return np.concatenate([np.ravel(arrays[k]).astype(np.float64) for k, _ in self.entries])
 
     def split(self, vec: np.ndarray) -> dict[str, np.ndarray]:
@@ -219,13 +222,39 @@ class SecureSite:
     ) -> None:
         self.site = site
         self.identity = identity
-        self.trusted = dict(trusted) if trusted is not None else None
         self.ledger = ledger if ledger is not None else MemoryLedger()
+        self._secrets: dict[PeerKey, bytes] = {}
+        self._verified: set[PeerKey] = set()
+        self.trusted = trusted
+
+    @property
+    def trusted(self) -> dict[str, bytes] | None:
+        """Enrolled identity keys of the peers (None: signatures checked, identities not)."""
+        return self._trusted
+
+    @trusted.setter
+    def trusted(self, value: Mapping[str, bytes] | None) -> None:
+        self._trusted = dict(value) if value is not None else None
+        self._verified = set()
+
+    def verify(self, peers: tuple[PeerKey, ...]) -> None:
+        """Verify the peers' signed keys against the trusted identities (cached per key)."""
+        if not set(peers) <= self._verified:
+            verify_peers(peers, self._trusted)
+            self._verified.update(peers)
+        elif len({p.site for p in peers}) != len(peers):
+            verify_peers(peers, self._trusted)  # raises the duplicate-site error
+
+    def _secret(self, peer: PeerKey) -> bytes:
+        secret = self._secrets.get(peer)
+        if secret is None:
+            secret = self._secrets[peer] = self.identity.shared_secret(peer)
+        return secret
 
     def _pair_keys(self, ctx: RoundContext) -> list[tuple[bytes, int]]:
         if self.site not in ctx.sites:
             raise ProtocolError(f"site {self.site!r} is not a participant of this round")
-        verify_peers(ctx.participants, self.trusted)
+        self.verify(ctx.participants)
         mine = ctx.participants[ctx.sites.index(self.site)]
         if mine.identity_key != self.identity.identity_public:
             raise SecureAggregationError(
@@ -238,7 +267,7 @@ class SecureSite:
                 continue
             lo, hi = sorted((self.site, peer.site))
             context = base + b"\x00pair\x00" + lo.encode() + b"\x00" + hi.encode()
-            secret = self.identity.shared_secret(peer)
+            secret = self._secret(peer)
             keys.append((derive_key(secret, context), 1 if self.site < peer.site else -1))
         return keys
 
@@ -267,19 +296,23 @@ class SecureSite:
         layout = Layout.of(arrays)
         codec = ctx.codec
         n = len(ctx.sites)
-        vec = (
-            np.concatenate(
-                [codec.encode(np.ravel(arrays[k]), n_parties=n, name=k) for k, _ in layout.entries]
-            )
-            if layout.entries
-            else np.zeros(0, dtype=np.uint64)
-        )
-        vec = np.ascontiguousarray(vec, dtype=np.uint64)
+        limit = codec.bound(n)
+        flat = layout.pack(arrays)
+        vec = np.empty(flat.size, dtype=np.uint64)
+        work = np.empty(min(flat.size, CHUNK_WORDS))
+
+        def fill(start: int, chunk: np.ndarray) -> None:
+            x = flat[start : start + chunk.size]
+            if not codec.encode_into(x, chunk, limit=limit, work=work):
+                # slow path, only to name the offending array in the error
+                for name, _ in layout.entries:
+                    codec.encode(np.ravel(arrays[name]), n_parties=n, name=name)
+
         seed = seeds.get(ctx.attempt)
         if seed is None:
             seed = os.urandom(32)
             self.ledger.add_seed(ctx.study_id, ctx.round_index, ctx.attempt, seed)
-        apply_masks(vec, [*pair_keys, (_self_key(seed, ctx), 1)])
+        apply_masks(vec, [*pair_keys, (_self_key(seed, ctx), 1)], fill=fill)
         return MaskedContribution(
             ctx.study_id, ctx.round_index, ctx.attempt, self.site, layout, vec
         )

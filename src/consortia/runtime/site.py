@@ -9,7 +9,7 @@ import pandas as pd
 
 from consortia.data.dataset import Dataset, as_dataset
 from consortia.errors import PolicyError, ValidationError
-from consortia.privacy.keys import PeerKey, SiteIdentity, verify_peers
+from consortia.privacy.keys import PeerKey, SiteIdentity
 from consortia.privacy.policy import Policy
 from consortia.privacy.secagg import Ledger, MaskedContribution, SecureSite
 from consortia.protocol import Algorithm, Contribution, algorithm_from_spec
@@ -90,7 +90,7 @@ class SiteWorker:
                 f"site {self.name!r} has no dataset {task.dataset!r} "
                 f"(it has: {sorted(self.datasets)})"
             )
-        verify_peers(task.participants, self.secure.trusted)
+        self.secure.verify(task.participants)
         policy = self.policy_for(task.dataset)
         algo = self._algorithm(task.algorithm)
         try:
