@@ -1,0 +1,23 @@
+"""The code in docs/ runs as written."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def python_blocks(page: str) -> str:
+    text = (DOCS / page).read_text()
+    return "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+
+
+def test_writing_algorithms_example_runs_and_matches_pooled(capsys):
+    namespace: dict = {}
+    exec(compile(python_blocks("writing-algorithms.md"), "writing-algorithms.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    fed, pooled = re.findall(r"r = (-?[0-9.]+)", out)
+    assert float(fed) == pytest.approx(float(pooled), rel=1e-9)
+    result = namespace["result"]
+    assert result.n == 600
