@@ -15,7 +15,8 @@ def python_blocks(page: str) -> str:
 
 def test_writing_algorithms_example_runs_and_matches_pooled(capsys):
     namespace: dict = {}
-    exec(compile(python_blocks("writing-algorithms.md"), "writing-algorithms.md", "exec"), namespace)
+    code = compile(python_blocks("writing-algorithms.md"), "writing-algorithms.md", "exec")
+    exec(code, namespace)
     out = capsys.readouterr().out
     fed, pooled = re.findall(r"r = (-?[0-9.]+)", out)
     assert float(fed) == pytest.approx(float(pooled), rel=1e-9)
