@@ -22,3 +22,10 @@ def test_writing_algorithms_example_runs_and_matches_pooled(capsys):
     assert float(fed) == pytest.approx(float(pooled), rel=1e-9)
     result = namespace["result"]
     assert result.n == 600
+
+
+def test_readme_python_snippet_runs(capsys):
+    text = (DOCS.parent / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+    exec(compile(code, "README.md", "exec"), {})
+    assert "[" in capsys.readouterr().out
