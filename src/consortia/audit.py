@@ -309,9 +309,12 @@ class AuditLog:
         if create:
             self._create(metadata)
         else:
-            inspector = sa.inspect(engine)
-            if not inspector.has_table(table):
-                raise ValidationError(f"no audit log table {table!r} in this database")
+            try:  # a query rather than the inspector: schema translation maps apply
+                with engine.connect() as conn:
+                    conn.execute(sa.select(self._log.c.seq).limit(1)).all()
+                    conn.execute(sa.select(self._head.c.id).limit(1)).all()
+            except DBAPIError as exc:
+                raise ValidationError(f"no audit log table {table!r} in this database") from exc
 
     # -- setup ---------------------------------------------------------------------------
 
