@@ -1,0 +1,458 @@
+"""Federated Cox proportional hazards model, exact against lifelines and statsmodels.
+
+Newton-Raphson in which every round the sites release sums only.  Two modes:
+
+* **Pooled** (unstratified, or stratified by a covariate with public levels):
+  the study declares a public time grid; each round every site releases, per
+  grid time that carries an event, the sums of ``phi``, ``phi z`` and
+  ``phi z z'`` over its patients at risk (and, for Efron, over its patients
+  with an event there), and the hub evaluates the pooled partial likelihood,
+  its gradient and Hessian exactly.  The first round releases per-time event
+  counts: they fall under the node's minimum-cell rule, so an exact day-grid
+  model needs the data owners to allow small cells (``min_cell_count=1``), or a
+  coarser grid (exact for the times rounded up to it).
+* **Stratified by site** (``stratify_by_site=True``): each site evaluates its
+  own partial likelihood, gradient and Hessian, and only their sums travel: no
+  grid, no per-time arrays, no per-time counts.  The privacy-friendly mode.
+
+Conventions follow lifelines' ``CoxPHFitter``: covariates are standardised with
+the pooled (unweighted) means and SDs; the ridge penalty is
+``0.5 * penalizer * n * ||beta_std||^2`` with ``n`` the number of rows;
+coefficients and (penalised-Hessian) standard errors are reported in original
+units; robust standard errors are the sandwich ``V (sum_i U_i U_i') V`` with
+Breslow-form score residuals ``U_i`` (as lifelines without ties, statsmodels
+always); the baseline hazard is Breslow's, for covariates at their pooled mean.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from consortia.data.dataset import Dataset
+from consortia.errors import ConvergenceError, SchemaError, ValidationError
+from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.stats._validate import numeric_columns
+from consortia.survival import _cox_math as cm
+from consortia.survival._cox_result import CoxPHResult
+from consortia.survival._grid import grid_index, validate_grid
+from consortia.survival._validate import check_levels, level_codes, survival_columns
+
+__all__ = ["CoxPH", "CoxPHResult"]
+
+_TIES = ("efron", "breslow")
+
+
+def _split_arrays(name: str, values: Any) -> dict[str, np.ndarray]:
+    hi, lo = cm.split(np.asarray(values, dtype=np.float64))
+    return {f"{name}_hi": hi, f"{name}_lo": lo}
+
+
+def _joined(sums: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    return cm.join(sums[f"{name}_hi"], sums[f"{name}_lo"])
+
+
+@dataclass
+class _Rows:
+    """One site's validated rows."""
+
+    t: np.ndarray
+    e: np.ndarray
+    x: np.ndarray
+    w: np.ndarray
+    codes: np.ndarray
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class CoxPH(Algorithm):
+    """Federated Cox proportional hazards regression (Newton-Raphson on secure sums).
+
+    Parameters
+    ----------
+    time, event
+        Columns of follow-up times (non-negative) and event indicators (0/1).
+    covariates
+        Numeric covariate columns.
+    ties
+        ``"efron"`` (lifelines' method) or ``"breslow"``.
+    time_grid
+        Public, strictly increasing time grid (pooled mode; optional when
+        stratified by site).  Times are rounded up to the grid; with integer-day
+        data and a day grid the model equals the pooled one exactly.
+    stratify_by_site
+        Give every site its own baseline hazard: only per-site likelihood,
+        gradient and Hessian sums travel (no grid, no per-time counts).
+    strata, strata_levels
+        Stratify by a covariate whose public levels are declared.
+    penalizer
+        Ridge penalty (lifelines convention, on standardised coefficients); a
+        number or one per covariate.
+    weights
+        Optional column of positive case weights (lifelines ``weights_col``).
+    robust
+        Report sandwich (robust) standard errors (lifelines ``robust=True``);
+        costs one more round.
+    alpha
+        Confidence intervals at level ``1 - alpha``.
+    max_iter
+        Largest number of Newton-Raphson rounds.
+    tol
+        Convergence when the largest Newton step on the standardised scale is
+        below ``tol``.
+    raise_on_failure
+        Raise :class:`~consortia.errors.ConvergenceError` when the model does
+        not converge (otherwise return a result with ``converged=False``).
+    """
+
+    name = "survival.cox"
+    time: str
+    event: str
+    covariates: tuple[str, ...]
+    ties: str = "efron"
+    time_grid: tuple[float, ...] | None = None
+    stratify_by_site: bool = False
+    strata: str | None = None
+    strata_levels: tuple[str | int | float | bool, ...] | None = None
+    penalizer: float | tuple[float, ...] = 0.0
+    weights: str | None = None
+    robust: bool = False
+    alpha: float = 0.05
+    max_iter: int = 20
+    tol: float = 1e-8
+    raise_on_failure: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.covariates, str):
+            object.__setattr__(self, "covariates", (self.covariates,))
+        covs = tuple(self.covariates)
+        object.__setattr__(self, "covariates", covs)
+        if not covs or not all(isinstance(c, str) and c for c in covs):
+            raise ValidationError("covariates must be a non-empty tuple of column names")
+        if len(set(covs)) != len(covs):
+            raise ValidationError("covariates must not repeat a column")
+        special = [c for c in (self.time, self.event, self.weights, self.strata) if c]
+        clash = sorted(set(covs) & set(special))
+        if clash:
+            raise ValidationError(f"column(s) {clash} cannot be both a covariate and a role column")
+        if self.ties not in _TIES:
+            raise ValidationError(f"ties must be one of {_TIES}")
+        if self.time_grid is not None:
+            object.__setattr__(self, "time_grid", tuple(float(g) for g in self.time_grid))
+            validate_grid(self.time_grid)
+        elif not self.stratify_by_site:
+            raise ValidationError(
+                "time_grid is required for a pooled (not site-stratified) Cox model: declare a "
+                "public grid (for example integer days), or set stratify_by_site=True"
+            )
+        if (self.strata is None) != (self.strata_levels is None):
+            raise ValidationError("strata and strata_levels must be given together")
+        if self.strata_levels is not None:
+            object.__setattr__(
+                self, "strata_levels", check_levels(self.strata_levels, name="strata_levels")
+            )
+        pen = self.penalizer
+        if isinstance(pen, (list, tuple)):
+            pen = tuple(float(v) for v in pen)
+            if len(pen) != len(covs):
+                raise ValidationError("penalizer must be a number or one number per covariate")
+            object.__setattr__(self, "penalizer", pen)
+        elif isinstance(pen, bool) or not isinstance(pen, (int, float)):
+            raise ValidationError("penalizer must be a non-negative number")
+        if not np.all(np.isfinite(np.asarray(pen, float))) or np.any(np.asarray(pen, float) < 0):
+            raise ValidationError("penalizer must be finite and non-negative")
+        if not 0 < self.alpha < 1:
+            raise ValidationError("alpha must lie strictly between 0 and 1")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int):
+            raise ValidationError("max_iter must be a positive integer")
+        if self.max_iter < 1:
+            raise ValidationError("max_iter must be a positive integer")
+        if not self.tol > 0:
+            raise ValidationError("tol must be positive")
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def _p(self) -> int:
+        return len(self.covariates)
+
+    @property
+    def _n_strata(self) -> int:
+        return 1 if self.strata_levels is None else len(self.strata_levels)
+
+    def _rows(self, data: Dataset) -> _Rows:
+        frame = data.frame
+        t, e = survival_columns(frame, self.time, self.event)
+        x = numeric_columns(frame, self.covariates)
+        if self.weights is None:
+            w = np.ones(len(t))
+        else:
+            w = numeric_columns(frame, (self.weights,))[:, 0]
+            if np.any(w <= 0):
+                raise SchemaError(f"weights column {self.weights!r} must hold positive values")
+        if self.strata is None:
+            codes = np.zeros(len(t), dtype=np.int64)
+        else:
+            codes = level_codes(frame, self.strata, self.strata_levels or ())
+        if self.time_grid is not None:
+            t = np.asarray(self.time_grid)[grid_index(t, self.time_grid, column=self.time)]
+        return _Rows(t=t, e=e, x=x, w=w, codes=codes)
+
+    # ------------------------------------------------------------------ site side
+
+    def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
+        rows = self._rows(data)
+        n = len(rows.t)
+        if step == "summary":
+            return self._local_summary(rows)
+        z = (rows.x - public["mean"]) / public["sd"]
+        phi0 = np.exp(z @ public["beta"] - float(public["offset"][0]))
+        phi = rows.w * phi0
+        arrays: dict[str, np.ndarray] = {}
+        if self.stratify_by_site:
+            ev_t, ev_c, bins, d, dw, tie_rows = self._local_event_times(rows)
+            risk, ties = cm.risk_sums(bins, rows.e, z, phi, ev_c, tie_rows)
+        else:
+            ev_t = np.asarray(self.time_grid)[public["event_index"].astype(np.int64)]
+            ev_c = public["event_code"].astype(np.int64)
+            bins = cm.last_at_risk(rows.t, rows.codes, ev_t, ev_c)
+            tie_rows = public["tie_rows"].astype(np.int64) if self.ties == "efron" else None
+            risk, ties = cm.risk_sums(bins, rows.e, z, phi, ev_c, tie_rows)
+        if step == "newton":
+            arrays.update(_split_arrays("total", [phi.sum()]))
+            if self.stratify_by_site:
+                xe = (rows.w * rows.e) @ z
+                ll, g, h = cm.partial_likelihood(
+                    risk, ties, tie_rows, d, dw, xe, public["beta"], float(public["offset"][0])
+                )
+                arrays.update(_split_arrays("loglik", [ll]))
+                arrays.update(_split_arrays("grad", g))
+                arrays.update(_split_arrays("hess", cm.pack(h)))
+            else:
+                arrays.update(_split_arrays("risk", risk))
+                if ties is not None and ties.size:
+                    arrays.update(_split_arrays("ties", ties))
+        elif step == "score":
+            if self.stratify_by_site:
+                xbar = risk[:, 1 : 1 + self._p] / risk[:, :1]
+                dlam = dw / risk[:, 0]
+            else:
+                xbar, dlam = public["xbar"], public["dlam"]
+            meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dlam, ev_c)
+            arrays.update(_split_arrays("meat", meat))
+        else:
+            raise ValidationError(f"unknown step {step!r} for {self.name}")
+        return Contribution(arrays, cohort=n, n_parameters=self._p)
+
+    def _local_summary(self, rows: _Rows) -> Contribution:
+        n = len(rows.t)
+        we = rows.w * rows.e
+        arrays: dict[str, np.ndarray] = {"n": np.array([n], float)}
+        arrays.update(_split_arrays("w_sum", [rows.w.sum()]))
+        arrays.update(_split_arrays("x_sum", rows.x.sum(axis=0)))
+        arrays.update(_split_arrays("x_sq", (rows.x**2).sum(axis=0)))
+        arrays.update(_split_arrays("xe", we @ rows.x))
+        arrays.update(_split_arrays("dw_total", [we.sum()]))
+        arrays["n_events"] = np.array([rows.e.sum()], float)
+        counts: frozenset[str] = frozenset()
+        if not self.stratify_by_site:
+            grid = np.asarray(self.time_grid)
+            gidx = np.searchsorted(grid, rows.t)
+            flat = rows.codes * grid.size + gidx
+            size = self._n_strata * grid.size
+            arrays["events"] = np.bincount(flat, weights=rows.e, minlength=size)
+            if self.weights is not None:
+                arrays.update(_split_arrays("events_w", np.bincount(flat, we, minlength=size)))
+            counts = frozenset({"events"})
+        return Contribution(arrays, cohort=n, count_arrays=counts)
+
+    def _local_event_times(self, rows: _Rows) -> tuple[np.ndarray, ...]:
+        ev = rows.e == 1
+        keys = np.unique(np.stack([rows.codes[ev], rows.t[ev]], axis=1), axis=0)
+        ev_c, ev_t = keys[:, 0].astype(np.int64), keys[:, 1]
+        bins = cm.last_at_risk(rows.t, rows.codes, ev_t, ev_c)
+        d = np.bincount(bins[ev], minlength=len(ev_t)).astype(float)
+        dw = np.bincount(bins[ev], weights=rows.w[ev], minlength=len(ev_t))
+        tie_rows = np.flatnonzero(d >= 2) if self.ties == "efron" else None
+        return ev_t, ev_c, bins, d, dw, tie_rows
+
+    # ------------------------------------------------------------------ hub side
+
+    def coordinate(self) -> Coordination:
+        p = self._p
+        sums = yield Round("summary")
+        n = int(round(float(sums["n"][0])))
+        n_events = int(round(float(sums["n_events"][0])))
+        w_sum = float(_joined(sums, "w_sum")[0])
+        if n_events == 0:
+            raise ValidationError(
+                f"event column {self.event!r} has no events at any site (all censored): "
+                "a Cox model cannot be fitted"
+            )
+        if n < 2:
+            raise ValidationError("a Cox model needs at least two patients")
+        mean = _joined(sums, "x_sum") / n
+        var = (_joined(sums, "x_sq") - n * mean**2) / (n - 1)
+        sd = np.sqrt(np.maximum(var, 0.0))
+        flat = sd <= 1e-12 * np.maximum(1.0, np.abs(mean))
+        if np.any(flat):
+            cols = [c for c, f in zip(self.covariates, flat) if f]
+            raise ValidationError(
+                f"covariate(s) {cols} have zero variance over all sites; drop them from covariates"
+            )
+        dw_total = float(_joined(sums, "dw_total")[0])
+        xe = (_joined(sums, "xe") - mean * dw_total) / sd
+        pub: dict[str, Any] = {"mean": mean, "sd": sd}
+        grid_info: dict[str, np.ndarray] = {}
+        if not self.stratify_by_site:
+            grid = np.asarray(self.time_grid)
+            events = np.asarray(sums["events"]).reshape(self._n_strata, grid.size)
+            events_w = (
+                _joined(sums, "events_w").reshape(events.shape)
+                if self.weights is not None
+                else events
+            )
+            codes, idx = np.nonzero(events > 0.5)
+            d = np.rint(events[codes, idx])
+            dw = events_w[codes, idx]
+            tie_rows = np.flatnonzero(d >= 2)
+            grid_info = {"event_index": idx, "event_code": codes, "d": d, "dw": dw}
+            pub.update(event_index=idx, event_code=codes, tie_rows=tie_rows)
+        pen = np.broadcast_to(np.asarray(self.penalizer, dtype=float), (p,)) * n
+
+        beta = np.zeros(p)
+        offset = float(np.log(w_sum))
+        rounds, iterations = 1, 0
+        ll_null: float | None = None
+        prev: tuple[float, np.ndarray] | None = None
+        converged = False
+        step = np.zeros(p)
+        history: list[float] = []
+        while True:
+            sums = yield Round("newton", {**pub, "beta": beta, "offset": [offset]})
+            rounds += 1
+            iterations += 1
+            total = float(_joined(sums, "total")[0])
+            if self.stratify_by_site:
+                ll = float(_joined(sums, "loglik")[0])
+                g = _joined(sums, "grad")
+                h = cm.unpack(_joined(sums, "hess"), p)
+                risk = None
+            else:
+                risk = _joined(sums, "risk")
+                ties = _joined(sums, "ties") if "ties_hi" in sums else None
+                rows = pub["tie_rows"] if ties is not None else None
+                if self.ties == "efron" and ties is None:
+                    ties, rows = np.zeros((0, risk.shape[1])), np.zeros(0, np.int64)
+                ll, g, h = cm.partial_likelihood(
+                    risk, ties, rows, grid_info["d"], grid_info["dw"], xe, beta, offset
+                )
+            if ll_null is None:
+                ll_null = ll
+            ll -= 0.5 * float(pen @ beta**2)
+            g = g - pen * beta
+            h = h - np.diag(pen)
+            if (
+                prev is not None
+                and ll < prev[0] - 1e-10 * abs(prev[0])
+                and iterations < self.max_iter
+            ):
+                # the full Newton step overshot: halve it and evaluate again
+                step = step / 2
+                beta = prev[1] + step
+                offset = offset + float(np.log(total))
+                continue
+            try:
+                chol = np.linalg.cholesky(-h)
+            except np.linalg.LinAlgError:
+                raise ConvergenceError(
+                    "the Cox Hessian is not negative definite: collinear covariates or too few "
+                    "events for the covariates; drop a column or set penalizer > 0"
+                ) from None
+            step = np.linalg.solve(chol.T, np.linalg.solve(chol, g))
+            history.append(float(np.max(np.abs(step))))
+            prev = (ll, beta.copy())
+            last = dict(beta=beta.copy(), offset=offset, h=h, ll=ll, risk=risk)
+            if history[-1] < self.tol:
+                converged = True
+                beta = beta + step
+                break
+            if iterations >= self.max_iter:
+                break
+            beta = beta + step
+            offset = offset + float(np.log(total))
+        if not converged:
+            worst = [self.covariates[i] for i in np.argsort(-np.abs(beta))[:3]]
+            msg = (
+                f"the Cox model did not converge in {self.max_iter} Newton-Raphson rounds "
+                f"(last step {history[-1]:.3g} on the standardised scale); the largest "
+                f"coefficients are those of {worst}: a monotone likelihood (perfect separation) "
+                "or collinearity; set penalizer > 0 or drop the offending covariates"
+            )
+            if self.raise_on_failure:
+                raise ConvergenceError(msg)
+            warnings.warn(msg, stacklevel=2)
+        var_std = np.linalg.inv(-last["h"])
+        meat = None
+        if self.robust:
+            rpub = {**pub, "beta": beta, "offset": [last["offset"]]}
+            if not self.stratify_by_site:
+                r = last["risk"]
+                rpub["xbar"] = r[:, 1 : 1 + p] / r[:, :1]
+                rpub["dlam"] = grid_info["dw"] / r[:, 0]
+            sums = yield Round("score", rpub)
+            rounds += 1
+            meat = cm.unpack(_joined(sums, "meat"), p)
+        baseline = None
+        if not self.stratify_by_site:
+            r = last["risk"]
+            hazard = grid_info["dw"] / (r[:, 0] * np.exp(last["offset"]))
+            baseline = _baseline_frame(
+                np.asarray(self.time_grid)[grid_info["event_index"]],
+                grid_info["event_code"],
+                hazard,
+                self.strata_levels,
+            )
+        return CoxPHResult.build(
+            covariates=self.covariates,
+            beta_std=beta,
+            mean=mean,
+            sd=sd,
+            var_std=var_std,
+            meat_std=meat,
+            log_likelihood=float(last["ll"]),
+            log_likelihood_null=float(ll_null if ll_null is not None else np.nan),
+            n=n,
+            n_events=n_events,
+            rounds=rounds,
+            iterations=iterations,
+            converged=converged,
+            ties=self.ties,
+            alpha=self.alpha,
+            baseline_hazard=baseline,
+            strata=self.strata,
+            stratified_by_site=self.stratify_by_site,
+        )
+
+
+def _baseline_frame(
+    times: np.ndarray,
+    codes: np.ndarray,
+    hazard: np.ndarray,
+    levels: tuple[Any, ...] | None,
+) -> pd.DataFrame:
+    index = np.unique(times)
+    if levels is None:
+        frame = pd.DataFrame({"baseline hazard": hazard}, index=times)
+    else:
+        frame = pd.DataFrame(0.0, index=index, columns=list(levels))
+        for i, level in enumerate(levels):
+            sel = codes == i
+            frame.loc[times[sel], level] = hazard[sel]
+    frame.index.name = "time"
+    return frame.reindex(index, fill_value=0.0)
