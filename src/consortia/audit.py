@@ -461,6 +461,13 @@ class AuditLog:
         with self._engine.connect() as conn:
             return [self._to_entry(row) for row in conn.execute(query)]
 
+    def tail(self, n: int) -> list[AuditEntry]:
+        """Return the last ``n`` entries (by ``seq``) in order."""
+        query = sa.select(self._log).order_by(self._log.c.seq.desc()).limit(max(0, int(n)))
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [self._to_entry(row) for row in reversed(rows)]
+
     def _iter_rows(self) -> Iterator[Any]:
         since: int | None = None
         while True:

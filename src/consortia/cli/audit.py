@@ -1,0 +1,98 @@
+"""``consortia audit``: verify and show a hub's or node's hash-chained audit log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from consortia.audit import AuditEntry, AuditLog, read_key_file
+from consortia.errors import ConsortiaError
+
+_DB_HELP = "Database URL (sqlite:///..., postgresql+psycopg://...) or path of a SQLite file."
+
+
+def open_engine(db: str) -> sa.Engine:
+    """Return an engine for a database URL, or a read-only one for a SQLite file path."""
+    if "://" in db:
+        try:
+            return sa.create_engine(db)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise click.ClickException(f"cannot use database URL: {exc}") from exc
+    path = Path(db).expanduser().resolve()
+    if not path.is_file():
+        raise click.ClickException(f"no SQLite database at {path}")
+    return sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+
+
+def _open_log(db: str, key_file: Path | None, table: str) -> AuditLog:
+    try:
+        key = read_key_file(key_file) if key_file is not None else None
+        return AuditLog(open_engine(db), key=key, table=table, create=False)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except sa.exc.SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot open the database: {exc}") from exc
+
+
+_db_option = click.option("--db", required=True, help=_DB_HELP)
+_table_option = click.option(
+    "--table", default="audit_log", show_default=True, help="Name of the audit table."
+)
+
+
+@click.group(name="audit")
+def command() -> None:
+    """Verify or show an append-only, hash-chained audit log."""
+
+
+@command.command("verify")
+@_db_option
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The log's HMAC key file: also checks entry and head MACs.",
+)
+@click.option("--anchor", help="SEQ:HASH of an earlier head kept elsewhere (detects rollbacks).")
+@_table_option
+def verify(db: str, key_file: Path | None, anchor: str | None, table: str) -> None:
+    """Check the log; print one line; exit 0 if intact, 1 otherwise."""
+    anchor_pair: tuple[int, str] | None = None
+    if anchor:
+        seq, _, digest = anchor.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise click.BadParameter("expected SEQ:HASH (64 hex characters)", param_hint="--anchor")
+        anchor_pair = (int(seq), digest.lower())
+    log = _open_log(db, key_file, table)
+    try:
+        report = log.verify(anchor=anchor_pair)
+    except sa.exc.SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot read the audit log: {exc}") from exc
+    if report.ok:
+        click.echo(f"OK: {report.reason}")
+        return
+    click.echo(f"TAMPERED: {report.reason} (first bad seq {report.first_bad_seq})")
+    raise SystemExit(1)
+
+
+def _line(entry: AuditEntry) -> str:
+    details = json.dumps(entry.details, sort_keys=True, separators=(",", ":"))
+    return f"{entry.seq:>6}  {entry.timestamp}  {entry.actor}  {entry.action}  {details}"
+
+
+@command.command("show")
+@_db_option
+@click.option("--last", type=click.IntRange(min=1), help="Show only the last N entries.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_table_option
+def show(db: str, last: int | None, as_json: bool, table: str) -> None:
+    """Print the entries of the log (no verification: use `verify`)."""
+    log = _open_log(db, None, table)
+    entries = log.tail(last) if last is not None else log.entries()
+    for entry in entries:
+        if as_json:
+            click.echo(json.dumps(entry.__dict__, sort_keys=True))
+        else:
+            click.echo(_line(entry))
