@@ -101,8 +101,12 @@ def load_expression(source: Source) -> pd.DataFrame:
         if isinstance(df.index, pd.RangeIndex):
             df = df.set_index(df.columns[0])
         return df
+    sep = "," if kind == "csv" else "\t"
     try:
-        return pd.read_csv(path, sep="," if kind == "csv" else "\t", index_col=0)
+        first = pd.read_csv(path, sep=sep, nrows=0).columns[0]
+        # Ids are read as text (keeping leading zeros); load_dataset maps them back to
+        # integers when the clinical ids are integers.
+        return pd.read_csv(path, sep=sep, index_col=0, dtype={first: str})
     except (OSError, ValueError) as exc:
         raise ValidationError(
             f"expression file {str(path)!r} could not be read as {kind}: {type(exc).__name__}"
@@ -199,10 +203,19 @@ def load_dataset(
 
 
 def _match_id_type(expr: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
-    """Ids read from a file may be ints where the clinical ids are text: align the type."""
-    if ids.dtype == object and expr.index.dtype != object:
-        expr = expr.copy()
-        expr.index = expr.index.astype(str)
+    """Align the type of ids read from a file (text) with the clinical ids."""
+    index = expr.index
+    if pd.api.types.is_integer_dtype(ids.dtype) and index.dtype == object:
+        try:
+            index = index.astype(np.int64)
+        except (TypeError, ValueError):
+            return expr
+    elif ids.dtype == object and index.dtype != object:
+        index = index.astype(str)
+    else:
+        return expr
+    expr = expr.copy()
+    expr.index = index
     return expr
 
 
