@@ -1,0 +1,227 @@
+"""Federated Kaplan-Meier against lifelines' KaplanMeierFitter on the pooled data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import KaplanMeierFitter
+from lifelines.utils import median_survival_times
+
+from consortia import Policy, Simulation
+from consortia.data.tcga import load_tcga_brca
+from consortia.errors import AlgorithmError, PolicyError, SchemaError, ValidationError
+from consortia.survival._grid import day_grid, regular_grid, round_up_to_grid
+from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve
+
+OPEN = Policy(min_cell_count=1)
+
+
+def day_sites(seed: int = 0, sizes: tuple[int, ...] = (70, 90, 60)) -> dict[str, pd.DataFrame]:
+    """Sites with integer-day times, an arm (a/b) with different hazards, a sex column."""
+    rng = np.random.default_rng(seed)
+    sites = {}
+    for i, n in enumerate(sizes):
+        arm = rng.choice(["a", "b"], n)
+        scale = np.where(arm == "a", 300.0, 450.0)
+        t = np.ceil(rng.exponential(scale))
+        c = np.ceil(rng.uniform(1, 700, n))
+        sites[f"site{i}"] = pd.DataFrame(
+            {"T": np.minimum(t, c), "E": (t <= c).astype(int), "arm": arm}
+        )
+    return sites
+
+
+def pooled(sites: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(sites.values(), ignore_index=True)
+
+
+def assert_matches_lifelines(curve: KaplanMeierCurve, time: pd.Series, event: pd.Series) -> None:
+    """Survival, band, at-risk and medians equal lifelines' on the same (pooled) data."""
+    kmf = KaplanMeierFitter(alpha=curve.alpha).fit(time, event)
+    tl = kmf.timeline
+    np.testing.assert_allclose(
+        curve.survival_at(tl), kmf.survival_function_.iloc[:, 0], rtol=1e-12, atol=1e-14
+    )
+    pos = np.searchsorted(curve.timeline, tl, side="right") - 1
+    lower = np.where(pos < 0, 1.0, curve.ci_lower[np.maximum(pos, 0)])
+    upper = np.where(pos < 0, 1.0, curve.ci_upper[np.maximum(pos, 0)])
+    ci = kmf.confidence_interval_
+    np.testing.assert_allclose(lower, ci.iloc[:, 0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(upper, ci.iloc[:, 1], rtol=1e-10, atol=1e-14)
+    table = kmf.event_table
+    np.testing.assert_array_equal(curve.at_risk_at(table.index.values), table["at_risk"])
+    assert curve.median == kmf.median_survival_time_
+    ref_ci = median_survival_times(kmf.confidence_interval_).iloc[0]
+    assert curve.median_ci == (ref_ci.iloc[0], ref_ci.iloc[1])
+    assert curve.n == len(time) and curve.events == int(event.sum())
+
+
+def test_day_grid_is_exact_per_group() -> None:
+    sites = day_sites()
+    data = pooled(sites)
+    algo = KaplanMeier(
+        time="T",
+        event="E",
+        time_grid=day_grid(700),
+        group="arm",
+        groups=("a", "b"),
+        exact_times=True,
+    )
+    res = Simulation(sites, policy=OPEN).run(algo)
+    assert res.labels == ("a", "b")
+    for g in ("a", "b"):
+        sub = data[data["arm"] == g]
+        assert_matches_lifelines(res[g], sub["T"], sub["E"])
+    # survival at chosen times, and the summary table
+    times = [0.5, 100, 365, 699]
+    kmf = KaplanMeierFitter().fit(data.loc[data.arm == "a", "T"], data.loc[data.arm == "a", "E"])
+    np.testing.assert_allclose(
+        res.survival_at(times)["a"], kmf.survival_function_at_times(times), rtol=1e-12
+    )
+    assert list(res.summary.columns[:3]) == ["n", "events", "median"]
+    assert res.summary.loc["b", "n"] == (data["arm"] == "b").sum()
+
+
+def test_default_policy_refuses_a_day_grid_on_small_data() -> None:
+    algo = KaplanMeier(time="T", event="E", time_grid=day_grid(700))
+    with pytest.raises(PolicyError, match="min_cell_count") as info:
+        Simulation(day_sites()).run(algo)
+    assert info.value.rule == "min_cell_count"
+
+
+def test_coarse_grid_equals_lifelines_on_times_rounded_up() -> None:
+    rng = np.random.default_rng(7)
+    sites = {}
+    for i in range(3):
+        n = 120
+        t = rng.exponential(400.0, n)  # continuous times: not on any grid
+        c = rng.uniform(0, 800, n)
+        sites[f"s{i}"] = pd.DataFrame({"T": np.minimum(t, c), "E": (t <= c).astype(int)})
+    data = pooled(sites)
+    grid = regular_grid(800, 30)
+    res = Simulation(sites, policy=OPEN).run(KaplanMeier(time="T", event="E", time_grid=grid))
+    assert_matches_lifelines(res["all"], pd.Series(round_up_to_grid(data["T"], grid)), data["E"])
+    # exact_times refuses off-grid times
+    with pytest.raises(SchemaError, match="column 'T' has times that are not points"):
+        Simulation(sites, policy=OPEN).run(
+            KaplanMeier(time="T", event="E", time_grid=grid, exact_times=True)
+        )
+
+
+def test_coarse_grid_passes_the_default_policy_on_larger_sites() -> None:
+    rng = np.random.default_rng(11)
+    sites = {}
+    for i in range(3):
+        n = 400
+        t = np.ceil(rng.exponential(300.0, n))
+        c = np.minimum(np.ceil(rng.uniform(200, 2000, n)), 600)  # administrative end at 600
+        sites[f"s{i}"] = pd.DataFrame({"T": np.minimum(t, c), "E": (t <= c).astype(int)})
+    grid = regular_grid(600, 100)
+    res = Simulation(sites).run(KaplanMeier(time="T", event="E", time_grid=grid))
+    data = pooled(sites)
+    assert_matches_lifelines(res["all"], pd.Series(round_up_to_grid(data["T"], grid)), data["E"])
+
+
+def test_tcga_brca_six_regions_day_grid(shared_data) -> None:
+    tcga = load_tcga_brca(shared_data / "tcga_brca")
+    sites = tcga.sites()
+    data = tcga.pooled()
+    algo = KaplanMeier(time="T", event="E", time_grid=day_grid(data["T"].max()), exact_times=True)
+    res = Simulation(sites, policy=OPEN).run(algo)
+    assert_matches_lifelines(res["all"], data["T"], data["E"])
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_all_censored_gives_flat_curve() -> None:
+    sites = day_sites()
+    for df in sites.values():
+        df["E"] = 0
+    data = pooled(sites)
+    res = Simulation(sites, policy=OPEN).run(
+        KaplanMeier(time="T", event="E", time_grid=day_grid(700))
+    )
+    curve = res["all"]
+    assert np.all(curve.survival == 1.0) and curve.median == np.inf
+    assert_matches_lifelines(curve, data["T"], data["E"])
+
+
+def test_ties_at_every_time_and_total_failure() -> None:
+    rng = np.random.default_rng(3)
+    sites = {
+        f"s{i}": pd.DataFrame(
+            {"T": rng.integers(1, 6, 40).astype(float), "E": rng.integers(0, 2, 40)}
+        )
+        for i in range(3)
+    }
+    sites["s0"].loc[sites["s0"]["T"] == 5, "E"] = 1  # the last time: everyone left dies
+    for name in ("s1", "s2"):
+        sites[name].loc[sites[name]["T"] == 5, "E"] = 1
+    data = pooled(sites)
+    res = Simulation(sites, policy=OPEN).run(
+        KaplanMeier(time="T", event="E", time_grid=day_grid(5))
+    )
+    assert res["all"].survival[-1] == 0.0
+    assert_matches_lifelines(res["all"], data["T"], data["E"])
+
+
+def test_site_without_events_and_group_present_at_one_site_only() -> None:
+    sites = day_sites()
+    sites["site1"]["E"] = 0
+    sites["site2"]["arm"] = "c"  # group c only at site2
+    data = pooled(sites)
+    res = Simulation(sites, policy=OPEN).run(
+        KaplanMeier(
+            time="T", event="E", time_grid=day_grid(700), group="arm", groups=("a", "b", "c")
+        )
+    )
+    for g in ("a", "b", "c"):
+        sub = data[data["arm"] == g]
+        assert_matches_lifelines(res[g], sub["T"], sub["E"])
+
+
+def test_empty_group_is_a_clear_error() -> None:
+    algo = KaplanMeier(
+        time="T", event="E", time_grid=day_grid(700), group="arm", groups=("a", "b", "zz")
+    )
+    with pytest.raises(AlgorithmError, match="group 'zz' of column 'arm' has no patients"):
+        Simulation(day_sites(), policy=OPEN).run(algo)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("T", np.nan, "time column 'T' contains missing or infinite times"),
+        ("T", -3.0, "time column 'T' contains negative times"),
+        ("E", 2, "event column 'E' must hold 0 \\(censored\\) or 1 \\(event\\)"),
+        ("E", np.nan, "event column 'E' must hold 0"),
+        ("T", 701.0, "column 'T' has times beyond the last grid point \\(700\\)"),
+        ("arm", "other", "column 'arm' holds values outside its declared levels"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_column(column: str, value: object, message: str) -> None:
+    sites = day_sites()
+    df = sites["site1"]
+    if column != "arm":
+        df[column] = df[column].astype(float)
+    df.loc[3, column] = value
+    algo = KaplanMeier(time="T", event="E", time_grid=day_grid(700), group="arm", groups=("a", "b"))
+    with pytest.raises(SchemaError, match=message):
+        Simulation(sites, policy=OPEN).run(algo)
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(ValidationError, match="time_grid must be strictly increasing"):
+        KaplanMeier(time="T", event="E", time_grid=(0.0, 2.0, 1.0))
+    with pytest.raises(ValidationError, match="groups are declared but no group column"):
+        KaplanMeier(time="T", event="E", time_grid=(0.0, 1.0), groups=("a",))
+    with pytest.raises(ValidationError, match="groups must be a tuple"):
+        KaplanMeier(time="T", event="E", time_grid=(0.0, 1.0), group="arm")
+    with pytest.raises(ValidationError, match="alpha"):
+        KaplanMeier(time="T", event="E", time_grid=(0.0, 1.0), alpha=1.5)
+    with pytest.raises(SchemaError, match=r"column\(s\) \['time'\] not found"):
+        Simulation(day_sites(), policy=OPEN).run(
+            KaplanMeier(time="time", event="E", time_grid=day_grid(700))
+        )
