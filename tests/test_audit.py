@@ -330,3 +330,16 @@ def test_key_files(tmp_path):
     (tmp_path / "short.key").write_text("abcd")
     with pytest.raises(ValidationError, match="shorter"):
         read_key_file(tmp_path / "short.key")
+
+
+def test_append_inside_the_callers_transaction(db):
+    log = AuditLog(db.engine, key=KEY)
+    _fill(log, 2)
+    with pytest.raises(RuntimeError), db.engine.begin() as conn:
+        log.append("hub", "round.persist", {"round": 3}, connection=conn)
+        raise RuntimeError("the caller's transaction fails")
+    assert len(log) == 2 and log.verify().ok  # rolled back with the caller's writes
+    with db.engine.begin() as conn:
+        entry = log.append("hub", "round.persist", {"round": 3}, connection=conn)
+    assert entry.seq == 3 and log.entries(since=2) == [entry]
+    assert log.verify().ok

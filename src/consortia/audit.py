@@ -353,7 +353,14 @@ class AuditLog:
 
     # -- writing -------------------------------------------------------------------------
 
-    def append(self, actor: str, action: str, details: Mapping[str, Any]) -> AuditEntry:
+    def append(
+        self,
+        actor: str,
+        action: str,
+        details: Mapping[str, Any],
+        *,
+        connection: sa.Connection | None = None,
+    ) -> AuditEntry:
         """Append one entry and return it.
 
         Parameters
@@ -364,6 +371,12 @@ class AuditLog:
             What happened (``"study.submit"``, ``"release"``...).
         details
             JSON-serialisable mapping: names and shapes, ids, policy.  Never values.
+        connection
+            Append inside this connection's open transaction (same database as the engine),
+            so that the entry commits or rolls back with the caller's own writes.  The caller
+            commits; no retry is attempted (a lock conflict raises the database error).
+            Without it the append runs and commits in its own transaction, retried on lock
+            contention.
 
         Raises
         ------
@@ -381,11 +394,14 @@ class AuditLog:
         if len(details_json) > _MAX_DETAILS:
             raise ValidationError(f"audit details exceed {_MAX_DETAILS} bytes of JSON")
         details_obj = json.loads(details_json)
+        if connection is not None:
+            return self._append_in(connection, actor, action, details_json, details_obj)
         last_exc: Exception | None = None
         with self._lock:
             for attempt in range(_RETRIES):
                 try:
-                    return self._append_once(actor, action, details_json, details_obj)
+                    with self._engine.begin() as conn:
+                        return self._append_in(conn, actor, action, details_json, details_obj)
                 except DBAPIError as exc:
                     if not _retryable(exc):
                         raise
@@ -396,42 +412,41 @@ class AuditLog:
                     )
         raise ProtocolError(f"audit append failed after {_RETRIES} retries: {last_exc}")
 
-    def _append_once(
-        self, actor: str, action: str, details_json: str, details_obj: Any
+    def _append_in(
+        self, conn: sa.Connection, actor: str, action: str, details_json: str, details_obj: Any
     ) -> AuditEntry:
         head = self._head
-        with self._engine.begin() as conn:
-            # Take the write lock first: a row lock in PostgreSQL, the database lock in SQLite.
-            bumped = conn.execute(
-                sa.update(head).where(head.c.id == 1).values(version=head.c.version + 1)
+        # Take the write lock first: a row lock in PostgreSQL, the database lock in SQLite.
+        bumped = conn.execute(
+            sa.update(head).where(head.c.id == 1).values(version=head.c.version + 1)
+        )
+        if bumped.rowcount != 1:
+            raise ProtocolError(
+                "audit log head record is missing: the log was tampered with; run verify"
             )
-            if bumped.rowcount != 1:
-                raise ProtocolError(
-                    "audit log head record is missing: the log was tampered with; run verify"
-                )
-            row = conn.execute(sa.select(head.c.seq, head.c.hash).where(head.c.id == 1)).one()
-            seq = int(row.seq) + 1
-            prev_hash = str(row.hash)
-            timestamp = datetime.now(UTC).strftime(_TS_FORMAT)
-            hash_ = _entry_hash(seq, timestamp, actor, action, details_obj, prev_hash)
-            mac = None if self._key is None else _mac(self._key, _ENTRY_DOMAIN, hash_)
-            conn.execute(
-                sa.insert(self._log).values(
-                    seq=seq,
-                    timestamp=timestamp,
-                    actor=actor,
-                    action=action,
-                    details=details_json,
-                    prev_hash=prev_hash,
-                    hash=hash_,
-                    mac=mac,
-                )
+        row = conn.execute(sa.select(head.c.seq, head.c.hash).where(head.c.id == 1)).one()
+        seq = int(row.seq) + 1
+        prev_hash = str(row.hash)
+        timestamp = datetime.now(UTC).strftime(_TS_FORMAT)
+        hash_ = _entry_hash(seq, timestamp, actor, action, details_obj, prev_hash)
+        mac = None if self._key is None else _mac(self._key, _ENTRY_DOMAIN, hash_)
+        conn.execute(
+            sa.insert(self._log).values(
+                seq=seq,
+                timestamp=timestamp,
+                actor=actor,
+                action=action,
+                details=details_json,
+                prev_hash=prev_hash,
+                hash=hash_,
+                mac=mac,
             )
-            conn.execute(
-                sa.update(head)
-                .where(head.c.id == 1)
-                .values(seq=seq, hash=hash_, mac=self._head_mac(seq, hash_))
-            )
+        )
+        conn.execute(
+            sa.update(head)
+            .where(head.c.id == 1)
+            .values(seq=seq, hash=hash_, mac=self._head_mac(seq, hash_))
+        )
         return AuditEntry(seq, timestamp, actor, action, details_obj, prev_hash, hash_, mac)
 
     # -- reading -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -116,3 +117,33 @@ def test_show(logged):
     assert [r["seq"] for r in rows] == [5, 6]
     assert rows[1]["details"] == {"study": "s1", "round": 5, "arrays": {"s": [2]}}
     assert rows[1]["prev_hash"] == rows[0]["hash"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CONSORTIA_TEST_POSTGRES_URL"),
+    reason="CONSORTIA_TEST_POSTGRES_URL is not set",
+)
+def test_verify_a_postgresql_log_by_url():
+    url = os.environ["CONSORTIA_TEST_POSTGRES_URL"]
+    schema = f"audit_cli_{uuid.uuid4().hex[:12]}"
+    base = sa.create_engine(url)
+    with base.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        engine = base.execution_options(schema_translate_map={None: schema})
+        log = AuditLog(engine)
+        for i in range(3):
+            log.append("hub", "study.submit", {"study": f"s{i}"})
+        sep = "&" if "?" in url else "?"
+        scoped = f"{url}{sep}options=-csearch_path%3D{schema}"
+        runner = CliRunner()
+        result = runner.invoke(main, ["audit", "verify", "--db", scoped])
+        assert result.exit_code == 0 and "intact: 3 entries" in result.output, result.output
+        with base.begin() as conn:
+            conn.execute(sa.text(f"UPDATE \"{schema}\".audit_log SET actor = 'x' WHERE seq = 2"))
+        result = runner.invoke(main, ["audit", "verify", "--db", scoped])
+        assert result.exit_code == 1 and "first bad seq 2" in result.output
+    finally:
+        with base.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        base.dispose()
