@@ -5,6 +5,34 @@ every public submodule, so adding a module is enough to make its algorithms
 available by name.
 """
 
-from consortia.stats.descriptive import Mean, MeanResult
+from consortia.stats.descriptive import (
+    Count,
+    CountResult,
+    CrossTab,
+    CrossTabResult,
+    Histogram,
+    HistogramResult,
+    Mean,
+    MeanResult,
+    Variance,
+    VarianceResult,
+)
+from consortia.stats.linear import LinearRegression, LinearRegressionResult
+from consortia.stats.logistic import LogisticRegression, LogisticRegressionResult
 
-__all__ = ["Mean", "MeanResult"]
+__all__ = [
+    "Count",
+    "CountResult",
+    "CrossTab",
+    "CrossTabResult",
+    "Histogram",
+    "HistogramResult",
+    "LinearRegression",
+    "LinearRegressionResult",
+    "LogisticRegression",
+    "LogisticRegressionResult",
+    "Mean",
+    "MeanResult",
+    "Variance",
+    "VarianceResult",
+]
