@@ -367,14 +367,15 @@ class CoxPH(Algorithm):
                 beta = prev[1] + step
                 offset = offset + float(np.log(total))
                 continue
-            try:
-                chol = np.linalg.cholesky(-h)
-            except np.linalg.LinAlgError:
+            eig = np.linalg.eigvalsh(-h)
+            if not eig[0] > 1e-10 * max(eig[-1], 1e-300):
+                weak = self.covariates[int(np.argmax(np.abs(np.linalg.eigh(-h)[1][:, 0])))]
                 raise ConvergenceError(
-                    "the Cox Hessian is not negative definite: collinear covariates or too few "
-                    "events for the covariates; drop a column or set penalizer > 0"
-                ) from None
-            step = np.linalg.solve(chol.T, np.linalg.solve(chol, g))
+                    "the Cox information matrix is singular or nearly so (involving covariate "
+                    f"{weak!r}): collinear covariates, too few events, or a monotone likelihood "
+                    "(perfect separation); drop a column or set penalizer > 0"
+                )
+            step = np.linalg.solve(-h, g)
             history.append(float(np.max(np.abs(step))))
             prev = (ll, beta.copy())
             last = dict(beta=beta.copy(), offset=offset, h=h, ll=ll, risk=risk)
