@@ -150,3 +150,31 @@ def test_integer_ids_round_trip_through_npz(tmp_path: Path) -> None:
     expr.to_csv(tmp_path / "e.csv")
     ds = load_dataset(frame, schema=schema, expression=tmp_path / "e.csv")
     assert ds.expression.index.tolist() == [3, 1]
+
+
+def test_tcga_brca_validates_and_catalogues(shared_data: Path) -> None:
+    """The real Fed-TCGA-BRCA table loads under a declared schema, region by region."""
+    from consortia.data import catalogue
+    from consortia.data.tcga import load_tcga_brca
+
+    tcga = load_tcga_brca(shared_data / "tcga_brca")
+    covariates = {c: "float" if c == "age_at_index" else "int" for c in tcga.covariates}
+    mapping = {"id": "pid", "time": "T", "event": "E", "covariates": covariates}
+    raw = load_dataset(shared_data / "tcga_brca" / "brca.csv", schema=mapping)
+    assert raw.name == "brca" and raw.n_rows == 1096
+    assert raw.schema.covariates == tcga.covariates
+    rows = {}
+    for region, frame in tcga.sites().items():
+        ds = load_dataset(frame, schema=mapping, name="tcga_brca")
+        rows[region] = catalogue(ds)["rows"]
+    assert rows == {
+        "Northeast": 310,
+        "South": 200,
+        "West": 210,
+        "Midwest": 160,
+        "Europe": 160,
+        "Canada": 50,
+    }
+    bad = tcga.pooled().assign(E=tcga.pooled()["E"] * 2)
+    with pytest.raises(SchemaError, match=r"column 'E' \(event\) must be 0/1"):
+        load_dataset(bad, schema=mapping)
