@@ -1,0 +1,413 @@
+"""The hub's HTTP API (FastAPI): enrolment, tokens, catalogue, studies, node tasks.
+
+Every endpoint under ``/v1`` needs a bearer token; roles are ``admin``,
+``researcher``, ``node`` (its enrolled credential) and ``enrolment`` (one-time).
+A node sees only its own tasks, a researcher only their own studies.  Arrays
+travel as :mod:`consortia.wire` frames; control messages are pydantic models.
+Refused requests (4xx other than 401) are written to the audit log; a request
+without a valid token is answered 401 and leaves no trace.
+"""
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consortia import __version__
+from consortia.audit import AuditLog
+from consortia.errors import KeyVerificationError, ValidationError
+from consortia.hub.auth import Principal, create_token, hash_token, new_secret, resolve
+from consortia.hub.db import NodeRow, TokenRow, make_engine
+from consortia.hub.schemas import (
+    CatalogueRequest,
+    EnrolRequest,
+    EnrolResponse,
+    RefusalRequest,
+    RevealRequest,
+    StudyRequest,
+    TokenRequest,
+    TokenResponse,
+)
+from consortia.hub.service import HubError, StudyEngine
+from consortia.privacy.keys import PeerKey
+
+__all__ = ["HubSettings", "create_app"]
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Configuration of one hub.
+
+    Attributes
+    ----------
+    db
+        SQLAlchemy URL or a SQLite file path (WAL mode).
+    node_timeout
+        Seconds a node may take to post its masked vector before it is excluded.
+    reveal_timeout
+        Seconds a node may take to reveal its self-mask seed.
+    max_payload
+        Largest accepted contribution in bytes.
+    max_concurrent_uploads
+        Contributions read at once (bounds hub memory whatever the number of nodes).
+    audit_key_file
+        Optional file holding the audit HMAC key.
+    """
+
+    db: str
+    node_timeout: float = 30.0
+    reveal_timeout: float = 120.0
+    max_payload: int = 256 * 2**20
+    max_concurrent_uploads: int = 2
+    audit_key_file: str | None = None
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_app(settings: HubSettings) -> FastAPI:
+    """Build the hub's FastAPI application for ``settings``."""
+    engine = make_engine(settings.db)
+    key = None
+    if settings.audit_key_file:
+        from consortia.audit import read_key_file
+
+        key = read_key_file(settings.audit_key_file)
+    audit = AuditLog(engine, key=key)
+    studies = StudyEngine(
+        engine,
+        node_timeout=settings.node_timeout,
+        reveal_timeout=settings.reveal_timeout,
+        max_payload=settings.max_payload,
+        audit=audit,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 256
+        app.state.upload_slots = asyncio.Semaphore(max(1, settings.max_concurrent_uploads))
+        studies.start()
+        try:
+            yield
+        finally:
+            studies.stop()
+
+    app = FastAPI(
+        title="consortia hub",
+        version=__version__,
+        description=(
+            "Coordinates federated studies: nodes enrol, publish catalogues and long-poll for "
+            "tasks; researchers submit studies and read their securely aggregated sums."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.studies = studies
+    app.state.audit = audit
+    app.state.db = engine
+
+    def principal(
+        request: Request,
+        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        token = cred.credentials if cred is not None else None
+        with Session(engine) as s:
+            who = resolve(s, token)
+        if who is None:
+            raise HTTPException(401, "missing or invalid bearer token")
+        request.state.principal = who
+        return who
+
+    def role(*allowed: str):
+        def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            if who.role not in allowed:
+                raise HubError(403, f"this endpoint needs the role {' or '.join(allowed)}")
+            return who
+
+        return check
+
+    Admin = Annotated[Principal, Depends(role("admin"))]
+    Researcher = Annotated[Principal, Depends(role("researcher", "admin"))]
+    Node = Annotated[Principal, Depends(role("node"))]
+    Enrolment = Annotated[Principal, Depends(role("enrolment"))]
+
+    def _rejected(request: Request, status: int, reason: str) -> None:
+        who = getattr(request.state, "principal", None)
+        if who is None:
+            return
+        audit.append(
+            f"{who.role}:{who.name}",
+            "request.rejected",
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "status": status,
+                "reason": reason,
+            },
+        )
+
+    @app.exception_handler(HubError)
+    async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
+        await anyio.to_thread.run_sync(_rejected, request, exc.status, exc.message)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        reason = f"invalid request fields: {fields}"
+        await anyio.to_thread.run_sync(_rejected, request, 422, reason)
+        return JSONResponse({"detail": reason}, status_code=422)
+
+    # ---------------------------------------------------------------- service
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness probe (no authentication, no data)."""
+        return {"ok": True, "version": __version__}
+
+    @app.get("/v1/whoami", tags=["service"])
+    def whoami(who: Annotated[Principal, Depends(principal)]) -> dict[str, str]:
+        """The role and name of the caller's token."""
+        return {"role": who.role, "name": who.name}
+
+    # ---------------------------------------------------------------- admin
+
+    @app.post("/v1/tokens", tags=["admin"])
+    def new_token(body: TokenRequest, who: Admin) -> TokenResponse:
+        """Create a researcher, admin or one-time enrolment token (shown once)."""
+        with Session(engine) as s:
+            token = create_token(s, body.role, body.name)
+            s.commit()
+        audit.append(f"admin:{who.name}", "token.create", {"role": body.role, "name": body.name})
+        return TokenResponse(role=body.role, name=body.name, token=token)
+
+    @app.get("/v1/nodes", tags=["admin"])
+    def nodes(who: Researcher) -> list[dict[str, Any]]:
+        """Enrolled nodes: name, identity key fingerprint, last contact."""
+        from consortia.node.identity import fingerprint
+
+        with Session(engine) as s:
+            return [
+                {
+                    "name": n.name,
+                    "fingerprint": fingerprint(bytes.fromhex(n.identity_key)),
+                    "last_seen": n.last_seen,
+                }
+                for n in s.scalars(select(NodeRow).order_by(NodeRow.name))
+            ]
+
+    @app.get("/v1/audit", tags=["admin"])
+    def audit_entries(
+        who: Admin, since: int = 0, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+    ) -> list[dict[str, Any]]:
+        """Hub audit entries from sequence number ``since``."""
+        return [
+            {
+                "seq": e.seq,
+                "timestamp": e.timestamp,
+                "actor": e.actor,
+                "action": e.action,
+                "details": dict(e.details),
+                "hash": e.hash,
+            }
+            for e in audit.entries(since=since, limit=limit)
+        ]
+
+    @app.get("/v1/audit/verify", tags=["admin"])
+    def audit_verify(who: Admin) -> dict[str, Any]:
+        """Verify the hub's hash-chained audit log."""
+        rep = audit.verify()
+        return {
+            "ok": rep.ok,
+            "n_entries": rep.n_entries,
+            "first_bad_seq": rep.first_bad_seq,
+            "reason": rep.reason,
+        }
+
+    # ---------------------------------------------------------------- enrolment
+
+    @app.post("/v1/enrol", tags=["node"])
+    def enrol(body: EnrolRequest, who: Enrolment) -> EnrolResponse:
+        """Enrol a node with a one-time token: bind its name to its identity key."""
+        try:
+            peer = PeerKey.from_json(body.peer_key.model_dump())
+            if peer.site != body.name:
+                raise ValidationError("the signed key names another site")
+            peer.verify()
+        except (KeyVerificationError, ValidationError) as exc:
+            raise HubError(422, str(exc)) from None
+        if who.name not in ("*", body.name):
+            raise HubError(403, f"this enrolment token is for node {who.name!r}")
+        credential = new_secret("node")
+        with Session(engine) as s:
+            token = s.get(TokenRow, who.token_id)
+            if token is None or token.used:
+                raise HTTPException(401, "missing or invalid bearer token")
+            if s.get(NodeRow, body.name) is not None:
+                raise HubError(409, f"a node named {body.name!r} is already enrolled")
+            token.used = True
+            s.add(
+                NodeRow(
+                    name=body.name,
+                    identity_key=peer.identity_key.hex(),
+                    mask_key=peer.mask_key.hex(),
+                    signature=peer.signature.hex(),
+                    credential_hash=hash_token(credential),
+                )
+            )
+            s.commit()
+        audit.append(
+            f"enrolment:{who.name}",
+            "node.enrol",
+            {"node": body.name, "identity_key": peer.identity_key.hex()},
+        )
+        return EnrolResponse(name=body.name, credential=credential)
+
+    # ---------------------------------------------------------------- catalogue
+
+    @app.put("/v1/node/catalogue", tags=["node"])
+    def publish(body: CatalogueRequest, who: Node) -> dict[str, Any]:
+        """Replace this node's published catalogue (names, columns, rounded counts)."""
+        studies.publish(who.name, body.datasets)
+        return {"datasets": sorted(body.datasets)}
+
+    @app.get("/v1/catalogue", tags=["researcher"])
+    def catalogue(who: Researcher) -> dict[str, Any]:
+        """The published catalogue: node -> dataset -> description."""
+        return studies.catalogue()
+
+    # ---------------------------------------------------------------- node tasks
+
+    @app.get("/v1/node/tasks", tags=["node"])
+    def tasks(who: Node, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> list[dict[str, Any]]:
+        """This node's open tasks; waits up to ``wait`` seconds for one (long-poll)."""
+        with Session(engine) as s:
+            row = s.get(NodeRow, who.name)
+            if row is not None and time.time() - row.last_seen > 5:
+                row.last_seen = time.time()
+                s.commit()
+        return studies.wait_tasks(who.name, wait)
+
+    base = "/v1/node/studies/{study_id}/rounds/{round_index}/attempts/{attempt}"
+
+    @app.post(base + "/contribution", tags=["node"])
+    async def contribution(
+        request: Request,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        who: Node,
+    ) -> dict[str, Any]:
+        """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
+
+        The layout (array names and shapes) travels in the ``X-Consortia-Layout``
+        header as JSON.  The contribution is persisted before the answer.
+        """
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_payload):
+            raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
+        try:
+            layout = json.loads(request.headers.get("x-consortia-layout", ""))
+        except ValueError:
+            raise HubError(400, "the X-Consortia-Layout header is not JSON") from None
+        async with request.app.state.upload_slots:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > settings.max_payload:
+                    raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
+            return await anyio.to_thread.run_sync(
+                studies.contribute, who.name, study_id, round_index, attempt, layout, bytes(body)
+            )
+
+    @app.post(base + "/reveal", tags=["node"])
+    def reveal(
+        study_id: str, round_index: int, attempt: int, body: RevealRequest, who: Node
+    ) -> dict[str, Any]:
+        """Reveal this node's self-mask seed once every vector of the attempt is in."""
+        return studies.reveal(who.name, study_id, round_index, attempt, body.seed)
+
+    @app.post(base + "/refusal", tags=["node"])
+    def refusal(
+        study_id: str, round_index: int, attempt: int, body: RefusalRequest, who: Node
+    ) -> dict[str, Any]:
+        """Report that this node's policy refused the task (the study fails naming the rule)."""
+        return studies.refuse(who.name, study_id, round_index, attempt, body.rule, body.message)
+
+    # ---------------------------------------------------------------- studies
+
+    def _scope(who: Principal) -> str | None:
+        return None if who.role == "admin" else who.name
+
+    @app.post("/v1/studies", tags=["researcher"])
+    def submit(body: StudyRequest, who: Researcher) -> dict[str, Any]:
+        """Submit a study; it starts at once over every node publishing the dataset."""
+        sid = studies.submit(
+            who.name,
+            body.algorithm.model_dump(),
+            body.dataset,
+            nodes=body.nodes,
+            frac_bits=body.frac_bits,
+        )
+        return studies.status(sid, who.name)
+
+    @app.get("/v1/studies", tags=["researcher"])
+    def list_studies(who: Researcher) -> list[dict[str, Any]]:
+        """The caller's studies (all studies for an admin)."""
+        return studies.list_studies(_scope(who))
+
+    @app.get("/v1/studies/{study_id}", tags=["researcher"])
+    def study(
+        study_id: str,
+        who: Researcher,
+        version: int | None = None,
+        wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
+    ) -> dict[str, Any]:
+        """A study's state; with ``version`` and ``wait``, waits for a change (long-poll)."""
+        return studies.wait_status(study_id, _scope(who), version, wait)
+
+    @app.get("/v1/studies/{study_id}/rounds", tags=["researcher"])
+    def rounds(
+        study_id: str,
+        who: Researcher,
+        start: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Finished rounds with their securely aggregated sums (base64 consortia.wire)."""
+        return studies.round_sums(study_id, _scope(who), start, limit)
+
+    @app.post("/v1/studies/{study_id}/cancel", tags=["researcher"])
+    def cancel(study_id: str, who: Researcher) -> dict[str, Any]:
+        """Cancel a running study."""
+        return studies.cancel(study_id, _scope(who), f"{who.role}:{who.name}")
+
+    return app
+
+
+def bootstrap_token(db: str, role: str, name: str) -> str:
+    """Create a token directly in the hub database (no server needed); return it."""
+    engine = make_engine(db)
+    try:
+        with Session(engine) as s:
+            token = create_token(s, role, name)
+            s.commit()
+        AuditLog(engine).append("operator", "token.create", {"role": role, "name": name})
+        return token
+    finally:
+        engine.dispose()
+
+
+def read_secret_file(path: str | Path) -> str:
+    """Read a token from a file (whitespace stripped)."""
+    return Path(path).read_text().strip()

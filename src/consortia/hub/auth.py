@@ -1,0 +1,64 @@
+"""Bearer tokens and node credentials: created random, stored hashed, resolved to a principal."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consortia.errors import ValidationError
+from consortia.hub.db import NodeRow, TokenRow
+
+__all__ = ["ROLES", "Principal", "create_token", "hash_token", "new_secret", "resolve"]
+
+ROLES = ("admin", "researcher", "enrolment")
+_PREFIX = {"admin": "cad_", "researcher": "cre_", "enrolment": "cen_", "node": "cno_"}
+
+
+def new_secret(role: str) -> str:
+    """A fresh random token (256 bits) with a readable role prefix."""
+    return _PREFIX[role] + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex digest of a token (tokens are random: no salt or stretching needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: ``role`` is admin, researcher, enrolment or node; ``name`` identifies it."""
+
+    role: str
+    name: str
+    token_id: int | None = None
+
+
+def create_token(session: Session, role: str, name: str) -> str:
+    """Create and store (hashed) a token; return the clear token, shown once."""
+    if role not in ROLES:
+        raise ValidationError(f"role must be one of {ROLES}, not {role!r}")
+    if not name or len(name) > 128:
+        raise ValidationError("a token name must have 1 to 128 characters")
+    token = new_secret(role)
+    session.add(TokenRow(token_hash=hash_token(token), role=role, name=name))
+    return token
+
+
+def resolve(session: Session, token: str | None) -> Principal | None:
+    """The principal a bearer token belongs to, or None if it is unknown or spent."""
+    if not token or len(token) > 256:
+        return None
+    digest = hash_token(token)
+    row = session.scalar(select(TokenRow).where(TokenRow.token_hash == digest))
+    if row is not None:
+        if row.role == "enrolment" and row.used:
+            return None
+        return Principal(row.role, row.name, row.id)
+    node = session.scalar(select(NodeRow).where(NodeRow.credential_hash == digest))
+    if node is not None:
+        return Principal("node", node.name)
+    return None

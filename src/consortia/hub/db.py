@@ -1,0 +1,169 @@
+"""The hub's database: SQLAlchemy 2 models and engine creation.
+
+SQLite (a file, in WAL mode) is the embedded default; any SQLAlchemy URL, for
+example ``postgresql+psycopg://user@host/db``, works without code change.
+
+Tables
+------
+``nodes``            enrolled nodes: name, identity and signed masking key, hashed credential
+``tokens``           researcher, admin and one-time enrolment tokens (hashed)
+``datasets``         the catalogue each node published (names, columns, rounded counts; no values)
+``studies``          algorithm spec, dataset, researcher, status, participants, error
+``rounds``           one row per round: step, public arrays, the open attempt and its running
+                     masked sum, the received set, revealed seeds, and the SUMS once finished
+``tasks``            per-node task state of every attempt
+``audit_log``        created by :class:`consortia.audit.AuditLog` on the same engine
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "DatasetRow",
+    "NodeRow",
+    "RoundRow",
+    "StudyRow",
+    "TaskRow",
+    "TokenRow",
+    "make_engine",
+]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the hub's tables."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+class NodeRow(Base):
+    """An enrolled node."""
+
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    identity_key: Mapped[str] = mapped_column(String(64))
+    mask_key: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    enrolled_at: Mapped[float] = mapped_column(Float, default=_now)
+    last_seen: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class TokenRow(Base):
+    """A bearer token: role ``admin``, ``researcher`` or ``enrolment`` (one-time)."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class DatasetRow(Base):
+    """One dataset in one node's published catalogue."""
+
+    __tablename__ = "datasets"
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    catalogue: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class StudyRow(Base):
+    """A study submitted by a researcher."""
+
+    __tablename__ = "studies"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    researcher: Mapped[str] = mapped_column(String(128), index=True)
+    algorithm: Mapped[dict] = mapped_column(JSON)
+    dataset: Mapped[str] = mapped_column(String(128))
+    frac_bits: Mapped[int] = mapped_column(Integer, default=24)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    participants: Mapped[list] = mapped_column(JSON)
+    n_rounds: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_site: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=_now)
+    updated_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class RoundRow(Base):
+    """One round of a study (one row per round index: a duplicate round cannot exist)."""
+
+    __tablename__ = "rounds"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[str] = mapped_column(String(128))
+    public: Mapped[bytes] = mapped_column(LargeBinary)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    participants: Mapped[list] = mapped_column(JSON)
+    phase: Mapped[str] = mapped_column(String(16), default="collect")
+    layout: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    acc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    received: Mapped[dict] = mapped_column(JSON, default=dict)
+    seeds: Mapped[dict] = mapped_column(JSON, default=dict)
+    sums: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    opened_at: Mapped[float] = mapped_column(Float, default=_now)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TaskRow(Base):
+    """The state of one node's work on one attempt: pending, contributed, revealed, ..."""
+
+    __tablename__ = "tasks"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for ``url`` and the hub's tables.
+
+    A bare path (no ``://``) is taken as a SQLite file.  SQLite files are put in
+    WAL mode with ``synchronous=NORMAL``: a committed transaction survives a
+    crash of the hub process (``kill -9``).
+    """
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine

@@ -1,0 +1,167 @@
+"""Start and stop a hub as a real process (for the demo, benchmarks and tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from consortia.errors import ConsortiaError
+from consortia.hub.app import bootstrap_token
+
+__all__ = ["HubProcess", "free_port"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class HubProcess:
+    """A hub running as ``python -m consortia.hub`` in a child process.
+
+    Parameters
+    ----------
+    db
+        SQLAlchemy URL or SQLite file path.
+    port
+        TCP port (a free one if omitted).
+    host
+        Interface to bind (plain HTTP is allowed on loopback only).
+    node_timeout, reveal_timeout
+        See :class:`~consortia.hub.app.HubSettings`.
+    tls_cert, tls_key, ca
+        Serve HTTPS with this chain and key; ``ca`` is what clients should trust.
+    log
+        File to receive the hub's stderr/stdout (default: discarded).
+
+    Examples
+    --------
+    >>> with HubProcess("hub.sqlite") as hub:              # doctest: +SKIP
+    ...     token = hub.create_token("researcher", "alice")
+    ...     print(hub.url)
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        node_timeout: float = 30.0,
+        reveal_timeout: float = 120.0,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        ca: str | Path | None = None,
+        log: str | Path | None = None,
+    ) -> None:
+        self.db = str(db)
+        self.host = host
+        self.port = port or free_port(host)
+        self.node_timeout = node_timeout
+        self.reveal_timeout = reveal_timeout
+        self.tls_cert, self.tls_key, self.ca = tls_cert, tls_key, ca
+        self.log = Path(log) if log else None
+        self.proc: subprocess.Popen | None = None
+        self._log_fh: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The hub's base URL."""
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        """The command line that starts the hub."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "consortia.hub",
+            "--db",
+            self.db,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--node-timeout",
+            str(self.node_timeout),
+            "--reveal-timeout",
+            str(self.reveal_timeout),
+        ]
+        if self.tls_cert:
+            cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
+        else:
+            cmd.append("--insecure-http")
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> HubProcess:
+        """Start the process and wait until it answers (at most ``timeout`` seconds)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        out = subprocess.DEVNULL
+        if self.log is not None:
+            self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+            out = self._log_fh
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=os.environ.copy())
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until ``/healthz`` answers; raise if the process died or time ran out."""
+        verify = str(self.ca) if self.ca else True
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ConsortiaError(f"the hub exited with code {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise ConsortiaError(f"the hub did not answer within {timeout:g}s")
+
+    def create_token(self, role: str, name: str) -> str:
+        """Create a token (``admin``, ``researcher`` or ``enrolment``) in the hub's database.
+
+        For an enrolment token, ``name`` is the node it is for (``"*"``: any node).
+        """
+        return bootstrap_token(self.db, role, name)
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, while running."""
+        return self.proc.pid if self.proc is not None else None
+
+    def kill(self) -> None:
+        """``kill -9`` the hub (crash test) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the hub gracefully (SIGTERM), killing it after ``timeout`` seconds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+    def __enter__(self) -> HubProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

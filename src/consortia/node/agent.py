@@ -1,0 +1,313 @@
+"""The node agent: enrols once, publishes its catalogue, long-polls the hub and answers tasks.
+
+The node only ever opens outbound connections.  Each task is answered through
+:class:`consortia.runtime.SiteWorker`, the same policy, encoding and masking
+path as the simulation; the secure-aggregation ledger lives in the node's own
+SQLite (:class:`~consortia.node.store.SqlLedger`), so a restarted node keeps
+the one-reveal-per-round rule and picks its work up again.  Every release
+(array names and shapes, never values) and every refusal (the rule) is written
+to the node's own audit log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from consortia.data import catalogue, load_dataset
+from consortia.errors import ConsortiaError, PolicyError, ProtocolError, ValidationError
+from consortia.node.config import NodeConfig
+from consortia.node.identity import fingerprint, load_identity, read_private, write_private
+from consortia.node.store import NodeStore
+from consortia.privacy.keys import PeerKey
+from consortia.runtime.site import SiteWorker
+from consortia.runtime.task import Task
+from consortia.wire import CONTENT_TYPE, pack_arrays, unpack_arrays
+
+__all__ = ["NodeAgent"]
+
+log = logging.getLogger("consortia.node")
+
+
+def _verify(config: NodeConfig) -> ssl.SSLContext | bool:
+    if config.ca is not None:
+        from consortia.certs import client_ssl_context
+
+        return client_ssl_context(config.ca)
+    return True
+
+
+class NodeAgent:
+    """One institution's node.
+
+    Parameters
+    ----------
+    config
+        The node's configuration (see :mod:`consortia.node.config`).
+
+    Examples
+    --------
+    >>> agent = NodeAgent(load_config("node.toml"))  # doctest: +SKIP
+    >>> agent.enrol("cen_...")                        # once, with a token from the hub admin
+    >>> agent.run()                                   # until stop() or SIGTERM
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.identity = load_identity(config.data_dir)
+        self.store = NodeStore(config.data_dir)
+        self._stop = threading.Event()
+        self._client = httpx.Client(
+            base_url=config.hub,
+            verify=_verify(config),
+            timeout=httpx.Timeout(config.poll_wait + 30, connect=10),
+        )
+        self._worker: SiteWorker | None = None
+        self._trusted: dict[str, bytes] = {}
+        self.polling = False
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 fingerprint of this node's identity key (peers may pin it)."""
+        return fingerprint(self.identity.identity_public)
+
+    @property
+    def _credential_path(self):
+        return self.config.data_dir / "credential"
+
+    # ------------------------------------------------------------------ enrolment
+
+    def enrol(self, token: str) -> str:
+        """Enrol with a one-time enrolment token; store the credential (0600) and return it."""
+        peer = self.identity.peer_key(self.config.name)
+        r = self._client.post(
+            "/v1/enrol",
+            json={"name": self.config.name, "peer_key": peer.to_json()},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if r.status_code != 200:
+            raise ProtocolError(f"enrolment refused ({r.status_code}): {_detail(r)}")
+        credential = r.json()["credential"]
+        write_private(self._credential_path, credential.encode())
+        self.store.audit.append(
+            f"node:{self.config.name}",
+            "enrol",
+            {"hub": self.config.hub, "fingerprint": self.fingerprint},
+        )
+        return credential
+
+    def _auth(self) -> dict[str, str]:
+        if not self._credential_path.exists():
+            raise ValidationError(
+                f"node {self.config.name!r} is not enrolled: run `consortia node enrol` first"
+            )
+        return {"Authorization": f"Bearer {read_private(self._credential_path).decode()}"}
+
+    # ------------------------------------------------------------------ datasets
+
+    def worker(self) -> SiteWorker:
+        """Load the datasets (validated against their schemas) into a SiteWorker."""
+        if self._worker is None:
+            datasets, policies = {}, {}
+            for ds in self.config.datasets:
+                datasets[ds.name] = load_dataset(
+                    str(ds.path),
+                    schema=ds.schema,
+                    name=ds.name,
+                    expression=str(ds.expression) if ds.expression else None,
+                    tiles=str(ds.tiles) if ds.tiles else None,
+                )
+                policies[ds.name] = ds.policy
+            self._worker = SiteWorker(
+                self.config.name,
+                datasets,
+                policies=policies,
+                identity=self.identity,
+                ledger=self.store.ledger,
+            )
+        return self._worker
+
+    def publish(self) -> dict[str, Any]:
+        """Publish the catalogue (names, columns, types, rounded counts; no values)."""
+        worker = self.worker()
+        entries = {name: catalogue(ds) for name, ds in worker.datasets.items()}
+        r = self._client.put("/v1/node/catalogue", json={"datasets": entries}, headers=self._auth())
+        if r.status_code != 200:
+            raise ProtocolError(f"catalogue refused ({r.status_code}): {_detail(r)}")
+        self.store.audit.append(
+            f"node:{self.config.name}", "catalogue.publish", {"datasets": sorted(entries)}
+        )
+        return entries
+
+    # ------------------------------------------------------------------ loop
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current request."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Publish the catalogue, then long-poll and answer tasks until :meth:`stop`."""
+        backoff = 0.1
+        published = False
+        while not self._stop.is_set():
+            try:
+                if not published:
+                    self.publish()
+                    published = True
+                self.polling = True
+                try:
+                    r = self._client.get(
+                        "/v1/node/tasks",
+                        params={"wait": self.config.poll_wait},
+                        headers=self._auth(),
+                    )
+                finally:
+                    self.polling = False
+                if r.status_code != 200:
+                    raise ProtocolError(f"task poll refused ({r.status_code}): {_detail(r)}")
+                for task in r.json():
+                    if self._stop.is_set():
+                        break
+                    self.handle(task)
+                backoff = 0.1
+            except (httpx.TransportError, ProtocolError) as exc:
+                log.warning("hub unreachable or refusing (%s); retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def run_once(self, wait: float = 0.0) -> int:
+        """Poll once and answer the tasks received; return how many (for tests and tools)."""
+        r = self._client.get("/v1/node/tasks", params={"wait": wait}, headers=self._auth())
+        r.raise_for_status()
+        tasks = r.json()
+        for task in tasks:
+            self.handle(task)
+        return len(tasks)
+
+    # ------------------------------------------------------------------ one task
+
+    def _task(self, msg: Mapping[str, Any]) -> Task:
+        public = unpack_arrays(base64.b64decode(msg["public"]), copy=True)
+        return Task(
+            study_id=str(msg["study_id"]),
+            round_index=int(msg["round_index"]),
+            attempt=int(msg["attempt"]),
+            algorithm=msg["algorithm"],
+            dataset=str(msg["dataset"]),
+            step=str(msg["step"]),
+            public=public,
+            participants=tuple(PeerKey.from_json(p) for p in msg["participants"]),
+            frac_bits=int(msg["frac_bits"]),
+            researcher=str(msg.get("researcher", "")),
+        )
+
+    def _path(self, task: Task, what: str) -> str:
+        return (
+            f"/v1/node/studies/{task.study_id}/rounds/{task.round_index}"
+            f"/attempts/{task.attempt}/{what}"
+        )
+
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response | None:
+        headers = {**self._auth(), **kwargs.pop("headers", {})}
+        for delay in (0.1, 0.3, 1.0, 2.0, None):
+            try:
+                return self._client.post(path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                if delay is None or self._stop.is_set():
+                    log.warning("could not reach the hub (%s); the task will come again", exc)
+                    return None
+                time.sleep(delay)
+        return None
+
+    def _refuse(self, task: Task, rule: str, message: str) -> None:
+        self.store.audit.append(
+            f"node:{self.config.name}",
+            "refusal",
+            {
+                "study": task.study_id,
+                "round": task.round_index,
+                "attempt": task.attempt,
+                "algorithm": task.algorithm.get("name"),
+                "dataset": task.dataset,
+                "researcher": task.researcher,
+                "rule": rule,
+            },
+        )
+        self._post(self._path(task, "refusal"), json={"rule": rule, "message": message[:2000]})
+
+    def handle(self, msg: Mapping[str, Any]) -> None:
+        """Answer one task message from the hub (``contribute`` or ``reveal``)."""
+        try:
+            task = self._task(msg)
+        except (ConsortiaError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed task: %s", exc)
+            return
+        worker = self.worker()
+        try:
+            trusted = self.store.check_peers(task.participants, dict(self.config.peers))
+            if any(self._trusted.get(k) != v for k, v in trusted.items()):
+                self._trusted.update(trusted)
+                worker.set_trusted(self._trusted)
+            if msg.get("kind") == "reveal":
+                seed = worker.reveal(task)
+                self.store.audit.append(
+                    f"node:{self.config.name}",
+                    "reveal",
+                    {"study": task.study_id, "round": task.round_index, "attempt": task.attempt},
+                )
+                self._post(self._path(task, "reveal"), json={"seed": seed.hex()})
+                return
+            masked = worker.contribute(task)
+        except PolicyError as err:
+            self._refuse(task, err.rule, err.detail)
+            return
+        except ConsortiaError as err:
+            self._refuse(task, type(err).__name__, str(err))
+            return
+        policy = worker.policy_for(task.dataset)
+        self.store.audit.append(
+            f"node:{self.config.name}",
+            "release",
+            {
+                "study": task.study_id,
+                "round": task.round_index,
+                "attempt": task.attempt,
+                "step": task.step,
+                "algorithm": task.algorithm.get("name"),
+                "dataset": task.dataset,
+                "researcher": task.researcher,
+                "participants": [p.site for p in task.participants],
+                "arrays": {name: list(shape) for name, shape in masked.layout.entries},
+                "policy": policy.to_mapping(),
+            },
+        )
+        r = self._post(
+            self._path(task, "contribution"),
+            content=pack_arrays({"masked": masked.data}),
+            headers={
+                "Content-Type": CONTENT_TYPE,
+                "X-Consortia-Layout": json.dumps(masked.layout.to_json()),
+            },
+        )
+        if r is not None and r.status_code != 200:
+            log.warning("the hub refused a contribution (%s): %s", r.status_code, _detail(r))
+
+    def close(self) -> None:
+        """Close the HTTP client and the database."""
+        self._client.close()
+        self.store.close()
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail"))
+    except (ValueError, AttributeError):
+        return r.text[:200]

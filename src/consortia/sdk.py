@@ -1,0 +1,338 @@
+"""The researcher's client of a remote hub, with the same study API as the simulation.
+
+>>> fed = connect("https://hub.example.org:8443", token, ca="ca.pem")  # doctest: +SKIP
+>>> result = fed.run(Mean(columns=("age",)), dataset="cohort")          # doctest: +SKIP
+
+The result is rebuilt client side: the SDK fetches the study's securely
+aggregated round sums (what the researcher is entitled to) and replays the
+algorithm's :meth:`~consortia.protocol.Algorithm.coordinate` over them with
+:meth:`consortia.protocol.Coordinator.replay` semantics.  The sums are exact
+fixed-point integers, so the networked result is bit-identical to the
+simulation's on the same data.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consortia.errors import (
+    ConsortiaError,
+    PolicyError,
+    ProtocolError,
+    StudyFailed,
+    ValidationError,
+)
+from consortia.privacy.fixedpoint import FixedPoint
+from consortia.protocol import Algorithm, Coordinator, algorithm_from_spec
+from consortia.wire import unpack_arrays
+
+__all__ = ["RemoteFederation", "StudyStatus", "connect"]
+
+Progress = Callable[[int, str], None]
+"""``progress(round_index, step)``, called when a round starts (as in the simulation)."""
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """A study's state at the hub.
+
+    Attributes
+    ----------
+    id, status
+        The study and its state: ``running``, ``finished``, ``failed`` or ``cancelled``.
+    rounds_done
+        Rounds whose sums are final.
+    step, attempt, phase
+        The open round's step name, attempt number and phase (``collect``/``reveal``).
+    participants
+        Nodes taking part (survivors after exclusions).
+    error, error_rule
+        Why the study failed, and the policy rule that refused, when one did.
+    raw
+        The hub's full answer.
+    """
+
+    id: str
+    status: str
+    rounds_done: int
+    step: str | None
+    attempt: int | None
+    phase: str | None
+    participants: tuple[str, ...]
+    error: str | None
+    error_rule: str | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> StudyStatus:
+        cur = obj.get("current") or {}
+        return cls(
+            id=obj["id"],
+            status=obj["status"],
+            rounds_done=int(obj.get("rounds_done", 0)),
+            step=cur.get("step"),
+            attempt=cur.get("attempt"),
+            phase=cur.get("phase"),
+            participants=tuple(obj.get("participants", ())),
+            error=obj.get("error"),
+            error_rule=obj.get("error_rule"),
+            raw=obj,
+        )
+
+    @property
+    def done(self) -> bool:
+        """Whether the study reached a final state."""
+        return self.status in ("finished", "failed", "cancelled")
+
+
+class RemoteFederation:
+    """A federation behind a hub: submit studies, follow them, get their results.
+
+    Use :func:`connect` to build one.  :meth:`run` mirrors
+    :meth:`consortia.Simulation.run`.
+    """
+
+    def __init__(self, url: str, token: str, *, ca: str | Path | None = None) -> None:
+        self.url = url.rstrip("/")
+        verify: Any = True
+        if ca is not None:
+            from consortia.certs import client_ssl_context
+
+            verify = client_ssl_context(ca)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
+            timeout=httpx.Timeout(90, connect=10),
+        )
+        self.last_study: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ProtocolError(f"cannot reach the hub at {self.url}: {exc}") from None
+        if r.status_code == 200:
+            return r.json()
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:200]
+        if r.status_code == 422:
+            raise ValidationError(f"the hub refused the request: {detail}")
+        raise ProtocolError(f"the hub answered {r.status_code}: {detail}")
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> RemoteFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ discovery
+
+    def whoami(self) -> dict[str, str]:
+        """The role and name of this client's token."""
+        return self._call("GET", "/v1/whoami")
+
+    def catalogue(self) -> dict[str, dict[str, Any]]:
+        """What the nodes published: node -> dataset -> description (no values)."""
+        return self._call("GET", "/v1/catalogue")
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Enrolled nodes with their identity fingerprints."""
+        return self._call("GET", "/v1/nodes")
+
+    @property
+    def sites(self) -> list[str]:
+        """Names of the enrolled nodes."""
+        return [n["name"] for n in self.nodes()]
+
+    # ------------------------------------------------------------------ studies
+
+    def submit(
+        self,
+        algorithm: Algorithm,
+        *,
+        dataset: str = "data",
+        nodes: list[str] | None = None,
+        precision: FixedPoint | None = None,
+    ) -> str:
+        """Submit a study; return its id at once (see :meth:`wait` and :meth:`result`)."""
+        if not isinstance(algorithm, Algorithm):
+            raise ValidationError(
+                f"submit() needs a consortia Algorithm, not {type(algorithm).__name__}"
+            )
+        body: dict[str, Any] = {
+            "algorithm": algorithm.spec(),
+            "dataset": dataset,
+            "frac_bits": (precision or FixedPoint()).frac_bits,
+        }
+        if nodes is not None:
+            body["nodes"] = list(nodes)
+        return self._call("POST", "/v1/studies", json=body)["id"]
+
+    def status(self, study_id: str) -> StudyStatus:
+        """The study's current state."""
+        return StudyStatus.from_json(self._call("GET", f"/v1/studies/{study_id}"))
+
+    def studies(self) -> list[dict[str, Any]]:
+        """This researcher's studies, newest first."""
+        return self._call("GET", "/v1/studies")
+
+    def cancel(self, study_id: str) -> StudyStatus:
+        """Cancel a running study."""
+        return StudyStatus.from_json(self._call("POST", f"/v1/studies/{study_id}/cancel"))
+
+    def wait(
+        self,
+        study_id: str,
+        *,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> StudyStatus:
+        """Block until the study reaches a final state (long-polls the hub).
+
+        Raises
+        ------
+        StudyFailed
+            If ``timeout`` seconds pass first (the study keeps running at the hub).
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        version: int | None = None
+        seen: tuple[int, str | None] | None = None
+        while True:
+            wait = 20.0 if end is None else max(0.0, min(20.0, end - time.monotonic()))
+            params: dict[str, Any] = {"wait": wait}
+            if version is not None:
+                params["version"] = version
+            raw = self._call("GET", f"/v1/studies/{study_id}", params=params)
+            version = raw.get("version")
+            st = StudyStatus.from_json(raw)
+            cur = raw.get("current")
+            if progress is not None and cur is not None:
+                key = (int(cur["round_index"]), cur.get("step"))
+                if key != seen:
+                    seen = key
+                    progress(key[0], str(key[1]))
+            if st.done:
+                return st
+            if end is not None and time.monotonic() >= end:
+                raise StudyFailed(
+                    f"study {study_id} did not finish within {timeout:g}s "
+                    "(it is still running at the hub)"
+                )
+
+    def rounds(self, study_id: str, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Finished rounds of the study with their sums (decoded to arrays)."""
+        out = self._call(
+            "GET", f"/v1/studies/{study_id}/rounds", params={"start": start, "limit": limit}
+        )
+        for r in out:
+            r["sums"] = unpack_arrays(base64.b64decode(r["sums"]), max_bytes=2**40, copy=True)
+        return out
+
+    def result(self, study_id: str, algorithm: Algorithm | None = None) -> Any:
+        """The result of a finished study, rebuilt from its aggregated round sums.
+
+        Raises
+        ------
+        PolicyError
+            If a node's policy refused (naming the rule and the site).
+        StudyFailed
+            If the study failed for another reason, was cancelled or is not finished.
+        """
+        st = self.status(study_id)
+        if st.status != "finished":
+            _raise_for(st)
+        algo = algorithm or algorithm_from_spec(st.raw["algorithm"])
+        coord = Coordinator(algo)
+        start = 0
+        while not coord.done:
+            page = self.rounds(study_id, start=start)
+            if not page:
+                raise StudyFailed(
+                    f"study {study_id}: the hub holds {start} rounds but the algorithm wants more"
+                )
+            for r in page:
+                if r["round_index"] != coord.round_index:
+                    raise ProtocolError(f"study {study_id}: round {coord.round_index} is missing")
+                coord.advance(r["sums"])
+                coord.history[-1] = {}  # keep memory flat on long studies
+            start += len(page)
+        self.last_study = {
+            "study_id": study_id,
+            "rounds": coord.round_index,
+            "sites": list(st.participants),
+        }
+        return coord.result
+
+    def run(
+        self,
+        algorithm: Algorithm,
+        *,
+        dataset: str = "data",
+        nodes: list[str] | None = None,
+        precision: FixedPoint | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Run ``algorithm`` across the nodes holding ``dataset`` and return its result.
+
+        The same call as :meth:`consortia.Simulation.run`, and the same result on the
+        same data.  Blocks until the study ends (or ``timeout`` seconds).
+        """
+        study_id = self.submit(algorithm, dataset=dataset, nodes=nodes, precision=precision)
+        st = self.wait(study_id, timeout=timeout, progress=progress)
+        if st.status != "finished":
+            _raise_for(st)
+        return self.result(study_id, algorithm)
+
+
+def _raise_for(st: StudyStatus) -> None:
+    raw = st.raw
+    rule = st.error_rule
+    if st.status == "failed" and rule and not rule[:1].isupper():
+        raise PolicyError(rule, raw.get("error_detail") or "", site=raw.get("error_site"))
+    if st.status == "running":
+        raise StudyFailed(f"study {st.id} is still running")
+    raise StudyFailed(f"study {st.id} {st.status}: {st.error}")
+
+
+def connect(url: str, token: str, *, ca: str | Path | None = None) -> RemoteFederation:
+    """Connect to a hub as a researcher (or admin).
+
+    Parameters
+    ----------
+    url
+        The hub's base URL, for example ``https://hub.example.org:8443``.
+    token
+        A researcher token created by the hub's administrator.
+    ca
+        The CA certificate that signed the hub's TLS certificate (PEM); the
+        system's trust store is used if omitted.
+
+    Returns
+    -------
+    RemoteFederation
+        With the same ``run(algorithm, dataset=...)`` as :class:`consortia.Simulation`.
+    """
+    fed = RemoteFederation(url, token, ca=ca)
+    try:
+        fed.whoami()
+    except ConsortiaError:
+        fed.close()
+        raise
+    return fed
