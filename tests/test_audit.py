@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -343,3 +344,44 @@ def test_append_inside_the_callers_transaction(db):
         entry = log.append("hub", "round.persist", {"round": 3}, connection=conn)
     assert entry.seq == 3 and log.entries(since=2) == [entry]
     assert log.verify().ok
+
+
+def test_verify_while_others_append_never_raises_a_false_alarm(db):
+    log = AuditLog(db.engine, key=KEY)
+    _fill(log, 3)
+    stop = threading.Event()
+
+    def writer() -> None:
+        own = AuditLog(db.make_engine(), key=KEY)
+        while not stop.is_set():
+            own.append("hub", "round", {})
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(log) < 6 and thread.is_alive():
+            time.sleep(0.005)
+        reports = [log.verify() for _ in range(15)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(r.ok for r in reports), [r.reason for r in reports if not r.ok]
+    assert reports[-1].n_entries > 3
+
+
+def test_entries_added_behind_the_head_are_detected(db):
+    log = AuditLog(db.engine)
+    _fill(log, 3)
+    seq, prev = log.head()
+    ts = "2030-01-01T00:00:00.000000Z"
+    digest = _entry_hash(seq + 1, ts, "hub", "release", {}, prev)
+    db.sql(
+        "INSERT INTO {t} (seq, timestamp, actor, action, details, prev_hash, hash) "
+        "VALUES (:s, :ts, 'hub', 'release', '{}', :p, :h)",
+        s=seq + 1,
+        ts=ts,
+        p=prev,
+        h=digest,
+    )
+    report = log.verify()
+    assert not report.ok and report.first_bad_seq == 4 and "after the head" in report.reason

@@ -483,18 +483,28 @@ class AuditLog:
             rows = conn.execute(query).all()
         return [self._to_entry(row) for row in reversed(rows)]
 
-    def _iter_rows(self) -> Iterator[Any]:
-        since: int | None = None
+    def _iter_rows(self, since: int | None = None, upto: int | None = None) -> Iterator[Any]:
         while True:
             query = sa.select(self._log).order_by(self._log.c.seq).limit(_BATCH)
             if since is not None:
                 query = query.where(self._log.c.seq > since)
+            if upto is not None:
+                query = query.where(self._log.c.seq <= upto)
             with self._engine.connect() as conn:
                 rows = conn.execute(query).all()
             yield from rows
             if len(rows) < _BATCH:
                 return
             since = int(rows[-1].seq)
+
+    def _read_head(self) -> tuple[int, str, str | None] | None:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(self._head.c.seq, self._head.c.hash, self._head.c.mac)
+            ).all()
+        if len(rows) != 1:
+            return None
+        return int(rows[0].seq), str(rows[0].hash), rows[0].mac
 
     def head(self) -> tuple[int, str]:
         """Return ``(seq, hash)`` of the last entry per the head record (``(0, GENESIS_HASH)``
@@ -517,7 +527,9 @@ class AuditLog:
 
         Detects edited entries (hash or MAC mismatch), reordered entries, deleted entries
         (sequence gaps, broken chain), forged entries (MAC, with a key) and a truncated tail
-        (head record).  See the module docstring for the exact guarantees.
+        (head record).  See the module docstring for the exact guarantees.  Safe to run while
+        other threads or processes append: entries appended during the check are covered up
+        to the head record read at its end.
 
         Parameters
         ----------
@@ -525,22 +537,68 @@ class AuditLog:
             A ``(seq, hash)`` from an earlier :meth:`head`, kept outside the database: the
             log must still hold that entry unchanged (detects rollbacks).
         """
-        key = self._key
-        expected_seq = 1
-        prev_hash = GENESIS_HASH
-        n = 0
-        anchor_seen = anchor is None or anchor[0] == 0
+        chain = _ChainCheck(self._key, anchor)
+        # Rows only grow legitimately and every row commits together with the head update,
+        # so a head read *before* the rows never exceeds the rows read afterwards.
+        head = self._read_head()
+        bad = chain.feed(self._iter_rows())
+        if bad is not None:
+            return bad
+        if head is not None and head[0] < chain.last_seq:
+            head = self._read_head()  # concurrent appends, or rows added behind the head
+            if head is not None and head[0] > chain.last_seq:
+                bad = chain.feed(self._iter_rows(since=chain.last_seq, upto=head[0]))
+                if bad is not None:
+                    return bad
+        last = chain.last_seq
+        if head is None:
+            return chain.bad(last + 1, "the head record is missing or duplicated")
+        head_seq, head_hash, head_mac = head
+        if self._key is not None:
+            want = _mac(self._key, _HEAD_DOMAIN, _head_message(head_seq, head_hash))
+            if head_mac is None or not hmac.compare_digest(str(head_mac), want):
+                return chain.bad(min(head_seq, last) + 1, "the head record has an invalid MAC")
+        if head_seq > last:
+            return chain.bad(
+                last + 1, f"the log was truncated: head says {head_seq} entries, {last} remain"
+            )
+        if head_seq < last:
+            return chain.bad(head_seq + 1, f"entries after the head ({head_seq}) were added")
+        if head_hash != chain.prev_hash:
+            return chain.bad(last, f"entry {last} does not match the head record")
+        if not chain.anchor_seen:
+            assert anchor is not None
+            return chain.bad(last + 1, f"the log lost entry {anchor[0]} given as anchor")
+        n = chain.n
+        checked = "hash chain and MACs verified" if self._key else "hash chain verified"
+        if self._key is None:
+            checked += ", no key: MACs not checked"
+        return AuditReport(True, n, None, f"intact: {n} entries, {checked}")
 
-        def bad(seq: int, reason: str) -> AuditReport:
-            return AuditReport(False, n, seq, reason)
 
-        for row in self._iter_rows():
-            seq = int(row.seq)
-            if seq != expected_seq:
-                if seq > expected_seq:
-                    return bad(expected_seq, f"entry {expected_seq} is missing (next is {seq})")
-                return bad(seq, f"entry {seq} is out of order")
-            n += 1
+class _ChainCheck:
+    """Incremental verification of entries fed in ``seq`` order."""
+
+    def __init__(self, key: bytes | None, anchor: tuple[int, str] | None) -> None:
+        self.key = key
+        self.anchor = anchor
+        self.anchor_seen = anchor is None or anchor[0] == 0
+        self.prev_hash = GENESIS_HASH
+        self.last_seq = 0
+        self.n = 0
+
+    def bad(self, seq: int, reason: str) -> AuditReport:
+        return AuditReport(False, self.n, seq, reason)
+
+    def feed(self, rows: Iterator[Any]) -> AuditReport | None:
+        """Check ``rows``; return the failure report, or ``None`` if they all verify."""
+        for row in rows:
+            seq, expected = int(row.seq), self.last_seq + 1
+            if seq != expected:
+                if seq > expected:
+                    return self.bad(expected, f"entry {expected} is missing (next is {seq})")
+                return self.bad(seq, f"entry {seq} is out of order")
+            self.n += 1
             try:
                 details = json.loads(row.details)
                 if canonical_json(details) != row.details:
@@ -548,51 +606,21 @@ class AuditLog:
                 computed = _entry_hash(
                     seq, row.timestamp, row.actor, row.action, details, row.prev_hash
                 )
-            except (ValueError, ValidationError, TypeError):
-                return bad(seq, f"entry {seq} has altered details")
+            except (ValueError, TypeError):  # ValidationError is a ValueError
+                return self.bad(seq, f"entry {seq} has altered details")
             if computed != row.hash:
-                return bad(seq, f"entry {seq} was edited (its hash does not match its content)")
-            if row.prev_hash != prev_hash:
-                return bad(seq, f"entry {seq} does not chain to entry {seq - 1} (broken chain)")
-            if key is not None:
+                return self.bad(seq, f"entry {seq} was edited (its hash does not match)")
+            if row.prev_hash != self.prev_hash:
+                return self.bad(seq, f"entry {seq} does not chain to entry {seq - 1}")
+            if self.key is not None:
                 if row.mac is None:
-                    return bad(seq, f"entry {seq} has no MAC (forged or written without the key)")
-                if not hmac.compare_digest(str(row.mac), _mac(key, _ENTRY_DOMAIN, row.hash)):
-                    return bad(seq, f"entry {seq} has an invalid MAC (forged or re-hashed)")
-            if anchor is not None and seq == anchor[0]:
-                if row.hash != anchor[1]:
-                    return bad(seq, f"entry {seq} differs from the anchor (rewritten history)")
-                anchor_seen = True
-            prev_hash = str(row.hash)
-            expected_seq += 1
-        last_seq = expected_seq - 1
-
-        with self._engine.connect() as conn:
-            head = conn.execute(
-                sa.select(self._head.c.seq, self._head.c.hash, self._head.c.mac)
-            ).all()
-        if len(head) != 1:
-            return bad(last_seq + 1 if n else 1, "the head record is missing or duplicated")
-        head_seq, head_hash, head_mac = int(head[0].seq), str(head[0].hash), head[0].mac
-        if key is not None:
-            want = _mac(key, _HEAD_DOMAIN, _head_message(head_seq, head_hash))
-            if head_mac is None or not hmac.compare_digest(str(head_mac), want):
-                return bad(min(head_seq, last_seq) + 1, "the head record has an invalid MAC")
-        if head_seq > last_seq:
-            return bad(
-                last_seq + 1,
-                f"the log was truncated: head says {head_seq} entries, {last_seq} remain",
-            )
-        if head_seq < last_seq:
-            return bad(head_seq + 1, f"entries after the head ({head_seq}) were added outside")
-        if head_hash != prev_hash:
-            return bad(last_seq, f"entry {last_seq} does not match the head record")
-        if not anchor_seen:
-            assert anchor is not None
-            return bad(last_seq + 1, f"the log lost entry {anchor[0]} given as anchor")
-        checked = (
-            "hash chain and MACs verified"
-            if key
-            else "hash chain verified, no key: MACs not checked"
-        )
-        return AuditReport(True, n, None, f"intact: {n} entries, {checked}")
+                    return self.bad(seq, f"entry {seq} has no MAC (forged or written without key)")
+                if not hmac.compare_digest(str(row.mac), _mac(self.key, _ENTRY_DOMAIN, row.hash)):
+                    return self.bad(seq, f"entry {seq} has an invalid MAC (forged or re-hashed)")
+            if self.anchor is not None and seq == self.anchor[0]:
+                if row.hash != self.anchor[1]:
+                    return self.bad(seq, f"entry {seq} differs from the anchor (rewritten)")
+                self.anchor_seen = True
+            self.prev_hash = str(row.hash)
+            self.last_seq = seq
+        return None
