@@ -48,6 +48,10 @@ def test_valid_modalities(frame: pd.DataFrame) -> None:
         ({"expression": _expr(values=np.full((3, 2), 0.5))}, "'expression' .*non-integer"),
         ({"expression": _expr(values=np.full((3, 2), np.nan))}, "'expression' .*missing or inf"),
         ({"expression": _expr().astype(str)}, "'expression' .*non-numeric"),
+        (
+            {"expression": _expr().astype("Int64").where(lambda d: d > 0)},
+            "'expression' .*missing or infinite",
+        ),
         ({"expression": np.ones((3, 2))}, "modality 'expression' must be a pandas DataFrame"),
         ({"tiles": {"z": np.zeros((2, 3))}}, "modality 'tiles' has patient ids absent"),
         ({"tiles": {"a": np.zeros(3)}}, r"modality 'tiles': every entry must be a 2-D float"),

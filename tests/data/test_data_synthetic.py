@@ -167,3 +167,15 @@ def test_custom_log_hr_and_site_names() -> None:
     assert list(c.sites()) == ["A", "B"]
     assert c.truth.log_hr["treated"] == 0.0
     assert c.datasets["A"].frame["pid"].iloc[0] == "A-00001"
+
+
+def test_sites_run_through_a_simulation() -> None:
+    """Multimodal datasets travel through the runtime (secure sum) unchanged."""
+    from consortia import Simulation
+    from consortia.stats.descriptive import Mean
+
+    c = synthetic_cohort(patients_per_site=(40, 50, 60), n_genes=100, seed=9)
+    result = Simulation(c.sites()).run(Mean(columns=("age", "stage_IV", "time")))
+    expected = c.pooled().frame[["age", "stage_IV", "time"]].mean().to_numpy()
+    np.testing.assert_allclose(result.mean, expected, rtol=1e-8)
+    assert result.n == 150

@@ -112,11 +112,12 @@ def _check_expression(expr: Any, ids: set[Any]) -> None:
         pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in dtypes
     ):
         raise SchemaError(f"{label} must hold raw counts: it has non-numeric columns")
-    values = expr.to_numpy()
-    if values.size == 0:
+    if expr.size == 0:
         return
-    if not all(pd.api.types.is_integer_dtype(d) for d in dtypes):
-        values = values.astype(np.float64, copy=False)
+    if all(isinstance(d, np.dtype) and d.kind in "iu" for d in dtypes):
+        values = expr.to_numpy()  # plain integers: no NaN possible, no copy for one block
+    else:
+        values = expr.to_numpy(dtype=np.float64, na_value=np.nan)
         if not np.isfinite(values).all():
             raise SchemaError(f"{label} must hold raw counts: it has missing or infinite values")
         if (values != np.floor(values)).any():
