@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from consortia.errors import ProtocolError
-from consortia.wire import MAGIC, SUPPORTED_DTYPES, pack_arrays, unpack_arrays
+from consortia.wire import MAGIC, SUPPORTED_DTYPES, check_layout, pack_arrays, unpack_arrays
 
 
 def _forge(entries: list[dict], payload: bytes, *, magic: bytes = MAGIC) -> bytes:
@@ -183,3 +183,14 @@ def test_round_trip_property(data):
         assert out[name].dtype == value.dtype
         assert out[name].shape == value.shape
         assert out[name].tobytes() == value.tobytes()  # bit-exact, NaN payloads included
+
+
+def test_check_layout():
+    arrays = unpack_arrays(pack_arrays({"s": np.zeros(3, np.uint64), "n": np.zeros((), np.uint64)}))
+    check_layout(arrays, {"s": (3,), "n": ()}, dtype="uint64")
+    with pytest.raises(ProtocolError, match=r"array 's' has shape \(3,\), expected \(4,\)"):
+        check_layout(arrays, {"s": (4,), "n": ()})
+    with pytest.raises(ProtocolError, match=r"missing \['t'\], unexpected \['s'\]"):
+        check_layout(arrays, {"t": (3,), "n": ()})
+    with pytest.raises(ProtocolError, match="dtype uint64, expected float64"):
+        check_layout(arrays, {"s": (3,), "n": ()}, dtype="float64")

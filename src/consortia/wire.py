@@ -37,6 +37,7 @@ __all__ = [
     "MAGIC",
     "NAME_PATTERN",
     "SUPPORTED_DTYPES",
+    "check_layout",
     "pack_arrays",
     "unpack_arrays",
 ]
@@ -274,3 +275,42 @@ def unpack_arrays(
             f"tensor message has {data_len - expected_offset} trailing bytes after the last array"
         )
     return out
+
+
+def check_layout(
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    dtype: str | None = None,
+) -> None:
+    """Check that unpacked ``arrays`` have exactly the expected names and shapes.
+
+    Parameters
+    ----------
+    arrays
+        Arrays from :func:`unpack_arrays`.
+    expected
+        Name to shape of every array that must be present (and no other).
+    dtype
+        If given, the dtype name every array must have (for example ``"uint64"`` for masked
+        contributions).
+
+    Raises
+    ------
+    ProtocolError
+        Missing or unexpected names, wrong shape or wrong dtype; the message names the array.
+    """
+    missing = [name for name in expected if name not in arrays]
+    extra = [name for name in arrays if name not in expected]
+    if missing or extra:
+        raise ProtocolError(
+            f"unexpected array layout: missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
+    for name, shape in expected.items():
+        array = arrays[name]
+        if tuple(array.shape) != tuple(shape):
+            raise ProtocolError(
+                f"array {name!r} has shape {tuple(array.shape)}, expected {tuple(shape)}"
+            )
+        if dtype is not None and array.dtype.name != dtype:
+            raise ProtocolError(f"array {name!r} has dtype {array.dtype.name}, expected {dtype}")
