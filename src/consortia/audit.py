@@ -28,7 +28,8 @@ Guarantees of :meth:`AuditLog.verify`
   restoring an older copy of the whole database (or of the head row together with deleting
   the entries after it).  Detect it by publishing :meth:`AuditLog.head` elsewhere (for
   example the hub records each node's head) and passing it as ``anchor`` to ``verify``.
-  Deleting the whole database is likewise only detectable from outside.
+  Emptying both tables (or deleting the whole database) is likewise only detectable from
+  outside: an empty log with no head record is initialised afresh when next opened.
 """
 
 from __future__ import annotations
