@@ -22,6 +22,32 @@ coefficients and (penalised-Hessian) standard errors are reported in original
 units; robust standard errors are the sandwich ``V (sum_i U_i U_i') V`` with
 Breslow-form score residuals ``U_i`` (as lifelines without ties, statsmodels
 always); the baseline hazard is Breslow's, for covariates at their pooled mean.
+
+Rounds and what they release
+----------------------------
+1. ``summary``: counts, sums and sums of squares of the covariates (pooled
+   means and SDs), the events' covariate sums; in pooled mode the event counts
+   per (stratum, grid time), a declared count array (minimum-cell rule).
+2. ``newton`` (one per Newton-Raphson iteration; the public arrays are the
+   standardised coefficients, a scale offset and, in pooled mode, the grid
+   times that carry a pooled event): pooled mode, ``[S0, S1, S2]`` per event
+   time (``S2`` packed symmetric) and Efron's tie sums at times with two or more
+   events; site-stratified mode, the site's log-likelihood, gradient and
+   Hessian.  Every contribution declares ``n_parameters`` = number of
+   covariates (parameters-per-sample rule).
+3. ``score`` (only with ``robust=True``): the sum of the outer products of the
+   site's patients' score residuals.  In pooled mode the hub first broadcasts
+   the pooled risk-set means and Breslow hazard increments per event time.
+
+Disclosure notes: the hub learns the pooled per-time sums (at the first
+Newton round, ``S0`` is the pooled number at risk over the total, not a
+declared count); in pooled mode the sites learn which grid times carry pooled
+events and, with ``robust=True``, the pooled risk-set means there.  The
+site-stratified mode releases only ``p + p(p+1)/2 + 2`` numbers a round.
+
+Precision: every float sum travels as two fixed-point words (a value on the
+``2**-24`` grid and its magnified residual), 48 fractional bits in all, so
+coefficients match the pooled fit to about 1e-11 with the default codec.
 """
 
 from __future__ import annotations
@@ -210,43 +236,43 @@ class CoxPH(Algorithm):
         n = len(rows.t)
         if step == "summary":
             return self._local_summary(rows)
+        if step not in ("newton", "score"):
+            raise ValidationError(f"unknown step {step!r} for {self.name}")
+        beta, offset = public["beta"], float(public["offset"][0])
         z = (rows.x - public["mean"]) / public["sd"]
-        phi0 = np.exp(z @ public["beta"] - float(public["offset"][0]))
+        phi0 = np.exp(z @ beta - offset)
         phi = rows.w * phi0
         arrays: dict[str, np.ndarray] = {}
         if self.stratify_by_site:
+            # the site's own event times: nothing about them leaves the site
             ev_t, ev_c, bins, d, dw, tie_rows = self._local_event_times(rows)
             risk, ties = cm.risk_sums(bins, rows.e, z, phi, ev_c, tie_rows)
-        else:
-            ev_t = np.asarray(self.time_grid)[public["event_index"].astype(np.int64)]
-            ev_c = public["event_code"].astype(np.int64)
-            bins = cm.last_at_risk(rows.t, rows.codes, ev_t, ev_c)
-            tie_rows = public["tie_rows"].astype(np.int64) if self.ties == "efron" else None
-            risk, ties = cm.risk_sums(bins, rows.e, z, phi, ev_c, tie_rows)
-        if step == "newton":
-            arrays.update(_split_arrays("total", [phi.sum()]))
-            if self.stratify_by_site:
+            if step == "newton":
                 xe = (rows.w * rows.e) @ z
-                ll, g, h = cm.partial_likelihood(
-                    risk, ties, tie_rows, d, dw, xe, public["beta"], float(public["offset"][0])
-                )
+                ll, g, h = cm.partial_likelihood(risk, ties, tie_rows, d, dw, xe, beta, offset)
                 arrays.update(_split_arrays("loglik", [ll]))
                 arrays.update(_split_arrays("grad", g))
                 arrays.update(_split_arrays("hess", cm.pack(h)))
             else:
+                xbar = risk[:, 1 : 1 + self._p] / risk[:, :1]
+                meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dw / risk[:, 0], ev_c)
+                arrays.update(_split_arrays("meat", meat))
+        else:
+            ev_t = np.asarray(self.time_grid)[public["event_index"].astype(np.int64)]
+            ev_c = public["event_code"].astype(np.int64)
+            bins = cm.last_at_risk(rows.t, rows.codes, ev_t, ev_c)
+            if step == "newton":
+                tie_rows = public["tie_rows"].astype(np.int64) if self.ties == "efron" else None
+                risk, ties = cm.risk_sums(bins, rows.e, z, phi, ev_c, tie_rows)
                 arrays.update(_split_arrays("risk", risk))
                 if ties is not None and ties.size:
                     arrays.update(_split_arrays("ties", ties))
-        elif step == "score":
-            if self.stratify_by_site:
-                xbar = risk[:, 1 : 1 + self._p] / risk[:, :1]
-                dlam = dw / risk[:, 0]
             else:
                 xbar, dlam = public["xbar"], public["dlam"]
-            meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dlam, ev_c)
-            arrays.update(_split_arrays("meat", meat))
-        else:
-            raise ValidationError(f"unknown step {step!r} for {self.name}")
+                meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dlam, ev_c)
+                arrays.update(_split_arrays("meat", meat))
+        if step == "newton":
+            arrays.update(_split_arrays("total", [phi.sum()]))
         return Contribution(arrays, cohort=n, n_parameters=self._p)
 
     def _local_summary(self, rows: _Rows) -> Contribution:
