@@ -29,3 +29,12 @@ def test_readme_python_snippet_runs(capsys):
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
     exec(compile(code, "README.md", "exec"), {})
     assert "[" in capsys.readouterr().out
+
+
+def test_first_analysis_example_matches_pooled(capsys):
+    import runpy
+
+    runpy.run_path(str(DOCS.parent / "examples" / "first_analysis.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    err = float(re.search(r"relative difference of the coefficients: (\S+)", out).group(1))
+    assert err < 1e-8

@@ -1,5 +1,6 @@
 """consortia: federated medical research with exact, securely aggregated statistics."""
 
+from consortia.data import Schema, catalogue, load_dataset, synthetic_cohort
 from consortia.data.dataset import Dataset
 from consortia.errors import (
     ConsortiaError,
@@ -30,11 +31,15 @@ __all__ = [
     "PolicyError",
     "PrivacyError",
     "Round",
+    "Schema",
     "SchemaError",
     "Simulation",
     "ValidationError",
     "__version__",
+    "catalogue",
     "get_algorithm",
+    "load_dataset",
     "register",
     "registered_algorithms",
+    "synthetic_cohort",
 ]
