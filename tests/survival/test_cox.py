@@ -12,7 +12,7 @@ from statsmodels.duration.hazard_regression import PHReg
 
 from consortia import Policy, PolicyError, SchemaError, Simulation, ValidationError
 from consortia.errors import AlgorithmError, ConvergenceError
-from consortia.protocol import algorithm_from_spec
+from consortia.protocol import algorithm_from_spec, get_algorithm
 from consortia.survival._grid import day_grid, regular_grid, round_up_to_grid
 from consortia.survival.cox import CoxPH, CoxPHResult
 
@@ -188,6 +188,21 @@ def test_site_and_covariate_strata_with_breslow_match_statsmodels():
     ).fit()
     assert rel(res.coef, ref.params) < 1e-6
     assert rel(res.se, ref.bse) < 1e-6
+
+
+def test_robust_with_covariate_strata_on_grid_matches_statsmodels():
+    sites = make_sites(13)
+    df = pooled(sites)
+    res = fit(sites, time_grid=grid_of(sites), strata="g", strata_levels=("a", "b"), robust=True)
+    ref = PHReg(df["T"], df[list(COLS)], status=df["E"], ties="efron", strata=df["g"]).fit(
+        groups=np.arange(len(df))
+    )
+    assert rel(res.coef, ref.params) < 1e-6
+    assert rel(res.se, ref.bse) < 1e-6
+
+
+def test_registered_by_name():
+    assert get_algorithm("survival.cox") is CoxPH
 
 
 def test_covariate_strata_on_grid_match_lifelines():
