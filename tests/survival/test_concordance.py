@@ -230,3 +230,13 @@ def test_bad_values_and_parameters() -> None:
         Concordance(
             time="T", event="E", covariates=("x1",), coefficients=(np.nan,), time_grid=(0, 1)
         )
+
+
+def test_zero_variance_score_gives_one_half() -> None:
+    sites = risk_sites()
+    res = Simulation(sites, policy=OPEN).run(
+        Concordance(
+            time="T", event="E", covariates=("x1",), coefficients=(0.0,), time_grid=day_grid(1500)
+        )
+    )
+    assert res.c_index == 0.5 == reference(sites, ("x1",), (0.0,))
