@@ -51,7 +51,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from consortia.errors import ProtocolError, ValidationError
+from consortia.errors import AuditError, ValidationError
 
 __all__ = [
     "GENESIS_HASH",
@@ -383,7 +383,7 @@ class AuditLog:
         ------
         ValidationError
             Empty/overlong actor or action, details not a JSON-serialisable mapping.
-        ProtocolError
+        AuditError
             The head record is missing (the log was tampered with) or the database stayed
             locked through every retry.
         """
@@ -411,7 +411,7 @@ class AuditLog:
                         min(0.2, 0.002 * 2 ** min(attempt, 7))
                         * (0.5 + secrets.randbelow(100) / 100)
                     )
-        raise ProtocolError(f"audit append failed after {_RETRIES} retries: {last_exc}")
+        raise AuditError(f"audit append failed after {_RETRIES} retries: {last_exc}")
 
     def _append_in(
         self, conn: sa.Connection, actor: str, action: str, details_json: str, details_obj: Any
@@ -422,7 +422,7 @@ class AuditLog:
             sa.update(head).where(head.c.id == 1).values(version=head.c.version + 1)
         )
         if bumped.rowcount != 1:
-            raise ProtocolError(
+            raise AuditError(
                 "audit log head record is missing: the log was tampered with; run verify"
             )
         row = conn.execute(sa.select(head.c.seq, head.c.hash).where(head.c.id == 1)).one()
@@ -514,7 +514,7 @@ class AuditLog:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(self._head.c.seq, self._head.c.hash)).first()
         if row is None:
-            raise ProtocolError("audit log head record is missing: the log was tampered with")
+            raise AuditError("audit log head record is missing: the log was tampered with")
         return int(row.seq), str(row.hash)
 
     def __len__(self) -> int:

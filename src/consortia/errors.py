@@ -83,6 +83,10 @@ class PolicyError(ConsortiaError):
         return PolicyError(self.rule, self.detail, site=site)
 
 
+class AuditError(ConsortiaError):
+    """The audit log could not be written or read (missing head record, persistent lock)."""
+
+
 class SiteFailure(ConsortiaError):
     """A site failed to answer a round (crash, timeout, network error)."""
 
