@@ -31,7 +31,7 @@ from consortia.audit import (
     read_key_file,
     write_key_file,
 )
-from consortia.errors import ProtocolError, ValidationError
+from consortia.errors import AuditError, ValidationError
 
 PG_URL = os.environ.get("CONSORTIA_TEST_POSTGRES_URL")
 KEY = bytes(range(32))
@@ -261,7 +261,7 @@ def test_missing_head_record(db):
     db.sql("DELETE FROM {t}_head")
     report = log.verify()
     assert not report.ok and report.first_bad_seq == 3 and "head record" in report.reason
-    with pytest.raises(ProtocolError, match="head record is missing"):
+    with pytest.raises(AuditError, match="head record is missing"):
         log.append("hub", "x", {})
     # reopening does not silently recreate a head over existing entries
     assert not AuditLog(db.engine, key=KEY).verify().ok
