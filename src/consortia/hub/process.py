@@ -37,7 +37,7 @@ class HubProcess:
         TCP port (a free one if omitted).
     host
         Interface to bind (plain HTTP is allowed on loopback only).
-    node_timeout, reveal_timeout
+    node_timeout, reveal_timeout, max_payload
         See :class:`~consortia.hub.app.HubSettings`.
     tls_cert, tls_key, ca
         Serve HTTPS with this chain and key; ``ca`` is what clients should trust.
@@ -59,6 +59,7 @@ class HubProcess:
         host: str = "127.0.0.1",
         node_timeout: float = 30.0,
         reveal_timeout: float = 120.0,
+        max_payload: int = 256 * 2**20,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
         ca: str | Path | None = None,
@@ -69,6 +70,7 @@ class HubProcess:
         self.port = port or free_port(host)
         self.node_timeout = node_timeout
         self.reveal_timeout = reveal_timeout
+        self.max_payload = max_payload
         self.tls_cert, self.tls_key, self.ca = tls_cert, tls_key, ca
         self.log = Path(log) if log else None
         self.proc: subprocess.Popen | None = None
@@ -96,6 +98,8 @@ class HubProcess:
             str(self.node_timeout),
             "--reveal-timeout",
             str(self.reveal_timeout),
+            "--max-payload",
+            str(self.max_payload),
         ]
         if self.tls_cert:
             cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]

@@ -1,0 +1,299 @@
+"""A real hub and three real node processes on 127.0.0.1: results, security, durability."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from netutil import start_federation, toy_frame, wait_until
+
+from consortia import Simulation
+from consortia.audit import AuditLog
+from consortia.errors import PolicyError
+from consortia.node import NodeAgent
+from consortia.node.store import NodeStore
+from consortia.privacy.policy import Policy
+from consortia.sdk import connect
+from consortia.stats.descriptive import Mean
+from consortia.stats.vector_sum import VectorSum
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def fedn(hub_db, tmp_path_factory):
+    f = start_federation(tmp_path_factory.mktemp("fed"), hub_db)
+    yield f
+    f.stop()
+
+
+def _audit(f) -> list[dict]:
+    r = httpx.get(
+        f"{f.hub.url}/v1/audit",
+        headers={"Authorization": f"Bearer {f.admin}"},
+        params={"limit": 10000},
+    )
+    assert r.status_code == 200
+    return r.json()
+
+
+def _recorder(out: list[int]):
+    return lambda round_index, step: out.append(round_index)
+
+
+def test_networked_result_equals_simulation(fedn):
+    sim = Simulation(fedn.sites())
+    for algo in (Mean(columns=("x1", "x2", "y")), VectorSum(size=7, rounds=3)):
+        progress: list[int] = []
+        got = fedn.fed.run(algo, dataset="data", timeout=60, progress=_recorder(progress))
+        ref = sim.run(algo)
+        if isinstance(algo, Mean):
+            assert got.n == ref.n
+            np.testing.assert_allclose(got.mean, ref.mean, rtol=0, atol=1e-12)
+            pooled = np.concatenate([d.frame[["x1", "x2", "y"]] for d in fedn.sites().values()])
+            np.testing.assert_allclose(got.mean, pooled.mean(axis=0), rtol=1e-8)
+        else:
+            np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(got.checksums, ref.checksums, rtol=0, atol=1e-12)
+            assert progress and progress[-1] <= 2
+
+
+def test_missing_or_wrong_token_is_401_and_leaves_no_trace(fedn):
+    before = _audit(fedn)
+    studies_before = fedn.fed.studies()
+    body = {"algorithm": Mean(columns=("x1",)).spec(), "dataset": "data"}
+    for headers in ({}, {"Authorization": "Bearer cre_wrong"}, {"Authorization": "Basic x"}):
+        for method, path, kw in (
+            ("POST", "/v1/studies", {"json": body}),
+            ("GET", "/v1/studies", {}),
+            ("GET", "/v1/node/tasks", {}),
+            ("GET", "/v1/catalogue", {}),
+            ("POST", "/v1/tokens", {"json": {"role": "admin", "name": "eve"}}),
+            ("POST", "/v1/node/studies/x/rounds/0/attempts/0/contribution", {"content": b"x"}),
+        ):
+            r = httpx.request(method, fedn.hub.url + path, headers=headers, **kw)
+            assert r.status_code == 401, (method, path, r.status_code)
+    assert _audit(fedn) == before
+    assert fedn.fed.studies() == studies_before
+    with pytest.raises(Exception, match="401"):
+        connect(fedn.hub.url, "cre_not_a_token")
+
+
+def test_roles_and_ownership(fedn):
+    sid = fedn.fed.submit(Mean(columns=("x1",)), dataset="data")
+    fedn.fed.wait(sid, timeout=60)
+    bob = connect(fedn.hub.url, fedn.hub.create_token("researcher", "bob"))
+    with pytest.raises(Exception, match="404"):
+        bob.status(sid)
+    with pytest.raises(Exception, match="404"):
+        bob.rounds(sid)
+    assert sid not in [s["id"] for s in bob.studies()]
+    # a researcher cannot create tokens or read the audit log; an admin sees every study
+    r = httpx.post(
+        f"{fedn.hub.url}/v1/tokens",
+        json={"role": "admin", "name": "eve"},
+        headers={"Authorization": f"Bearer {fedn.researcher}"},
+    )
+    assert r.status_code == 403
+    admin = connect(fedn.hub.url, fedn.admin)
+    assert admin.status(sid).status == "finished"
+    bob.close()
+    admin.close()
+
+
+def test_node_policy_refusal_fails_the_study_with_the_rule(fedn):
+    with pytest.raises(PolicyError, match="allowed_algorithms") as info:
+        fedn.fed.run(VectorSum(size=3, rounds=2), dataset="restricted", timeout=60)
+    assert info.value.rule == "allowed_algorithms"
+    assert info.value.site in fedn.nodes
+    # the refusal is in the refusing node's own audit log, with the rule and no values
+    store = NodeStore(fedn.configs[info.value.site].data_dir)
+    refusals = [e for e in store.audit.entries() if e.action == "refusal"]
+    store.close()
+    assert refusals and refusals[-1].details["rule"] == "allowed_algorithms"
+    # the same dataset still serves an allowed algorithm
+    res = fedn.fed.run(Mean(columns=("y",)), dataset="restricted", timeout=60)
+    assert res.n == sum(len(d.frame) for d in fedn.sites().values())
+
+
+def test_malformed_payloads_are_refused_and_the_study_survives(fedn, tmp_path):
+    """In-process node agents on dataset 'manual': the test posts bad payloads between steps."""
+    from consortia.node import DatasetConfig, NodeConfig
+
+    agents = []
+    for i in range(3):
+        csv = tmp_path / f"m{i}.csv"
+        toy_frame(10 + i, 30).to_csv(csv, index=False)
+        cfg = NodeConfig(
+            name=f"manual{i}",
+            hub=fedn.hub.url,
+            data_dir=tmp_path / f"m{i}",
+            datasets=(DatasetConfig(name="manual", path=csv, policy=Policy()),),
+            poll_wait=1,
+        )
+        agent = NodeAgent(cfg)
+        agent.enrol(fedn.hub.create_token("enrolment", cfg.name))
+        agent.publish()
+        agents.append(agent)
+    try:
+        algo = VectorSum(size=5, rounds=1)
+        sid = fedn.fed.submit(algo, dataset="manual")
+        cred = (agents[0].config.data_dir / "credential").read_text()
+        auth = {"Authorization": f"Bearer {cred}"}
+        base = f"{fedn.hub.url}/v1/node/studies/{sid}/rounds/0/attempts/0/contribution"
+        layout = '[["v", [5]]]'
+        from consortia.wire import pack_arrays
+
+        good_shape = pack_arrays({"masked": np.zeros(5, dtype=np.uint64)})
+        cases = {
+            "not a tensor file": (base, b"GARBAGE" * 10, layout),
+            "wrong shape": (base, pack_arrays({"masked": np.zeros(4, np.uint64)}), layout),
+            "wrong dtype": (base, pack_arrays({"masked": np.zeros(5)}), layout),
+            "bad layout header": (base, good_shape, "{not json"),
+            "oversized": (base, b"\0" * (2**20 + 10), layout),
+            "wrong study": (base.replace(sid, "0" * 32), good_shape, layout),
+            "wrong round": (base.replace("/rounds/0/", "/rounds/7/"), good_shape, layout),
+            "wrong attempt": (base.replace("/attempts/0/", "/attempts/3/"), good_shape, layout),
+        }
+        audit_before = len(_audit(fedn))
+        for what, (url, content, lay) in cases.items():
+            r = httpx.post(url, content=content, headers={**auth, "X-Consortia-Layout": lay})
+            assert 400 <= r.status_code < 500 and r.status_code != 401, (what, r.status_code)
+        rejected = [e for e in _audit(fedn)[audit_before:] if e["action"] == "request.rejected"]
+        assert len(rejected) == len(cases)
+        assert all(e["actor"] == "node:manual0" for e in rejected)
+        # a bad seed is refused too
+        r = httpx.post(base.replace("contribution", "reveal"), json={"seed": "zz"}, headers=auth)
+        assert r.status_code == 422
+        # the study is unharmed: the real agents finish it with the exact result
+        for _ in range(2):  # contribute, then reveal
+            for agent in agents:
+                agent.run_once()
+        # a retried (identical) contribution is acknowledged, not double-counted
+        st = fedn.fed.wait(sid, timeout=30)
+        assert st.status == "finished"
+        got = fedn.fed.result(sid)
+        sites = {a.config.name: a.worker().datasets["manual"] for a in agents}
+        ref = Simulation(sites, dataset="manual").run(algo)
+        np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
+        # the node's audit lists what it released: names and shapes, never values
+        rel = [e for e in agents[0].store.audit.entries() if e.action == "release"]
+        assert rel and rel[-1].details["arrays"] == {"v": [5]}
+        assert agents[0].store.audit.verify().ok
+    finally:
+        for a in agents:
+            a.close()
+
+
+def test_idempotent_retry_is_not_double_counted(fedn, tmp_path):
+    from consortia.node import DatasetConfig, NodeConfig
+    from consortia.wire import pack_arrays
+
+    agents = []
+    for i in range(3):
+        csv = tmp_path / f"r{i}.csv"
+        toy_frame(20 + i, 25).to_csv(csv, index=False)
+        cfg = NodeConfig(
+            name=f"retry{i}",
+            hub=fedn.hub.url,
+            data_dir=tmp_path / f"r{i}",
+            datasets=(DatasetConfig(name="retry", path=csv, policy=Policy()),),
+            poll_wait=1,
+        )
+        a = NodeAgent(cfg)
+        a.enrol(fedn.hub.create_token("enrolment", cfg.name))
+        a.publish()
+        agents.append(a)
+    try:
+        algo = VectorSum(size=4, rounds=1)
+        sid = fedn.fed.submit(algo, dataset="retry")
+        for a in agents:
+            a.run_once()
+        # agent 0 re-answers the same task: the same masked vector (same ledger seed)
+        cred = (agents[0].config.data_dir / "credential").read_text()
+        auth = {"Authorization": f"Bearer {cred}"}
+        r = httpx.get(f"{fedn.hub.url}/v1/node/tasks", headers=auth)
+        task = next(t for t in r.json() if t["study_id"] == sid)
+        assert task["kind"] == "reveal"
+        task["kind"] = "contribute"
+        w = agents[0].worker()
+        masked = w.contribute(agents[0]._task(task))
+        url = f"{fedn.hub.url}/v1/node/studies/{sid}/rounds/0/attempts/0/contribution"
+        r = httpx.post(
+            url,
+            content=pack_arrays({"masked": masked.data}),
+            headers={**auth, "X-Consortia-Layout": '[["v", [4]]]'},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "duplicate"
+        for a in agents:
+            a.run_once()
+        fedn.fed.wait(sid, timeout=30)
+        got = fedn.fed.result(sid)
+        sites = {a.config.name: a.worker().datasets["retry"] for a in agents}
+        ref = Simulation(sites, dataset="retry").run(algo)
+        np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
+    finally:
+        for a in agents:
+            a.close()
+
+
+def test_hub_kill_9_mid_study_resumes_with_the_same_result(fedn):
+    algo = VectorSum(size=6, rounds=25)
+    sid = fedn.fed.submit(algo, dataset="data")
+    wait_until(lambda: fedn.fed.status(sid).rounds_done >= 3, 60, "three rounds")
+    fedn.hub.kill()
+    fedn.hub.start(timeout=30)
+    st = fedn.fed.wait(sid, timeout=90)
+    assert st.status == "finished", st.error
+    assert 3 <= st.rounds_done == 25
+    rounds = fedn.fed.rounds(sid, limit=1000)
+    assert [r["round_index"] for r in rounds] == list(range(25))
+    got = fedn.fed.result(sid)
+    ref = Simulation(fedn.sites()).run(algo)
+    np.testing.assert_allclose(got.checksums, ref.checksums, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
+    # the hub's database holds exactly one row per round
+    eng = sa.create_engine(fedn.hub.db if "://" in fedn.hub.db else f"sqlite:///{fedn.hub.db}")
+    with eng.connect() as c:
+        n = c.execute(
+            sa.text("SELECT COUNT(*), COUNT(DISTINCT round_index) FROM rounds WHERE study_id=:s"),
+            {"s": sid},
+        ).one()
+    assert tuple(n) == (25, 25)
+    eng.dispose()
+
+
+def test_audit_logs_verify_and_detect_tampering(fedn):
+    url = fedn.hub.db if "://" in fedn.hub.db else f"sqlite:///{fedn.hub.db}"
+    eng = sa.create_engine(url)
+    log = AuditLog(eng)
+    report = log.verify()
+    assert report.ok, report.reason
+    actions = {e.action for e in log.entries()}
+    assert {"node.enrol", "study.submit", "round.finished"} <= actions
+    seq = log.entries(limit=3)[2].seq
+    with eng.begin() as c:
+        old = c.execute(sa.text("SELECT details FROM audit_log WHERE seq=:s"), {"s": seq}).scalar()
+        c.execute(
+            sa.text("UPDATE audit_log SET details=:d WHERE seq=:s"),
+            {"d": old.replace("}", ', "x": 1}', 1) if old != "{}" else '{"x": 1}', "s": seq},
+        )
+    try:
+        bad = log.verify()
+        assert not bad.ok and bad.first_bad_seq == seq
+    finally:
+        with eng.begin() as c:
+            c.execute(sa.text("UPDATE audit_log SET details=:d WHERE seq=:s"), {"d": old, "s": seq})
+        eng.dispose()
+    # each node's own log verifies and records releases by name and shape only
+    for cfg in fedn.configs.values():
+        store = NodeStore(cfg.data_dir)
+        try:
+            assert store.audit.verify().ok
+            rel = [e for e in store.audit.entries() if e.action == "release"]
+            assert rel and all(set(e.details["arrays"]) for e in rel)
+            for e in rel:
+                assert all(isinstance(v, list) for v in e.details["arrays"].values())
+        finally:
+            store.close()
