@@ -60,7 +60,7 @@ def test_registry_and_specs():
     assert "stats.mean" in registered_algorithms()
     m = Mean(columns=["a", "b"])
     spec = m.spec()
-    assert spec == {"name": "stats.mean", "params": {"columns": ["a", "b"]}}
+    assert spec["name"] == "stats.mean" and spec["params"]["columns"] == ["a", "b"]
     assert algorithm_from_spec(spec) == m
     with pytest.raises(UnknownAlgorithmError, match="no algorithm is registered under 'nope'"):
         get_algorithm("nope")

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from consortia import Policy, PolicyError, Simulation
+from consortia import Dataset, Policy, PolicyError, Simulation
 from consortia.errors import SchemaError, StudyFailed, ValidationError
-from consortia.privacy import SecureAggregator
+from consortia.privacy import Layout, SecureAggregator
 from consortia.stats import Mean
 
 
@@ -27,18 +27,16 @@ def test_aggregator_never_holds_an_unmasked_site_array(toy_sites, monkeypatch):
     RecordingAggregator.seen = []
     monkeypatch.setattr(Simulation, "aggregator_cls", RecordingAggregator)
     sim = Simulation(toy_sites)
-    sim.run(Mean(columns=("x1", "x2")))
+    algo = Mean(columns=("x1", "x2"))
+    sim.run(algo)
     assert len(RecordingAggregator.seen) == len(toy_sites)
-    codec = sim.precision
     n = len(toy_sites)
     for df in toy_sites.values():
-        plain = np.concatenate(
-            [
-                codec.encode(np.array([len(df)]), n_parties=n),
-                codec.encode(df[["x1", "x2"]].sum().to_numpy(), n_parties=n),
-            ]
-        )
+        # what the site would have sent without masking: its encoded contribution
+        arrays = algo.local("moments", {}, Dataset(df)).arrays
+        plain = sim.precision.encode(Layout.of(arrays).pack(arrays), n_parties=n)
         for seen in RecordingAggregator.seen:
+            assert seen.shape == plain.shape
             assert not np.any(seen == plain)  # not even one word in the clear
 
 

@@ -17,6 +17,8 @@ from consortia.runtime.task import Task
 
 __all__ = ["SiteWorker"]
 
+_ALGORITHM_CACHE = 64
+
 
 class SiteWorker:
     """One site: its datasets, its policy and its keys.
@@ -76,11 +78,15 @@ class SiteWorker:
             return self._policies
         return self._policies.get(dataset, Policy())
 
-    def _algorithm(self, spec: Mapping) -> Algorithm:
-        key = repr(sorted(spec.items(), key=lambda kv: kv[0]))
-        algo = self._algorithms.get(key)
+    def _algorithm(self, task: Task) -> Algorithm:
+        # A study's algorithm never changes between its rounds: build it once per study
+        # (specs can hold long public grids; re-parsing them every round is wasted work).
+        algo = self._algorithms.pop(task.study_id, None)
         if algo is None:
-            algo = self._algorithms[key] = algorithm_from_spec(spec)
+            algo = algorithm_from_spec(task.algorithm)
+        self._algorithms[task.study_id] = algo  # most recently used last
+        while len(self._algorithms) > _ALGORITHM_CACHE:
+            self._algorithms.pop(next(iter(self._algorithms)))
         return algo
 
     def compute(self, task: Task) -> Contribution:
@@ -92,7 +98,7 @@ class SiteWorker:
             )
         self.secure.verify(task.participants)
         policy = self.policy_for(task.dataset)
-        algo = self._algorithm(task.algorithm)
+        algo = self._algorithm(task)
         try:
             policy.check_round(algo.name, len(task.participants))
             contribution = algo.local(task.step, task.public, self.datasets[task.dataset])
