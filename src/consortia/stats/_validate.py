@@ -34,14 +34,16 @@ def numeric_columns(
     if (index < 0).any():
         missing = [c for c, i in zip(columns, index, strict=True) if i < 0]
         raise SchemaError(f"column(s) {missing} not found in the site's data")
-    dtypes = frame.dtypes.to_numpy()[index]
-    for c, dt in zip(columns, dtypes, strict=True):
+    sub = frame.take(index, axis=1)
+    dtypes = sub.dtypes.to_numpy()
+    for dt in set(dtypes):  # usually one or two distinct dtypes
         if not (isinstance(dt, np.dtype) and dt.kind in "biuf") and not (
             pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)
         ):
+            c = columns[next(i for i, d in enumerate(dtypes) if d == dt)]
             raise SchemaError(f"column {c!r} must be numeric (it is {dt})")
     try:
-        x = frame.iloc[:, index].to_numpy(dtype=np.float64, na_value=np.nan)
+        x = sub.to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError):
         raise SchemaError(f"columns {columns} cannot be read as numbers") from None
     if not allow_nan:

@@ -125,8 +125,11 @@ class LogisticRegression(Algorithm):
     penalty
         Ridge strength :math:`\\lambda >= 0` (``1 / C`` in scikit-learn).
     tol
-        Convergence when the largest Newton step on the standardised scale is
-        at most ``tol``.
+        Convergence when the largest Newton step on the standardised scale is at
+        most ``tol * (1 + max|beta|)``; the step is then applied without a further
+        round.  Newton's quadratic convergence makes the returned coefficients
+        accurate to about ``tol**2`` and the standard errors (Hessian of the last
+        round) to about ``tol``.
     max_iter
         Most Newton steps before :class:`~consortia.errors.ConvergenceError`.
     dropna
@@ -150,7 +153,7 @@ class LogisticRegression(Algorithm):
     outcome: str
     covariates: tuple[str, ...]
     penalty: float = 0.0
-    tol: float = 1e-10
+    tol: float = 1e-8
     max_iter: int = 25
     dropna: bool = False
 
@@ -309,7 +312,10 @@ class LogisticRegression(Algorithm):
             design = np.column_stack([np.ones(len(y)), y, x])
             arrays = split("gram", design.T @ design)
         elif step == "newton":
-            z = np.column_stack([np.ones(len(x)), (x - public["centre"]) / public["scale"]])
+            z = np.empty((len(x), k))
+            z[:, 0] = 1.0
+            np.subtract(x, public["centre"], out=z[:, 1:])
+            z[:, 1:] /= public["scale"]
             eta = z @ public["beta"]
             prob = expit(eta)
             w = prob * (1.0 - prob)
