@@ -32,37 +32,12 @@ import numpy as np
 from scipy import sparse
 
 __all__ = [
-    "SPLIT_BITS",
-    "join",
     "pack",
     "partial_likelihood",
     "risk_sums",
     "score_meat",
-    "split",
     "unpack",
 ]
-
-SPLIT_BITS = 24
-"""Fractional bits of the first half of a split value (the default fixed-point resolution)."""
-
-_SCALE = float(2**SPLIT_BITS)
-
-
-def split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split values into a part on the ``2**-24`` grid and its magnified residual.
-
-    ``values == hi + lo * 2**-24`` exactly; ``|lo| <= 0.5``.  Both halves are
-    summed securely; :func:`join` recombines the sums.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    hi = np.rint(v * _SCALE) / _SCALE
-    lo = (v - hi) * _SCALE
-    return hi, lo
-
-
-def join(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`split` (applied to sums of split values)."""
-    return np.asarray(hi, dtype=np.float64) + np.asarray(lo, dtype=np.float64) / _SCALE
 
 
 def pack(m: np.ndarray) -> np.ndarray:

@@ -62,6 +62,7 @@ import pandas as pd
 
 from consortia.data.dataset import Dataset
 from consortia.errors import ConvergenceError, SchemaError, ValidationError
+from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.stats._validate import numeric_columns
 from consortia.survival import _cox_math as cm
@@ -72,15 +73,6 @@ from consortia.survival._validate import check_levels, level_codes, survival_col
 __all__ = ["CoxPH", "CoxPHResult"]
 
 _TIES = ("efron", "breslow")
-
-
-def _split_arrays(name: str, values: Any) -> dict[str, np.ndarray]:
-    hi, lo = cm.split(np.asarray(values, dtype=np.float64))
-    return {f"{name}_hi": hi, f"{name}_lo": lo}
-
-
-def _joined(sums: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    return cm.join(sums[f"{name}_hi"], sums[f"{name}_lo"])
 
 
 @dataclass
@@ -250,13 +242,13 @@ class CoxPH(Algorithm):
             if step == "newton":
                 xe = (rows.w * rows.e) @ z
                 ll, g, h = cm.partial_likelihood(risk, ties, tie_rows, d, dw, xe, beta, offset)
-                arrays.update(_split_arrays("loglik", [ll]))
-                arrays.update(_split_arrays("grad", g))
-                arrays.update(_split_arrays("hess", cm.pack(h)))
+                arrays.update(split("loglik", [ll]))
+                arrays.update(split("grad", g))
+                arrays.update(split("hess", cm.pack(h)))
             else:
                 xbar = risk[:, 1 : 1 + self._p] / risk[:, :1]
                 meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dw / risk[:, 0], ev_c)
-                arrays.update(_split_arrays("meat", meat))
+                arrays.update(split("meat", meat))
         else:
             ev_t = np.asarray(self.time_grid)[public["event_index"].astype(np.int64)]
             ev_c = public["event_code"].astype(np.int64)
@@ -264,26 +256,26 @@ class CoxPH(Algorithm):
             if step == "newton":
                 tie_rows = public["tie_rows"].astype(np.int64) if self.ties == "efron" else None
                 risk, ties = cm.risk_sums(bins, rows.e, z, phi, ev_c, tie_rows)
-                arrays.update(_split_arrays("risk", risk))
+                arrays.update(split("risk", risk))
                 if ties is not None and ties.size:
-                    arrays.update(_split_arrays("ties", ties))
+                    arrays.update(split("ties", ties))
             else:
                 xbar, dlam = public["xbar"], public["dlam"]
                 meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dlam, ev_c)
-                arrays.update(_split_arrays("meat", meat))
+                arrays.update(split("meat", meat))
         if step == "newton":
-            arrays.update(_split_arrays("total", [phi.sum()]))
+            arrays.update(split("total", [phi.sum()]))
         return Contribution(arrays, cohort=n, n_parameters=self._p)
 
     def _local_summary(self, rows: _Rows) -> Contribution:
         n = len(rows.t)
         we = rows.w * rows.e
         arrays: dict[str, np.ndarray] = {"n": np.array([n], float)}
-        arrays.update(_split_arrays("w_sum", [rows.w.sum()]))
-        arrays.update(_split_arrays("x_sum", rows.x.sum(axis=0)))
-        arrays.update(_split_arrays("x_sq", (rows.x**2).sum(axis=0)))
-        arrays.update(_split_arrays("xe", we @ rows.x))
-        arrays.update(_split_arrays("dw_total", [we.sum()]))
+        arrays.update(split("w_sum", [rows.w.sum()]))
+        arrays.update(split("x_sum", rows.x.sum(axis=0)))
+        arrays.update(split("x_sq", (rows.x**2).sum(axis=0)))
+        arrays.update(split("xe", we @ rows.x))
+        arrays.update(split("dw_total", [we.sum()]))
         arrays["n_events"] = np.array([rows.e.sum()], float)
         counts: frozenset[str] = frozenset()
         if not self.stratify_by_site:
@@ -293,7 +285,7 @@ class CoxPH(Algorithm):
             size = self._n_strata * grid.size
             arrays["events"] = np.bincount(flat, weights=rows.e, minlength=size)
             if self.weights is not None:
-                arrays.update(_split_arrays("events_w", np.bincount(flat, we, minlength=size)))
+                arrays.update(split("events_w", np.bincount(flat, we, minlength=size)))
             counts = frozenset({"events"})
         return Contribution(arrays, cohort=n, count_arrays=counts)
 
@@ -314,7 +306,7 @@ class CoxPH(Algorithm):
         sums = yield Round("summary")
         n = int(round(float(sums["n"][0])))
         n_events = int(round(float(sums["n_events"][0])))
-        w_sum = float(_joined(sums, "w_sum")[0])
+        w_sum = float(join(sums, "w_sum")[0])
         if n_events == 0:
             raise ValidationError(
                 f"event column {self.event!r} has no events at any site (all censored): "
@@ -322,8 +314,8 @@ class CoxPH(Algorithm):
             )
         if n < 2:
             raise ValidationError("a Cox model needs at least two patients")
-        mean = _joined(sums, "x_sum") / n
-        var = (_joined(sums, "x_sq") - n * mean**2) / (n - 1)
+        mean = join(sums, "x_sum") / n
+        var = (join(sums, "x_sq") - n * mean**2) / (n - 1)
         sd = np.sqrt(np.maximum(var, 0.0))
         flat = sd <= 1e-12 * np.maximum(1.0, np.abs(mean))
         if np.any(flat):
@@ -331,17 +323,15 @@ class CoxPH(Algorithm):
             raise ValidationError(
                 f"covariate(s) {cols} have zero variance over all sites; drop them from covariates"
             )
-        dw_total = float(_joined(sums, "dw_total")[0])
-        xe = (_joined(sums, "xe") - mean * dw_total) / sd
+        dw_total = float(join(sums, "dw_total")[0])
+        xe = (join(sums, "xe") - mean * dw_total) / sd
         pub: dict[str, Any] = {"mean": mean, "sd": sd}
         grid_info: dict[str, np.ndarray] = {}
         if not self.stratify_by_site:
             grid = np.asarray(self.time_grid)
             events = np.asarray(sums["events"]).reshape(self._n_strata, grid.size)
             events_w = (
-                _joined(sums, "events_w").reshape(events.shape)
-                if self.weights is not None
-                else events
+                join(sums, "events_w").reshape(events.shape) if self.weights is not None else events
             )
             codes, idx = np.nonzero(events > 0.5)
             d = np.rint(events[codes, idx])
@@ -363,15 +353,15 @@ class CoxPH(Algorithm):
             sums = yield Round("newton", {**pub, "beta": beta, "offset": [offset]})
             rounds += 1
             iterations += 1
-            total = float(_joined(sums, "total")[0])
+            total = float(join(sums, "total")[0])
             if self.stratify_by_site:
-                ll = float(_joined(sums, "loglik")[0])
-                g = _joined(sums, "grad")
-                h = cm.unpack(_joined(sums, "hess"), p)
+                ll = float(join(sums, "loglik")[0])
+                g = join(sums, "grad")
+                h = cm.unpack(join(sums, "hess"), p)
                 risk = None
             else:
-                risk = _joined(sums, "risk")
-                ties = _joined(sums, "ties") if "ties_hi" in sums else None
+                risk = join(sums, "risk")
+                ties = join(sums, "ties") if "ties" in sums else None
                 rows = pub["tie_rows"] if ties is not None else None
                 if self.ties == "efron" and ties is None:
                     ties, rows = np.zeros((0, risk.shape[1])), np.zeros(0, np.int64)
@@ -434,7 +424,7 @@ class CoxPH(Algorithm):
                 rpub["dlam"] = grid_info["dw"] / r[:, 0]
             sums = yield Round("score", rpub)
             rounds += 1
-            meat = cm.unpack(_joined(sums, "meat"), p)
+            meat = cm.unpack(join(sums, "meat"), p)
         baseline = None
         if not self.stratify_by_site:
             r = last["risk"]
