@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from consortia.errors import EncodingRangeError, ValidationError
+from consortia.precision import DEFAULT_FRAC_BITS
 
 __all__ = ["FixedPoint"]
 
@@ -38,7 +39,7 @@ class FixedPoint:
         Number of fractional bits (resolution ``2**-frac_bits``).  Between 0 and 52.
     """
 
-    frac_bits: int = 24
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def __post_init__(self) -> None:
         if not isinstance(self.frac_bits, int) or not 0 <= self.frac_bits <= 52:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from consortia.errors import ProtocolError, SecureAggregationError, ValidationError
+from consortia.precision import DEFAULT_FRAC_BITS
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.privacy.keys import PeerKey, SiteIdentity, verify_peers
 from consortia.privacy.masking import CHUNK_WORDS, apply_masks, derive_key
@@ -67,7 +68,7 @@ class RoundContext:
     round_index: int
     attempt: int
     participants: tuple[PeerKey, ...]
-    frac_bits: int = 24
+    frac_bits: int = DEFAULT_FRAC_BITS
 
     def __post_init__(self) -> None:
         peers = tuple(sorted(self.participants, key=lambda p: p.site))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from consortia.precision import DEFAULT_FRAC_BITS
 from consortia.privacy.keys import PeerKey
 from consortia.privacy.secagg import RoundContext
 
@@ -45,7 +46,7 @@ class Task:
     step: str
     public: Mapping[str, np.ndarray]
     participants: tuple[PeerKey, ...]
-    frac_bits: int = 24
+    frac_bits: int = DEFAULT_FRAC_BITS
     researcher: str = "local"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
