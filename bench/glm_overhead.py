@@ -13,7 +13,7 @@ the coefficients (scikit-learn's ``C = 1 / PENALTY``).  Sites: the 6 regions.
 
 ``sim_over_pooled`` is the median wall time of ``Simulation.run`` over the median
 wall time of the pooled ``fit``, timed alternately in the same process so that both
-see the same machine load.  Key enrolment
+see the same machine load, each with one BLAS/OpenMP thread (``threadpoolctl``).  Key enrolment
 (building the Simulation) is a one-time set-up and is reported apart.
 ``max_rel_err`` is the largest relative difference over the 40 coefficients and
 their standard errors (inverse penalised Hessian, recomputed on the pooled data).
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression as SkLogistic
+from threadpoolctl import threadpool_limits
 
 from consortia import Policy, Simulation
 from consortia.data.tcga import load_tcga_brca
@@ -107,7 +108,9 @@ def main() -> None:
     )
     max_rel = float(rel.max())
 
-    t_sim, t_pooled = paired_medians(lambda: sim.run(algo), pooled_fit)
+    # one BLAS/OpenMP thread on both sides: timings on a shared machine stay comparable
+    with threadpool_limits(limits=1):
+        t_sim, t_pooled = paired_medians(lambda: sim.run(algo), pooled_fit)
     ratio = t_sim / t_pooled
     print(
         f"federated: {result.rounds} rounds ({result.iterations} Newton steps), "

@@ -13,43 +13,45 @@ needs more resolution is released as two arrays:
 
 The coordinator reassembles ``sum(hi) + sum(lo) * 2**-24``, whose absolute error
 is at most ``n_sites * 2**-49`` (about ``2e-15`` per site) instead of
-``n_sites * 2**-25``.  Nothing more is disclosed than the sum itself (both halves
-are securely aggregated like any other array).  Under a coarser codec
+``n_sites * 2**-25``.  Nothing more is disclosed than the sum itself (both
+halves are securely aggregated like any other array).  :func:`split` and
+:func:`join` are those of :mod:`consortia.precision`, re-exported here.  Under a coarser codec
 (``frac_bits < 24``) the ``hi`` half is rounded again and the result is as precise
 as that codec allows, never worse than a plain release.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError
+from consortia.precision import join, split
 
-__all__ = ["SPLIT_BITS", "Standardizer", "join", "split"]
+T = TypeVar("T")
 
-SPLIT_BITS = 24
-"""Fractional bits of the ``hi`` word (the default codec's resolution)."""
-
-_SCALE = float(2**SPLIT_BITS)
+__all__ = ["Standardizer", "check_rank", "join", "moments", "site_rows", "split"]
 
 
-def split(name: str, x: np.ndarray | float) -> dict[str, np.ndarray]:
-    """Release ``x`` as the two arrays ``name`` (hi word) and ``name_lo`` (lo word)."""
-    arr = np.asarray(x, dtype=np.float64)
-    hi = np.rint(arr * _SCALE) / _SCALE
-    lo = (arr - hi) * _SCALE
-    return {name: hi, f"{name}_lo": lo}
+def site_rows(algo: object, data: Dataset, build: Callable[[Dataset], T]) -> T:
+    """Validate a site's rows once per algorithm instance and dataset, then reuse them.
 
-
-def join(sums: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    """Reassemble the sum of an array released with :func:`split`."""
-    return (
-        np.asarray(sums[name], dtype=np.float64)
-        + np.asarray(sums[f"{name}_lo"], dtype=np.float64) / _SCALE
-    )
+    A runtime builds one algorithm instance per study at each site
+    (:class:`~consortia.runtime.SiteWorker`), so this reads and validates the data
+    once per study instead of once per round.  The data must not change during a
+    study (it could not give a consistent result anyway).  The cache holds the
+    frame itself, so identity (not a recycled ``id``) is what is compared.
+    """
+    cached = algo.__dict__.get("_site_rows")
+    if cached is not None and cached[0] is data.frame:
+        return cached[1]
+    rows = build(data)
+    object.__setattr__(algo, "_site_rows", (data.frame, rows))
+    return rows
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from scipy import stats as sps
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.stats._glm import Standardizer, check_rank, join, moments, split
+from consortia.stats._glm import Standardizer, check_rank, join, moments, site_rows, split
 from consortia.stats._validate import check_columns_param, numeric_rows
 
 __all__ = ["LinearRegression", "LinearRegressionResult"]
@@ -131,9 +131,11 @@ class LinearRegression(Algorithm):
         """Names of the fitted coefficients."""
         return ("Intercept", *self.covariates)
 
-    def _data(self, data: Dataset) -> np.ndarray:
+    def _read(self, data: Dataset) -> np.ndarray:
         # columns: outcome first, then covariates
-        return numeric_rows(data.frame, (self.outcome, *self.covariates), dropna=self.dropna)
+        x = numeric_rows(data.frame, (self.outcome, *self.covariates), dropna=self.dropna)
+        x.setflags(write=False)
+        return x
 
     def coordinate(self) -> Coordination:
         sums = yield Round("moments")
@@ -191,7 +193,7 @@ class LinearRegression(Algorithm):
         )
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        x = self._data(data)
+        x = site_rows(self, data, self._read)
         k = len(self.terms)
         if step == "moments":
             arrays = moments(x)

@@ -13,7 +13,7 @@ from scipy.special import expit
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ConvergenceError, SchemaError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.stats._glm import Standardizer, check_rank, join, split
+from consortia.stats._glm import Standardizer, check_rank, join, site_rows, split
 from consortia.stats._validate import check_columns_param, numeric_rows
 
 __all__ = ["LogisticRegression", "LogisticRegressionResult"]
@@ -298,15 +298,16 @@ class LogisticRegression(Algorithm):
 
     # ------------------------------------------------------------------ site side
 
-    def _data(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
         x = numeric_rows(data.frame, (self.outcome, *self.covariates), dropna=self.dropna)
+        x.setflags(write=False)
         y = x[:, 0]
         if not np.all((y == 0) | (y == 1)):
             raise SchemaError(f"outcome {self.outcome!r} must hold only 0 and 1")
         return y, x[:, 1:]
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        y, x = self._data(data)
+        y, x = site_rows(self, data, self._read)
         k = len(self.terms)
         if step == "moments":
             design = np.column_stack([np.ones(len(y)), y, x])
