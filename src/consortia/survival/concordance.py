@@ -7,34 +7,39 @@ risk, i.e. a shorter survival.  Pairs follow lifelines' ``concordance_index``
 (a censored time equal to an event time counts as later); it is concordant when
 the earlier failure has the higher score; tied scores count one half.
 
-How the pooled index is computed from sums (three rounds)
---------------------------------------------------------
+How the pooled index is computed from sums (2 rounds + up to ``refinements``)
+----------------------------------------------------------------------------
 1. Each site releases the sums ``n, sum(r), sum(r^2)`` of its risk scores and
    its event counts per point of the public time grid (times rounded up to the
    grid, a declared count array).
 2. The hub broadcasts the grid points that carry a pooled event (the *event
    bins*) and ``score_bins`` score bins spanning ``mean +- score_range * sd``
-   of the pooled risk.  Each site maps an event to its event bin and a censored
-   time to the last event bin at or before it (earlier ones are never
-   comparable and are dropped), then releases, per (event bin, score bin), its
-   counts of events and of censored patients (declared count arrays).  It also
-   releases its own *exact* within-site pair counts and the same counts
-   computed on its own cells, so that only **cross-site** pairs are
-   approximated.
-3. The hub forms the pooled pair counts.  With the time mapping above the time
-   order of every pair is exact (for times on the grid); the only
-   approximation is a cross-site pair whose two scores fall in the same score
-   bin, which is counted as a tie (1/2) instead of 0 or 1.
+   of the pooled risk (the two end bins are open).  Each site maps an event to
+   its event bin and a censored time to the last event bin at or before it
+   (earlier ones are never comparable and are dropped), then releases, per
+   (event bin, score bin), its counts of events and of censored patients
+   (declared count arrays).  It also releases its own *exact* within-site pair
+   counts and the same counts computed on its own cells, so that only
+   **cross-site** pairs are approximated.  With this time mapping the time
+   order of every pair is exact (for times on the grid); a cross-site pair
+   whose two scores share a score bin is counted as a tie (1/2).
+3. Refinement (at most ``refinements`` rounds, only while such ambiguous pairs
+   remain): the hub splits every score bin holding ambiguous pairs into finer
+   sub-bins (as many as the round-2 array size allows) and the sites release
+   the same counts restricted to those bins; the hub replaces the 1/2 of each
+   cross-site pair in a split bin by its finer count.  Two refinements of 4096
+   bins resolve scores about ``8 sd / 4096**2`` apart.
 
 Error bound
 -----------
-With ``M`` such ambiguous comparable pairs among ``P`` comparable pairs, the
-reported index ``C`` satisfies ``|C - C_exact| <= M / (2 P)``, where
-``C_exact`` is Harrell's C of the pooled data with times rounded up to the
-grid (equal to the raw data's on a grid that holds every time).  The hub
-computes ``M`` from the sums and reports the bound with the estimate
-(``ConcordanceResult.error_bound``); with the defaults (4096 bins over +-4 sd)
-it is typically a few 1e-4.
+With ``M`` cross-site comparable pairs still sharing a (sub-)bin among ``P``
+comparable pairs, the reported index ``C`` satisfies
+``|C - C_exact| <= M / (2 P)``, where ``C_exact`` is Harrell's C of the pooled
+data with times rounded up to the grid (equal to the raw data's on a grid that
+holds every time).  The hub computes ``M`` from the sums and reports the bound
+with the estimate (``ConcordanceResult.error_bound``).  Truly tied scores stay
+in one bin: they are counted exactly (1/2) but the bound cannot tell, so it is
+conservative for discrete scores.
 
 Per-site indices
 ----------------
@@ -67,9 +72,16 @@ from consortia.survival._grid import grid_index, validate_grid
 from consortia.survival._validate import survival_columns
 from consortia.survival.logrank import site_code
 
-__all__ = ["Concordance", "ConcordanceResult", "cell_pair_counts", "harrell_pair_counts"]
+__all__ = [
+    "Concordance",
+    "ConcordanceResult",
+    "cell_pair_counts",
+    "harrell_pair_counts",
+    "interval_pair_counts",
+]
 
 _CHUNK = 4_000_000
+_BIG = 1e300  # stands for an unbounded end of the outer score bins (public arrays are finite)
 
 
 def harrell_pair_counts(
@@ -104,6 +116,40 @@ def harrell_pair_counts(
     return num, den
 
 
+def interval_pair_counts(
+    events: np.ndarray, censored: np.ndarray
+) -> tuple[float, float, np.ndarray]:
+    """Pair counts among patients of the same score interval, from cell counts.
+
+    Parameters
+    ----------
+    events, censored
+        Arrays of shape ``(event bins, intervals, sub-bins)``: per event bin,
+        score interval and sub-bin of that interval (increasing score), the
+        events at and the censored patients mapped to that event bin.
+
+    Returns
+    -------
+    concordant : float
+        Concordant comparable pairs whose two patients share an interval
+        (pairs sharing a sub-bin count 1/2).
+    comparable : float
+        Comparable pairs whose two patients share an interval.
+    ambiguous : numpy.ndarray
+        Per ``(interval, sub-bin)``, flattened: comparable pairs sharing that sub-bin.
+    """
+    d = np.asarray(events, dtype=np.float64)
+    c = np.asarray(censored, dtype=np.float64)
+    total = d + c
+    later = np.cumsum(total[::-1], axis=0)[::-1] - total  # strictly later event bins
+    partners = later + c  # plus censored in the same event bin
+    below = np.cumsum(partners, axis=2) - partners  # strictly lower sub-bins, same interval
+    comparable = float((d * partners.sum(axis=2, keepdims=True)).sum())
+    concordant = float((d * (below + 0.5 * partners)).sum())
+    ambiguous = (d * partners).sum(axis=0).ravel()
+    return concordant, comparable, ambiguous
+
+
 def cell_pair_counts(events: np.ndarray, censored: np.ndarray) -> tuple[float, float, float]:
     """Pair counts from counts per (event bin, score bin).
 
@@ -111,7 +157,7 @@ def cell_pair_counts(events: np.ndarray, censored: np.ndarray) -> tuple[float, f
     ----------
     events, censored
         Arrays of shape ``(event bins, score bins)``: events at, and censored
-        patients mapped to, each event bin, per score bin (increasing risk).
+        patients mapped to, each event bin, per score bin (increasing score).
 
     Returns
     -------
@@ -121,14 +167,8 @@ def cell_pair_counts(events: np.ndarray, censored: np.ndarray) -> tuple[float, f
     """
     d = np.asarray(events, dtype=np.float64)
     c = np.asarray(censored, dtype=np.float64)
-    total = d + c
-    later = np.cumsum(total[::-1], axis=0)[::-1] - total  # strictly later event bins
-    partners = later + c  # plus censored in the same event bin
-    below = np.cumsum(partners, axis=1) - partners  # strictly lower score bins
-    comparable = float((d * partners.sum(axis=1, keepdims=True)).sum())
-    concordant = float((d * (below + 0.5 * partners)).sum())
-    ambiguous = float((d * partners).sum())
-    return concordant, comparable, ambiguous
+    conc, comp, amb = interval_pair_counts(d[:, None, :], c[:, None, :])
+    return conc, comp, float(amb.sum())
 
 
 @dataclass(frozen=True)
@@ -150,6 +190,8 @@ class ConcordanceResult:
         pair); empty unless ``sites`` were declared.
     site_pairs
         Site name -> (concordant, comparable) pair counts.
+    refinements
+        Number of refinement rounds that were run.
     """
 
     c_index: float
@@ -158,6 +200,7 @@ class ConcordanceResult:
     ambiguous_pairs: float
     per_site: Mapping[str, float]
     site_pairs: Mapping[str, tuple[float, float]]
+    refinements: int = 0
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -195,6 +238,9 @@ class Concordance(Algorithm):
         Participating site names, to report per-site indices (optional).
     exact_times
         If True, sites refuse times that are not grid points.
+    refinements
+        Most extra rounds that split the score bins holding ambiguous
+        cross-site pairs (0: a single pass; stops early once no pair is ambiguous).
     """
 
     name = "survival.concordance"
@@ -207,10 +253,14 @@ class Concordance(Algorithm):
     score_range: float = 4.0
     sites: tuple[str, ...] | None = None
     exact_times: bool = False
+    refinements: int = 2
 
     def __post_init__(self) -> None:
         grid = validate_grid(self.time_grid)
         object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+        ref = self.refinements
+        if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref <= 10:
+            raise ValidationError("refinements must be an integer between 0 and 10")
         covs = tuple(self.covariates)
         coefs = tuple(self.coefficients)
         if not covs or not all(isinstance(c, str) and c for c in covs):
@@ -245,26 +295,36 @@ class Concordance(Algorithm):
         if n <= 0:
             raise AlgorithmError("no patients at any site")
         event_counts = np.rint(np.asarray(first["events"]))
-        event_bins = np.flatnonzero(event_counts > 0)
+        event_bins = np.flatnonzero(event_counts > 0).astype(np.float64)
         if event_bins.size == 0:
             raise AlgorithmError(
                 "the concordance index needs at least one event; every patient is censored"
             )
         mean = float(first["sum_risk"][0]) / n
-        var = max(float(first["sum_risk2"][0]) / n - mean * mean, 0.0)
-        sd = float(np.sqrt(var))
-        half = self.score_range * sd if sd > 1e-12 * max(1.0, abs(mean)) else 0.5
-        edges = np.linspace(mean - half, mean + half, self.score_bins + 1)[1:-1]
-        sums = yield Round("cells", {"event_bins": event_bins, "edges": edges})
-        shape = (event_bins.size, self.score_bins)
-        events = np.rint(np.asarray(sums["events"])).reshape(shape)
-        censored = np.rint(np.asarray(sums["censored"])).reshape(shape)
-        conc, comp, amb = cell_pair_counts(events, censored)
-        within_exact = np.asarray(sums["within_exact"])
-        within_cells = np.asarray(sums["within_cells"])
-        comparable = comp - within_cells[1] + within_exact[1]
-        concordant = conc - within_cells[0] + within_exact[0]
-        ambiguous = max(amb - within_cells[2], 0.0)
+        sd = float(np.sqrt(max(float(first["sum_risk2"][0]) / n - mean * mean, 0.0)))
+        half = max(self.score_range * sd, 1e-6 * max(1.0, abs(mean)))
+        inner = np.linspace(mean - half, mean + half, self.score_bins + 1)[1:-1]
+        bounds = np.concatenate(([-_BIG], inner, [_BIG]))[None, :]
+        budget = event_bins.size * self.score_bins  # cells per round
+
+        def cells(level: int, bounds: np.ndarray) -> Round:
+            return Round(
+                "cells",
+                {
+                    "event_bins": event_bins,
+                    "bounds": bounds.ravel(),
+                    "layout": [bounds.shape[0], bounds.shape[1] - 1],
+                    "level": [level],
+                },
+            )
+
+        sums = yield cells(1, bounds)
+        conc, comp, amb = self._pooled_stats(sums, event_bins.size, bounds)
+        own = np.asarray(sums["own_cells"])
+        exact = np.asarray(sums["within_exact"])
+        concordant = conc - own[0] + exact[0]
+        comparable = comp - own[1] + exact[1]
+        cross_ambiguous = max(float(amb.sum()) - own[2], 0.0)
         if comparable <= 0:
             raise AlgorithmError("no comparable pair of patients: the index is undefined")
         per_site: dict[str, float] = {}
@@ -274,14 +334,40 @@ class Concordance(Algorithm):
             for s, (num, den) in zip(self.sites, pairs, strict=True):
                 site_pairs[s] = (float(num), float(den))
                 per_site[s] = float(num / den) if den > 0 else float("nan")
+        rounds, carried_total = 0, 0.0
+        for level in range(2, self.refinements + 2):
+            if cross_ambiguous <= 0:
+                break
+            split = _split_ambiguous(bounds, amb, event_bins.size, budget, self.score_bins)
+            if split is None:
+                break
+            bounds, carried = split
+            carried_total += carried
+            sums = yield cells(level, bounds)
+            rounds += 1
+            conc, comp, amb = self._pooled_stats(sums, event_bins.size, bounds)
+            own = np.asarray(sums["own_cells"])
+            # cross-site pairs of a split interval were counted 1/2; replace them
+            concordant += (conc - own[0]) - 0.5 * (comp - own[1])
+            cross_ambiguous = max(float(amb.sum()) - own[2], 0.0) + carried_total
         return ConcordanceResult(
             c_index=concordant / comparable,
-            error_bound=min(1.0, 0.5 * ambiguous / comparable),
+            error_bound=min(1.0, 0.5 * cross_ambiguous / comparable),
             comparable_pairs=comparable,
-            ambiguous_pairs=ambiguous,
+            ambiguous_pairs=cross_ambiguous,
             per_site=per_site,
             site_pairs=site_pairs,
+            refinements=rounds,
         )
+
+    @staticmethod
+    def _pooled_stats(
+        sums: Mapping[str, np.ndarray], n_event_bins: int, bounds: np.ndarray
+    ) -> tuple[float, float, np.ndarray]:
+        shape = (n_event_bins, bounds.shape[0], bounds.shape[1] - 1)
+        events = np.rint(np.asarray(sums["events"])).reshape(shape)
+        censored = np.rint(np.asarray(sums["censored"])).reshape(shape)
+        return interval_pair_counts(events, censored)
 
     # ----------------------------------------------------------------- site side
 
@@ -311,29 +397,60 @@ class Concordance(Algorithm):
         if step != "cells":
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
         event_bins = np.rint(np.asarray(public["event_bins"])).astype(np.int64)
-        edges = np.asarray(public["edges"])
-        n_bins = self.score_bins
+        m, sub = (int(v) for v in np.rint(np.asarray(public["layout"])))
+        bounds = np.asarray(public["bounds"]).reshape(m, sub + 1)
+        lo, hi = bounds[:, :-1].ravel(), bounds[:, 1:].ravel()
+        # score cell: the sub-bin [lo, hi) holding the score, if any
+        cell = np.searchsorted(lo, risk, side="right") - 1
+        member = (cell >= 0) & (risk < hi[np.clip(cell, 0, lo.size - 1)])
         # event: its own event bin; censored: the last event bin at or before its time
         pos = np.searchsorted(event_bins, idx, side="right") - 1
-        keep = pos >= 0
-        score = np.searchsorted(edges, risk, side="right")
-        cell = pos[keep] * n_bins + score[keep]
-        size = event_bins.size * n_bins
+        keep = member & (pos >= 0)
+        flat = pos[keep] * lo.size + cell[keep]
+        size = event_bins.size * lo.size
         ev = e[keep].astype(np.float64)
-        events = np.bincount(cell, weights=ev, minlength=size)
-        censored = np.bincount(cell, weights=1.0 - ev, minlength=size)
-        own = cell_pair_counts(events.reshape(-1, n_bins), censored.reshape(-1, n_bins))
-        num, den = harrell_pair_counts(idx, e, risk)
+        events = np.bincount(flat, weights=ev, minlength=size)
+        censored = np.bincount(flat, weights=1.0 - ev, minlength=size)
+        shape = (event_bins.size, m, sub)
+        conc, comp, amb = interval_pair_counts(events.reshape(shape), censored.reshape(shape))
         arrays: dict[str, np.ndarray | list[float]] = {
             "events": events,
             "censored": censored,
-            "within_exact": [num, den],
-            "within_cells": list(own),
+            "own_cells": [conc, comp, float(amb.sum())],
         }
-        if self.sites is not None:
-            slots = np.zeros((len(self.sites), 2))
-            slots[site_code(data.site, self.sites)] = (num, den)
-            arrays["site_pairs"] = slots.ravel()
+        if int(round(float(public["level"][0]))) == 1:
+            num, den = harrell_pair_counts(idx, e, risk)
+            arrays["within_exact"] = [num, den]
+            if self.sites is not None:
+                slots = np.zeros((len(self.sites), 2))
+                slots[site_code(data.site, self.sites)] = (num, den)
+                arrays["site_pairs"] = slots.ravel()
         return Contribution(
             arrays, cohort=risk.size, count_arrays=frozenset({"events", "censored"})
         )
+
+
+def _split_ambiguous(
+    bounds: np.ndarray, ambiguous: np.ndarray, n_event_bins: int, budget: int, max_sub: int
+) -> tuple[np.ndarray, float] | None:
+    """Split every score cell holding ambiguous pairs into finer sub-bins.
+
+    Returns the new interval bounds (one row per split cell) and the ambiguous
+    pairs of cells that cannot be split further (carried into the bound), or
+    None when nothing can be split within the budget.
+    """
+    lo, hi = bounds[:, :-1].ravel(), bounds[:, 1:].ravel()
+    todo = np.flatnonzero(ambiguous > 0)
+    sub = int(min(max_sub, max(2, budget // max(1, n_event_bins * todo.size))))
+    if n_event_bins * todo.size * sub > 4 * budget:
+        return None
+    rows, carried = [], 0.0
+    for j in todo:
+        edges = np.linspace(lo[j], hi[j], sub + 1)
+        if np.all(np.diff(edges) > 0) and edges[0] == lo[j] and edges[-1] == hi[j]:
+            rows.append(edges)
+        else:  # too narrow to split in floating point: keep its pairs ambiguous
+            carried += float(ambiguous[j])
+    if not rows:
+        return None
+    return np.vstack(rows), carried
