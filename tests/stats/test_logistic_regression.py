@@ -239,3 +239,14 @@ def test_bad_parameters(kwargs, match):
 def test_spec_round_trip():
     algo = LogisticRegression(outcome="e", covariates=("a", "b"), penalty=0.25, tol=1e-9)
     assert algorithm_from_spec(algo.spec()) == algo
+
+
+def test_each_study_reads_the_current_data(toy_sites):
+    # sites read and validate their rows once per study; a later study sees new data
+    sim = Simulation(toy_sites)
+    algo = LogisticRegression(outcome="event", covariates=("x1", "x2"))
+    first = sim.run(algo)
+    toy_sites["site1"].loc[:20, "event"] = 1 - toy_sites["site1"].loc[:20, "event"]
+    second = sim.run(algo)
+    assert not np.allclose(first.coef, second.coef)
+    _check_logit(second, toy_sites, "event", ["x1", "x2"])
