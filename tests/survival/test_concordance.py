@@ -250,3 +250,32 @@ def test_zero_variance_score_gives_one_half() -> None:
         )
     )
     assert res.c_index == 0.5 == reference(sites, ("x1",), (0.0,))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_small_cohorts_with_tied_times(seed: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    sites = {
+        f"s{i}": pd.DataFrame(
+            {
+                "T": rng.integers(0, 20, n).astype(float),
+                "E": rng.integers(0, 2, n),
+                "x1": rng.normal(size=n),
+                "x2": rng.integers(0, 2, n),
+            }
+        )
+        for i, n in enumerate(rng.integers(15, 60, 3))
+    }
+    res = Simulation(sites, policy=Policy(min_cell_count=1, min_cohort_size=1)).run(
+        Concordance(
+            time="T",
+            event="E",
+            covariates=("x1", "x2"),
+            coefficients=(0.5, -1.0),
+            time_grid=day_grid(19),
+            sites=tuple(sites),
+        )
+    )
+    ref = reference(sites, ("x1", "x2"), (0.5, -1.0))
+    assert res.error_bound == 0.0
+    assert res.c_index == pytest.approx(ref, rel=1e-12)

@@ -225,3 +225,25 @@ def test_bad_parameters() -> None:
         Simulation(day_sites(), policy=OPEN).run(
             KaplanMeier(time="time", event="E", time_grid=day_grid(700))
         )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_small_cohorts_with_heavy_ties(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    sites = {
+        f"s{i}": pd.DataFrame(
+            {
+                "T": rng.integers(0, 12, n).astype(float),  # includes time 0
+                "E": rng.integers(0, 2, n),
+                "g": rng.integers(0, 2, n),
+            }
+        )
+        for i, n in enumerate(rng.integers(10, 40, 3))
+    }
+    data = pooled(sites)
+    res = Simulation(sites, policy=Policy(min_cell_count=1, min_cohort_size=1)).run(
+        KaplanMeier(time="T", event="E", time_grid=day_grid(11), group="g", groups=(0, 1))
+    )
+    for g in (0, 1):
+        sub = data[data["g"] == g]
+        assert_matches_lifelines(res[str(g)], sub["T"], sub["E"])

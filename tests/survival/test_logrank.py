@@ -236,3 +236,25 @@ def test_bad_values_and_parameters() -> None:
         LogRank(time="T", event="E", group="arm", groups=(0, 1), time_grid=GRID, sites=("a",))
     with pytest.raises(ValidationError, match="groups must not repeat"):
         LogRank(time="T", event="E", group="arm", groups=(0, 0), time_grid=GRID)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_small_cohorts_with_heavy_ties(seed: int) -> None:
+    rng = np.random.default_rng(200 + seed)
+    sites = {
+        f"s{i}": pd.DataFrame(
+            {
+                "T": rng.integers(0, 10, n).astype(float),
+                "E": rng.integers(0, 2, n),
+                "g": rng.integers(0, 3, n),
+            }
+        )
+        for i, n in enumerate(rng.integers(15, 40, 3))
+    }
+    data = pooled(sites)
+    res = Simulation(sites, policy=Policy(min_cell_count=1, min_cohort_size=1)).run(
+        LogRank(time="T", event="E", group="g", groups=(0, 1, 2), time_grid=day_grid(9))
+    )
+    ref = multivariate_logrank_test(data["T"], data["g"], data["E"])
+    assert res.chi2 == pytest.approx(ref.test_statistic, rel=1e-9)
+    assert res.p_value == pytest.approx(ref.p_value, rel=1e-8, abs=1e-15)
