@@ -1,0 +1,122 @@
+"""Node faults with real processes: kill -9 mid-study, exclusion, restart, too few survivors."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+from netutil import start_federation, wait_until
+
+from consortia import Simulation
+from consortia.errors import PolicyError
+from consortia.stats.vector_sum import VectorSum
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def fed4(hub_db, tmp_path_factory):
+    """Four nodes (policy min_sites 3) behind a hub that excludes a silent node after 2.5 s."""
+    f = start_federation(
+        tmp_path_factory.mktemp("fed4"), hub_db, n_nodes=4, node_timeout=2.5, restricted=False
+    )
+    yield f
+    f.stop()
+
+
+def kill_between_rounds(f, sid: str, victims: list[str], timeout: float = 30.0) -> None:
+    """``kill -9`` the victims at a moment when none has sent its vector for the open attempt.
+
+    A node that dies after sending its masked vector but before revealing its self-mask
+    seed stalls the round until it restarts (its ledger lets it reveal then): secure
+    aggregation cannot finish a sum without that seed.  The victims are frozen with
+    SIGSTOP, the hub's state is read, and they are killed only if that state is safe.
+    """
+    end = time.monotonic() + timeout
+    procs = [f.nodes[v].proc for v in victims]
+    while time.monotonic() < end:
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)  # let a request already on the wire land
+        cur = f.fed.status(sid).raw.get("current") or {}
+        if cur.get("phase") == "collect" and not set(victims) & set(cur.get("received", [])):
+            for v in victims:
+                f.nodes[v].kill()
+            return
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no safe moment to kill the victims")
+
+
+def _restart_dead(f) -> None:
+    for node in f.nodes.values():
+        if not node.running:
+            node.start()
+
+
+def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
+    algo = VectorSum(size=5, rounds=12)
+    sid = fed4.fed.submit(algo, dataset="data")
+    victim = "site2"
+    try:
+        wait_until(lambda: fed4.fed.status(sid).rounds_done >= 2, 60, "two rounds")
+        kill_between_rounds(fed4, sid, [victim])
+        st = fed4.fed.wait(sid, timeout=90)
+    finally:
+        _restart_dead(fed4)
+    assert st.status == "finished", st.error
+    assert victim not in st.participants and len(st.participants) == 3
+    rounds = fed4.fed.rounds(sid, limit=1000)
+    assert [r["round_index"] for r in rounds] == list(range(12))
+    first_without = next(r["round_index"] for r in rounds if victim not in r["participants"])
+    assert first_without >= 2
+    assert rounds[first_without]["attempt"] >= 1  # re-run among the survivors, fresh masks
+    got = fed4.fed.result(sid)
+    sim = Simulation(fed4.sites(), fail=lambda site, r, a: site == victim and r >= first_without)
+    ref = sim.run(algo)
+    np.testing.assert_allclose(got.checksums, ref.checksums, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
+
+
+def test_too_few_survivors_fail_the_study_with_the_min_sites_rule(fed4):
+    # the nodes killed by the previous test are back and take part again
+    wait_until(lambda: len(fed4.fed.catalogue()) == 4, 30, "four catalogues")
+    sid = fed4.fed.submit(VectorSum(size=3, rounds=50), dataset="data")
+    try:
+        wait_until(lambda: fed4.fed.status(sid).rounds_done >= 1, 60, "one round")
+        kill_between_rounds(fed4, sid, ["site0", "site1"])
+        st = fed4.fed.wait(sid, timeout=60)
+    finally:
+        _restart_dead(fed4)
+    assert st.status == "failed"
+    assert st.error_rule == "min_sites"
+    with pytest.raises(PolicyError, match="min_sites"):
+        fed4.fed.result(sid)
+
+
+def test_restarted_node_picks_its_work_up(fed4):
+    """A node killed and restarted before its timeout answers the same task (no exclusion)."""
+    wait_until(lambda: len(fed4.fed.catalogue()) == 4, 30, "four catalogues")
+    algo = VectorSum(size=4, rounds=6)
+    # a generous timeout for this test: the hub's is 2.5 s, so restart at once
+    sid = fed4.fed.submit(algo, dataset="data")
+    wait_until(lambda: fed4.fed.status(sid).rounds_done >= 1, 60, "one round")
+    fed4.nodes["site3"].kill()
+    fed4.nodes["site3"].start()
+    st = fed4.fed.wait(sid, timeout=60)
+    assert st.status == "finished", st.error
+    got = fed4.fed.result(sid)
+    rounds = fed4.fed.rounds(sid)
+    first_without = next(
+        (r["round_index"] for r in rounds if "site3" not in r["participants"]), None
+    )
+    sim = Simulation(
+        fed4.sites(),
+        fail=lambda site, r, a: (
+            first_without is not None and site == "site3" and r >= first_without
+        ),
+    )
+    np.testing.assert_allclose(got.checksums, sim.run(algo).checksums, rtol=0, atol=1e-12)
