@@ -229,14 +229,21 @@ def register(cls: A) -> A:
 
 def _load_builtins() -> None:
     global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for pkg_name in _BUILTIN_PACKAGES:
-            pkg = importlib.import_module(pkg_name)
-            # every public submodule registers its algorithms on import
-            for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg_name}."):
-                if not info.name.rsplit(".", 1)[-1].startswith("_"):
-                    importlib.import_module(info.name)
+    if _builtins_loaded:
+        return
+    for pkg_name in _BUILTIN_PACKAGES:
+        pkg = importlib.import_module(pkg_name)
+        # every public submodule registers its algorithms on import
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg_name}."):
+            if info.name.rsplit(".", 1)[-1].startswith("_"):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:
+                raise AlgorithmError(
+                    f"built-in algorithm module {info.name!r} failed to import: {exc}"
+                ) from exc
+    _builtins_loaded = True
 
 
 def registered_algorithms() -> dict[str, type[Algorithm]]:

@@ -2,5 +2,27 @@
 
 Algorithms in this package register themselves on import; the registry imports
 every public submodule, so adding a module is enough to make its algorithms
-available by name.
+available by name.  Time grids: ``day_grid``, ``regular_grid``, ``quantile_grid``.
 """
+
+from consortia.survival._cox_result import CoxPHResult
+from consortia.survival._grid import day_grid, quantile_grid, regular_grid
+from consortia.survival.concordance import Concordance, ConcordanceResult
+from consortia.survival.cox import CoxPH
+from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve, KaplanMeierResult
+from consortia.survival.logrank import LogRank, LogRankResult
+
+__all__ = [
+    "Concordance",
+    "ConcordanceResult",
+    "CoxPH",
+    "CoxPHResult",
+    "KaplanMeier",
+    "KaplanMeierCurve",
+    "KaplanMeierResult",
+    "LogRank",
+    "LogRankResult",
+    "day_grid",
+    "quantile_grid",
+    "regular_grid",
+]
