@@ -6,7 +6,7 @@ available by name.  Time grids: ``day_grid``, ``regular_grid``, ``quantile_grid`
 """
 
 from consortia.survival._cox_result import CoxPHResult
-from consortia.survival._grid import day_grid, quantile_grid, regular_grid
+from consortia.survival._grid import day_grid, quantile_grid, regular_grid, round_up_to_grid
 from consortia.survival.concordance import Concordance, ConcordanceResult
 from consortia.survival.cox import CoxPH
 from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve, KaplanMeierResult
@@ -25,4 +25,5 @@ __all__ = [
     "day_grid",
     "quantile_grid",
     "regular_grid",
+    "round_up_to_grid",
 ]
