@@ -108,13 +108,16 @@ class LogisticRegression(Algorithm):
     from the inverse of the penalised Hessian (for ``penalty > 0`` this is the
     usual ridge/Bayesian approximation, not a sandwich estimate).
 
-    Rounds: one ``moments`` round (pooled means, scales and event rate, used to
-    centre and scale the covariates and to start at the intercept-only fit), then
-    one ``newton`` round per Newton step, in which every site returns its
-    log-likelihood, gradient and Hessian at the current coefficients as two-word
-    float sums (see :mod:`consortia.stats._glm`).  A step that does not decrease
-    the objective is halved (one more round).  Every round declares
-    ``len(covariates) + 1`` model parameters for the parameters-per-sample rule.
+    Rounds: one ``moments`` round, in which every site returns the Gram matrix of
+    ``[1, outcome, covariates]`` (pooled means and scales to centre and scale the
+    covariates, the event rate, and -- because every weight is equal at the
+    intercept-only fit -- the first Newton step from that fit), then one ``newton``
+    round per further Newton step, in which every site returns its log-likelihood,
+    gradient and Hessian at the current coefficients.  All are two-word float sums
+    (see :mod:`consortia.stats._glm`).  A step that does not decrease the objective
+    is halved (one more round).  Every round declares ``len(covariates) + 1`` model
+    parameters for the parameters-per-sample rule.  A site reads and validates its
+    rows once per study.
 
     Parameters
     ----------
