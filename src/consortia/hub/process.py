@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -121,7 +122,9 @@ class HubProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until ``/healthz`` answers; raise if the process died or time ran out."""
-        verify = str(self.ca) if self.ca else True
+        verify: ssl.SSLContext | bool = True
+        if self.ca:
+            verify = ssl.create_default_context(cafile=str(self.ca))
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc is not None and self.proc.poll() is not None:

@@ -1,0 +1,129 @@
+"""``consortia hub``: serve a hub and manage its tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from consortia.errors import ConsortiaError
+
+_DB_HELP = "Database URL (sqlite:///..., postgresql+psycopg://...) or path of a SQLite file."
+
+
+@click.group(name="hub")
+def command() -> None:
+    """Run a hub and manage its tokens (run on the hub's host)."""
+
+
+@command.command("start")
+@click.option("--db", required=True, help=_DB_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8443, show_default=True, type=int)
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Server chain (PEM)."
+)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Server key (PEM).")
+@click.option(
+    "--insecure-http", is_flag=True, help="Serve plain HTTP (allowed on a loopback address only)."
+)
+@click.option(
+    "--node-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds before a silent node is excluded.",
+)
+@click.option(
+    "--reveal-timeout",
+    default=120.0,
+    show_default=True,
+    help="Seconds a node may take to reveal its seed.",
+)
+@click.option(
+    "--max-payload", default=256 * 2**20, show_default=True, help="Largest contribution (bytes)."
+)
+@click.option(
+    "--audit-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="HMAC key of the audit log.",
+)
+@click.option("--log-level", default="warning", show_default=True)
+def start(
+    db: str,
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
+    node_timeout: float,
+    reveal_timeout: float,
+    max_payload: int,
+    audit_key_file: str | None,
+    log_level: str,
+) -> None:
+    """Serve the hub until interrupted (HTTPS unless --insecure-http on loopback)."""
+    from consortia.hub import HubSettings, serve
+
+    try:
+        serve(
+            HubSettings(
+                db=db,
+                node_timeout=node_timeout,
+                reveal_timeout=reveal_timeout,
+                max_payload=max_payload,
+                audit_key_file=audit_key_file,
+            ),
+            host=host,
+            port=port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            insecure_http=insecure_http,
+            log_level=log_level,
+        )
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _create(db: str, role: str, name: str, out: Path | None) -> None:
+    from consortia.hub import bootstrap_token
+
+    try:
+        token = bootstrap_token(db, role, name)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out is not None:
+        from consortia.node.identity import write_private
+
+        write_private(out, (token + "\n").encode())
+        click.echo(f"{role} token for {name!r} written to {out} (mode 0600)")
+    else:
+        click.echo(token)
+
+
+@command.group("token")
+def token() -> None:
+    """Researcher and admin tokens (stored hashed; shown once)."""
+
+
+@token.command("create")
+@click.option("--db", required=True, help=_DB_HELP)
+@click.option("--role", type=click.Choice(["researcher", "admin"]), required=True)
+@click.option("--name", required=True, help="Who the token is for (a researcher's name).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file.")
+def token_create(db: str, role: str, name: str, out: Path | None) -> None:
+    """Create a token and print it (or write it to --out)."""
+    _create(db, role, name, out)
+
+
+@command.group("enrolment-token")
+def enrolment_token() -> None:
+    """One-time tokens with which a node enrols."""
+
+
+@enrolment_token.command("create")
+@click.option("--db", required=True, help=_DB_HELP)
+@click.option("--node", default="*", show_default=True, help="The node name it may enrol.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file.")
+def enrolment_create(db: str, node: str, out: Path | None) -> None:
+    """Create a one-time enrolment token and print it (or write it to --out)."""
+    _create(db, "enrolment", node, out)

@@ -1,0 +1,169 @@
+"""``consortia study``: submit studies to a hub, follow them, get their results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from consortia.errors import ConsortiaError, PolicyError
+
+_hub = click.option(
+    "--hub", envvar="CONSORTIA_HUB", required=True, help="Hub URL [$CONSORTIA_HUB]."
+)
+_token = click.option(
+    "--token", envvar="CONSORTIA_TOKEN", required=True, help="Researcher token [$CONSORTIA_TOKEN]."
+)
+_ca = click.option(
+    "--ca",
+    envvar="CONSORTIA_CA",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificate of the hub [$CONSORTIA_CA].",
+)
+
+
+def _connect(hub: str, token: str, ca: str | None):
+    from consortia.sdk import connect
+
+    try:
+        return connect(hub, token, ca=ca)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _follow(fed, study_id: str, timeout: float | None) -> Any:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"study {study_id[:8]}: waiting")
+
+        def progress(round_index: int, step: str) -> None:
+            bar.update(task, description=f"study {study_id[:8]}: round {round_index} ({step})")
+
+        return fed.wait(study_id, timeout=timeout, progress=progress)
+
+
+def _show(value: Any, console: Console) -> None:
+    summary = getattr(value, "summary", None)
+    if callable(summary):
+        summary = summary()
+    if summary is not None and hasattr(summary, "to_string"):
+        console.print(summary.to_string())
+        return
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if isinstance(v, np.ndarray):
+                v = np.array2string(v, precision=6, threshold=20)
+            console.print(f"[bold]{f.name}[/bold]: {v}")
+        return
+    console.print(repr(value))
+
+
+@click.group(name="study")
+def command() -> None:
+    """Submit studies to a hub and follow them (as a researcher)."""
+
+
+@command.command("submit")
+@_hub
+@_token
+@_ca
+@click.option("--algorithm", required=True, help="A registered algorithm, e.g. stats.mean.")
+@click.option("--params", default="{}", show_default=True, help="Its parameters as JSON.")
+@click.option("--dataset", required=True, help="The dataset name the nodes publish.")
+@click.option("--node", "nodes", multiple=True, help="Restrict to these nodes (repeatable).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it to the end.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
+def submit(
+    hub: str,
+    token: str,
+    ca: str | None,
+    algorithm: str,
+    params: str,
+    dataset: str,
+    nodes: tuple[str, ...],
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Submit a study; print its id, then (by default) follow it and print its result."""
+    from consortia.protocol import algorithm_from_spec
+
+    try:
+        parsed = json.loads(params)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from None
+    try:
+        algo = algorithm_from_spec({"name": algorithm, "params": parsed})
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console = Console()
+    with _connect(hub, token, ca) as fed:
+        try:
+            sid = fed.submit(algo, dataset=dataset, nodes=list(nodes) or None)
+            click.echo(sid)
+            if not wait:
+                return
+            st = _follow(fed, sid, timeout)
+            if st.status != "finished":
+                fed.result(sid)  # raises with the reason
+            _show(fed.result(sid, algo), console)
+        except PolicyError as exc:
+            raise click.ClickException(f"{exc} (rule: {exc.rule})") from exc
+        except ConsortiaError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@command.command("status")
+@_hub
+@_token
+@_ca
+@click.argument("study_id")
+@click.option("--follow", is_flag=True, help="Show progress until the study ends.")
+def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool) -> None:
+    """Print a study's state (as JSON)."""
+    with _connect(hub, token, ca) as fed:
+        try:
+            st = _follow(fed, study_id, None) if follow else fed.status(study_id)
+        except ConsortiaError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(st.raw, indent=2))
+
+
+@command.command("result")
+@_hub
+@_token
+@_ca
+@click.argument("study_id")
+def result(hub: str, token: str, ca: str | None, study_id: str) -> None:
+    """Print a finished study's result (rebuilt from its aggregated sums)."""
+    with _connect(hub, token, ca) as fed:
+        try:
+            _show(fed.result(study_id), Console())
+        except PolicyError as exc:
+            raise click.ClickException(f"{exc} (rule: {exc.rule})") from exc
+        except ConsortiaError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@command.command("cancel")
+@_hub
+@_token
+@_ca
+@click.argument("study_id")
+def cancel(hub: str, token: str, ca: str | None, study_id: str) -> None:
+    """Cancel a running study."""
+    with _connect(hub, token, ca) as fed:
+        try:
+            st = fed.cancel(study_id)
+        except ConsortiaError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{study_id}: {st.status}")
