@@ -13,7 +13,6 @@ simulation's on the same data.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from consortia.errors import (
     ConsortiaError,
@@ -236,13 +236,20 @@ class RemoteFederation:
                 )
 
     def rounds(self, study_id: str, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        """Finished rounds of the study with their sums (decoded to arrays)."""
-        out = self._call(
+        """Finished rounds of the study: index, step, attempt, participants (no sums)."""
+        return self._call(
             "GET", f"/v1/studies/{study_id}/rounds", params={"start": start, "limit": limit}
         )
-        for r in out:
-            r["sums"] = unpack_arrays(base64.b64decode(r["sums"]), max_bytes=2**40, copy=True)
-        return out
+
+    def round_sums(self, study_id: str, round_index: int) -> dict[str, np.ndarray]:
+        """The securely aggregated sums of one finished round, by array name."""
+        try:
+            r = self._http.get(f"/v1/studies/{study_id}/rounds/{round_index}/sums")
+        except httpx.TransportError as exc:
+            raise ProtocolError(f"cannot reach the hub at {self.url}: {exc}") from None
+        if r.status_code != 200:
+            raise ProtocolError(f"the hub answered {r.status_code} for round {round_index}")
+        return unpack_arrays(r.content, max_bytes=2**40, copy=True)
 
     def result(self, study_id: str, algorithm: Algorithm | None = None) -> Any:
         """The result of a finished study, rebuilt from its aggregated round sums.
@@ -269,7 +276,7 @@ class RemoteFederation:
             for r in page:
                 if r["round_index"] != coord.round_index:
                     raise ProtocolError(f"study {study_id}: round {coord.round_index} is missing")
-                coord.advance(r["sums"])
+                coord.advance(self.round_sums(study_id, r["round_index"]))
                 coord.history[-1] = {}  # keep memory flat on long studies
             start += len(page)
         self.last_study = {

@@ -101,6 +101,9 @@ class Federation:
     def stop(self) -> None:
         self.fed.close()
         for n in self.nodes.values():
+            if n.running:
+                n.proc.terminate()
+        for n in self.nodes.values():
             n.stop(timeout=5)
         self.hub.stop(timeout=5)
 

@@ -68,8 +68,9 @@ def start(config: Path, log_level: str) -> None:
 
     def _stop(*_: object) -> None:
         agent.stop()
-        if agent.polling:
-            raise SystemExit(0)
+        # interrupt a long-poll or a waiting answer; database writes are transactions and
+        # a contribution not acknowledged is sent again (the same vector) after a restart
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

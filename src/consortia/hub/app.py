@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,6 +41,7 @@ from consortia.hub.schemas import (
 )
 from consortia.hub.service import HubError, StudyEngine
 from consortia.privacy.keys import PeerKey
+from consortia.wire import CONTENT_TYPE
 
 __all__ = ["HubSettings", "create_app"]
 
@@ -308,11 +309,13 @@ def create_app(settings: HubSettings) -> FastAPI:
         round_index: int,
         attempt: int,
         who: Node,
+        wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
     ) -> dict[str, Any]:
         """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
 
         The layout (array names and shapes) travels in the ``X-Consortia-Layout``
-        header as JSON.  The contribution is persisted before the answer.
+        header as JSON.  The contribution is persisted before the answer.  The
+        answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_payload):
@@ -322,21 +325,32 @@ def create_app(settings: HubSettings) -> FastAPI:
         except ValueError:
             raise HubError(400, "the X-Consortia-Layout header is not JSON") from None
         async with request.app.state.upload_slots:
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > settings.max_payload:
-                    raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
-            return await anyio.to_thread.run_sync(
-                studies.contribute, who.name, study_id, round_index, attempt, layout, bytes(body)
+            body = await _read_body(request, length, settings.max_payload)
+            out = await anyio.to_thread.run_sync(
+                studies.contribute, who.name, study_id, round_index, attempt, layout, body
             )
+        del body
+        if wait > 0:
+            out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
+        return out
 
     @app.post(base + "/reveal", tags=["node"])
     def reveal(
-        study_id: str, round_index: int, attempt: int, body: RevealRequest, who: Node
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        body: RevealRequest,
+        who: Node,
+        wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
     ) -> dict[str, Any]:
-        """Reveal this node's self-mask seed once every vector of the attempt is in."""
-        return studies.reveal(who.name, study_id, round_index, attempt, body.seed)
+        """Reveal this node's self-mask seed once every vector of the attempt is in.
+
+        The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
+        """
+        out = studies.reveal(who.name, study_id, round_index, attempt, body.seed)
+        if wait > 0:
+            out["tasks"] = studies.wait_tasks(who.name, wait)
+        return out
 
     @app.post(base + "/refusal", tags=["node"])
     def refusal(
@@ -384,8 +398,19 @@ def create_app(settings: HubSettings) -> FastAPI:
         start: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
-        """Finished rounds with their securely aggregated sums (base64 consortia.wire)."""
-        return studies.round_sums(study_id, _scope(who), start, limit)
+        """Finished rounds: index, step, attempt and participants."""
+        return studies.round_list(study_id, _scope(who), start, limit)
+
+    @app.get(
+        "/v1/studies/{study_id}/rounds/{round_index}/sums",
+        tags=["researcher"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}}},
+    )
+    def round_sums(study_id: str, round_index: int, who: Researcher) -> Response:
+        """One finished round's securely aggregated sums (a consortia.wire message)."""
+        data = studies.round_sums(study_id, _scope(who), round_index)
+        return Response(content=data, media_type=CONTENT_TYPE)
 
     @app.post("/v1/studies/{study_id}/cancel", tags=["researcher"])
     def cancel(study_id: str, who: Researcher) -> dict[str, Any]:
@@ -393,6 +418,30 @@ def create_app(settings: HubSettings) -> FastAPI:
         return studies.cancel(study_id, _scope(who), f"{who.role}:{who.name}")
 
     return app
+
+
+async def _read_body(request: Request, length: str | None, limit: int) -> bytearray:
+    """Read a request body into one buffer (sized from Content-Length), at most ``limit``."""
+    if length is None:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HubError(413, f"contribution larger than {limit} bytes")
+        return body
+    size = int(length)
+    body = bytearray(size)
+    view = memoryview(body)
+    pos = 0
+    async for chunk in request.stream():
+        end = pos + len(chunk)
+        if end > size:
+            raise HubError(400, "the body is longer than its Content-Length")
+        view[pos:end] = chunk
+        pos = end
+    if pos != size:
+        raise HubError(400, "the body is shorter than its Content-Length")
+    return body
 
 
 def bootstrap_token(db: str, role: str, name: str) -> str:

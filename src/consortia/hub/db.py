@@ -121,10 +121,11 @@ class RoundRow(Base):
     participants: Mapped[list] = mapped_column(JSON)
     phase: Mapped[str] = mapped_column(String(16), default="collect")
     layout: Mapped[list | None] = mapped_column(JSON, nullable=True)
-    acc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    acc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     received: Mapped[dict] = mapped_column(JSON, default=dict)
     seeds: Mapped[dict] = mapped_column(JSON, default=dict)
-    sums: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sums: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     opened_at: Mapped[float] = mapped_column(Float, default=_now)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 

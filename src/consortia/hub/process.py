@@ -116,7 +116,10 @@ class HubProcess:
         if self.log is not None:
             self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
             out = self._log_fh
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=os.environ.copy())
+        env = os.environ.copy()
+        # large payloads: keep glibc from growing its mmap threshold (and the hub's RSS)
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
         self.wait_ready(timeout)
         return self
 

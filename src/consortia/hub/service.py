@@ -168,14 +168,21 @@ class StudyEngine:
         if live is not None:
             return live
         algo = algorithm_from_spec(study.algorithm)
-        rows = s.scalars(
-            select(RoundRow).where(RoundRow.study_id == study.id).order_by(RoundRow.round_index)
+        indices = s.scalars(
+            select(RoundRow.round_index)
+            .where(RoundRow.study_id == study.id, RoundRow.done.is_(True))
+            .order_by(RoundRow.round_index)
         ).all()
         coord = Coordinator(algo)
-        for row in rows:
-            if row.sums is None:
-                break
-            coord.advance(unpack_arrays(row.sums, max_bytes=2**62))
+        for index in indices:  # one round's sums in memory at a time
+            raw = s.scalar(
+                select(RoundRow.sums).where(
+                    RoundRow.study_id == study.id, RoundRow.round_index == index
+                )
+            )
+            if index != coord.round_index or raw is None:
+                raise ProtocolError(f"study {study.id}: round {coord.round_index} is missing")
+            coord.advance(unpack_arrays(raw, max_bytes=2**62))
             coord.history[-1] = {}  # the database keeps the sums; memory need not
         live = _Live(coord=coord, deadline=time.monotonic() + self.node_timeout)
         self._live[study.id] = live
@@ -217,7 +224,7 @@ class StudyEngine:
     def _current_round(self, s: Session, study_id: str) -> RoundRow | None:
         return s.scalar(
             select(RoundRow)
-            .where(RoundRow.study_id == study_id, RoundRow.sums.is_(None))
+            .where(RoundRow.study_id == study_id, RoundRow.done.is_(False))
             .order_by(RoundRow.round_index.desc())
             .limit(1)
         )
@@ -393,10 +400,10 @@ class StudyEngine:
                 for r in s.scalars(q)
             ]
 
-    def round_sums(
+    def round_list(
         self, study_id: str, researcher: str | None, start: int = 0, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """Finished rounds from ``start``: index, step, attempt, participants and the sums."""
+        """Finished rounds from ``start``: index, step, attempt and participants."""
         with Session(self.engine) as s:
             self._owned(s, study_id, researcher)
             rows = s.scalars(
@@ -404,7 +411,7 @@ class StudyEngine:
                 .where(
                     RoundRow.study_id == study_id,
                     RoundRow.round_index >= start,
-                    RoundRow.sums.is_not(None),
+                    RoundRow.done.is_(True),
                 )
                 .order_by(RoundRow.round_index)
                 .limit(max(1, min(limit, 1000)))
@@ -415,10 +422,25 @@ class StudyEngine:
                     "step": r.step,
                     "attempt": r.attempt,
                     "participants": list(r.participants),
-                    "sums": base64.b64encode(r.sums or b"").decode(),
+                    "finished_at": r.finished_at,
                 }
                 for r in rows
             ]
+
+    def round_sums(self, study_id: str, researcher: str | None, round_index: int) -> bytes:
+        """The aggregated sums of one finished round (a consortia.wire message)."""
+        with Session(self.engine) as s:
+            self._owned(s, study_id, researcher)
+            raw = s.scalar(
+                select(RoundRow.sums).where(
+                    RoundRow.study_id == study_id,
+                    RoundRow.round_index == round_index,
+                    RoundRow.done.is_(True),
+                )
+            )
+            if raw is None:
+                raise HubError(404, f"round {round_index} of study {study_id!r} is not finished")
+            return bytes(raw)
 
     def cancel(self, study_id: str, researcher: str | None, actor: str) -> dict[str, Any]:
         """Cancel a running study (idempotent; a finished study stays finished)."""
@@ -534,7 +556,7 @@ class StudyEngine:
                 return {"status": "duplicate", "round_index": round_index, "attempt": attempt}
             if study.status != "running":
                 raise HubError(409, f"study {study_id!r} is {study.status}")
-            if row.sums is not None or row.attempt != attempt:
+            if row.done or row.attempt != attempt:
                 raise HubError(
                     409, f"attempt {attempt} of round {round_index} is not the open attempt"
                 )
@@ -631,7 +653,7 @@ class StudyEngine:
             )
             live.agg_attempt = row.attempt
         sums = live.agg.finish({n: bytes.fromhex(h) for n, h in row.seeds.items()})
-        row.sums, row.acc = pack_arrays(sums), None
+        row.sums, row.acc, row.done = pack_arrays(sums), None, True
         row.phase, row.finished_at = "done", time.time()
         study.n_rounds, study.updated_at = row.round_index + 1, time.time()
         self._later(

@@ -72,7 +72,6 @@ class NodeAgent:
         )
         self._worker: SiteWorker | None = None
         self._trusted: dict[str, bytes] = {}
-        self.polling = False
 
     @property
     def fingerprint(self) -> str:
@@ -162,21 +161,15 @@ class NodeAgent:
                 if not published:
                     self.publish()
                     published = True
-                self.polling = True
-                try:
-                    r = self._client.get(
-                        "/v1/node/tasks",
-                        params={"wait": self.config.poll_wait},
-                        headers=self._auth(),
-                    )
-                finally:
-                    self.polling = False
+                r = self._client.get(
+                    "/v1/node/tasks", params={"wait": self.config.poll_wait}, headers=self._auth()
+                )
                 if r.status_code != 200:
                     raise ProtocolError(f"task poll refused ({r.status_code}): {_detail(r)}")
-                for task in r.json():
-                    if self._stop.is_set():
-                        break
-                    self.handle(task)
+                queue = list(r.json())
+                while queue and not self._stop.is_set():
+                    # each answer brings back the node's next tasks (no extra poll)
+                    queue.extend(t for t in self.handle(queue.pop(0)) if t not in queue)
                 backoff = 0.1
             except (httpx.TransportError, ProtocolError) as exc:
                 log.warning("hub unreachable or refusing (%s); retrying in %.1fs", exc, backoff)
@@ -189,7 +182,7 @@ class NodeAgent:
         r.raise_for_status()
         tasks = r.json()
         for task in tasks:
-            self.handle(task)
+            self.handle(task, follow=0.0)
         return len(tasks)
 
     # ------------------------------------------------------------------ one task
@@ -243,13 +236,18 @@ class NodeAgent:
         )
         self._post(self._path(task, "refusal"), json={"rule": rule, "message": message[:2000]})
 
-    def handle(self, msg: Mapping[str, Any]) -> None:
-        """Answer one task message from the hub (``contribute`` or ``reveal``)."""
+    def handle(self, msg: Mapping[str, Any], *, follow: float | None = None) -> list[dict]:
+        """Answer one task message from the hub (``contribute`` or ``reveal``).
+
+        The hub's answer carries this node's next tasks, waiting up to ``follow``
+        seconds for one (default: half the poll wait); they are returned.
+        """
         try:
             task = self._task(msg)
         except (ConsortiaError, KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring a malformed task: %s", exc)
-            return
+            return []
+        wait = self.config.poll_wait / 2 if follow is None else follow
         worker = self.worker()
         try:
             trusted = self.store.check_peers(task.participants, dict(self.config.peers))
@@ -263,15 +261,17 @@ class NodeAgent:
                     "reveal",
                     {"study": task.study_id, "round": task.round_index, "attempt": task.attempt},
                 )
-                self._post(self._path(task, "reveal"), json={"seed": seed.hex()})
-                return
+                r = self._post(
+                    self._path(task, "reveal"), json={"seed": seed.hex()}, params={"wait": wait}
+                )
+                return _next_tasks(r)
             masked = worker.contribute(task)
         except PolicyError as err:
             self._refuse(task, err.rule, err.detail)
-            return
+            return []
         except ConsortiaError as err:
             self._refuse(task, type(err).__name__, str(err))
-            return
+            return []
         policy = worker.policy_for(task.dataset)
         self.store.audit.append(
             f"node:{self.config.name}",
@@ -296,14 +296,26 @@ class NodeAgent:
                 "Content-Type": CONTENT_TYPE,
                 "X-Consortia-Layout": json.dumps(masked.layout.to_json()),
             },
+            params={"wait": wait},
         )
         if r is not None and r.status_code != 200:
             log.warning("the hub refused a contribution (%s): %s", r.status_code, _detail(r))
+        return _next_tasks(r)
 
     def close(self) -> None:
         """Close the HTTP client and the database."""
         self._client.close()
         self.store.close()
+
+
+def _next_tasks(r: httpx.Response | None) -> list[dict]:
+    if r is None or r.status_code != 200:
+        return []
+    try:
+        tasks = r.json().get("tasks", [])
+    except (ValueError, AttributeError):
+        return []
+    return tasks if isinstance(tasks, list) else []
 
 
 def _detail(r: httpx.Response) -> str:

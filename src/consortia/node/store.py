@@ -106,6 +106,7 @@ class NodeStore:
         _meta.create_all(self.engine)
         self.path.chmod(0o600)
         self.ledger = SqlLedger(self.engine)
+        self._known: dict[str, bytes] = {}  # peers already bound (cache of the peers table)
         self.audit = AuditLog(self.engine, key=audit_key)
 
     def check_peers(self, peers: tuple[PeerKey, ...], pinned: dict[str, str]) -> dict[str, bytes]:
@@ -116,6 +117,9 @@ class NodeStore:
         """
         from consortia.node.identity import fingerprint
 
+        known_all = self._known
+        if all(known_all.get(p.site) == p.identity_key and p.site not in pinned for p in peers):
+            return {p.site: p.identity_key for p in peers}
         trusted: dict[str, bytes] = {}
         with self.engine.begin() as c:
             for peer in peers:
@@ -143,6 +147,9 @@ class NodeStore:
                             f"the identity of site {peer.site!r} changed since it was first seen"
                         )
                 trusted[peer.site] = peer.identity_key
+        for site, key in trusted.items():
+            if site not in pinned:
+                self._known[site] = key
         return trusted
 
     def close(self) -> None:
