@@ -63,7 +63,7 @@ class NodeAgent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.identity = load_identity(config.data_dir)
-        self.store = NodeStore(config.data_dir)
+        self.store = NodeStore(config.data_dir, fsync=config.fsync)
         self._stop = threading.Event()
         self._client = httpx.Client(
             base_url=config.hub,

@@ -8,6 +8,7 @@ Example (every path may be relative to the TOML file's folder)::
     ca = "ca.pem"                           # CA certificate that signed the hub's (TLS)
     data_dir = "state"                      # keys, credential, SQLite (ledger, audit, peers)
     poll_wait = 20                          # long-poll seconds (optional)
+    fsync = true                            # fsync the ledger and audit log on every write
 
     [peers]                                 # optional: pinned identity fingerprints
     hospital-b = "3f1c...64 hex..."         # (else trust on first use, remembered)
@@ -62,13 +63,19 @@ class NodeConfig:
     ca: Path | None = None
     peers: Mapping[str, str] = field(default_factory=dict)
     poll_wait: float = 20.0
+    fsync: bool = True
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
         lines = ["[node]", f"name = {_q(self.name)}", f"hub = {_q(self.hub)}"]
         if self.ca is not None:
             lines.append(f"ca = {_q(str(self.ca))}")
-        lines += [f"data_dir = {_q(str(self.data_dir))}", f"poll_wait = {self.poll_wait}", ""]
+        lines += [
+            f"data_dir = {_q(str(self.data_dir))}",
+            f"poll_wait = {self.poll_wait}",
+            f"fsync = {_toml_value(self.fsync)}",
+            "",
+        ]
         if self.peers:
             lines.append("[peers]")
             lines += [f"{_q(k)} = {_q(v)}" for k, v in self.peers.items()]
@@ -141,7 +148,7 @@ def load_config(path: str | Path) -> NodeConfig:
     node = raw.get("node")
     if not isinstance(node, dict):
         raise ValidationError(f"{path} needs a [node] table")
-    unknown = set(node) - {"name", "hub", "ca", "data_dir", "poll_wait"}
+    unknown = set(node) - {"name", "hub", "ca", "data_dir", "poll_wait", "fsync"}
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
     for key in ("name", "hub", "data_dir"):
@@ -179,6 +186,9 @@ def load_config(path: str | Path) -> NodeConfig:
     poll = node.get("poll_wait", 20.0)
     if not isinstance(poll, (int, float)) or not 0 < poll <= 60:
         raise ValidationError("[node] poll_wait must be a number of seconds in (0, 60]")
+    fsync = node.get("fsync", True)
+    if not isinstance(fsync, bool):
+        raise ValidationError("[node] fsync must be true or false")
     return NodeConfig(
         name=node["name"],
         hub=hub,
@@ -187,4 +197,5 @@ def load_config(path: str | Path) -> NodeConfig:
         ca=_path(base, node["ca"], "[node] ca") if "ca" in node else None,
         peers={str(k): v.lower() for k, v in peers.items()},
         poll_wait=float(poll),
+        fsync=fsync,
     )

@@ -1,0 +1,75 @@
+"""The hub's HTTP API in process (FastAPI TestClient): enrolment, roles, OpenAPI."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from consortia.errors import ValidationError
+from consortia.hub import HubSettings, bootstrap_token, create_app
+from consortia.hub.server import is_loopback, serve
+from consortia.privacy.keys import SiteIdentity
+
+
+@pytest.fixture
+def client(hub_url):
+    with TestClient(create_app(HubSettings(db=hub_url))) as c:
+        yield c, hub_url
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_enrolment_is_one_time_bound_and_signed(client):
+    c, db = client
+    ident = SiteIdentity.generate()
+    body = {"name": "hosp-a", "peer_key": ident.peer_key("hosp-a").to_json()}
+    token = bootstrap_token(db, "enrolment", "hosp-a")
+    other = bootstrap_token(db, "enrolment", "hosp-b")
+    assert c.post("/v1/enrol", json=body, headers=_bearer(other)).status_code == 403
+    r = c.post("/v1/enrol", json=body, headers=_bearer(token))
+    assert r.status_code == 200
+    cred = r.json()["credential"]
+    assert c.post("/v1/enrol", json=body, headers=_bearer(token)).status_code == 401  # spent
+    assert c.get("/v1/whoami", headers=_bearer(cred)).json() == {"role": "node", "name": "hosp-a"}
+    # a key signed for another name, or a forged signature, is refused
+    anyone = bootstrap_token(db, "enrolment", "*")
+    forged = {"name": "hosp-c", "peer_key": ident.peer_key("hosp-a").to_json() | {"site": "hosp-c"}}
+    r = c.post("/v1/enrol", json=forged, headers=_bearer(anyone))
+    assert r.status_code == 422 and "signature" in r.json()["detail"]
+    # the same name twice is refused
+    again = {"name": "hosp-a", "peer_key": SiteIdentity.generate().peer_key("hosp-a").to_json()}
+    assert c.post("/v1/enrol", json=again, headers=_bearer(anyone)).status_code == 409
+
+
+def test_roles_are_enforced(client):
+    c, db = client
+    researcher = bootstrap_token(db, "researcher", "alice")
+    admin = bootstrap_token(db, "admin", "ops")
+    assert c.get("/v1/node/tasks", headers=_bearer(researcher)).status_code == 403
+    assert c.get("/v1/audit", headers=_bearer(researcher)).status_code == 403
+    r = c.post("/v1/tokens", json={"role": "researcher", "name": "bob"}, headers=_bearer(admin))
+    assert r.status_code == 200 and r.json()["token"].startswith("cre_")
+    assert c.get("/v1/audit/verify", headers=_bearer(admin)).json()["ok"] is True
+    bad = {"algorithm": {"name": "stats.mean", "params": {}}, "dataset": "x", "evil": 1}
+    assert c.post("/v1/studies", json=bad, headers=_bearer(researcher)).status_code == 422
+
+
+def test_openapi_describes_the_api(client):
+    c, _ = client
+    paths = c.get("/openapi.json").json()["paths"]
+    for p in ("/v1/enrol", "/v1/studies", "/v1/node/tasks", "/v1/studies/{study_id}/rounds"):
+        assert p in paths
+
+
+def test_plain_http_needs_the_flag_and_loopback(tmp_path):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("hub.example.org")
+    settings = HubSettings(db=str(tmp_path / "h.sqlite"))
+    with pytest.raises(ValidationError, match="--tls-cert"):
+        serve(settings, host="127.0.0.1", port=1)
+    with pytest.raises(ValidationError, match="loopback"):
+        serve(settings, host="0.0.0.0", port=1, insecure_http=True)
+    with pytest.raises(ValidationError, match="go together"):
+        serve(settings, tls_cert="x.pem")

@@ -1,0 +1,212 @@
+"""The hub's study engine in process: SiteWorkers post to it directly (no HTTP).
+
+Covers what the process tests cannot pin down deterministically: a hub restart
+at every phase of a round, timeouts and the re-run among survivors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consortia import Simulation
+from consortia.hub.auth import create_token, resolve
+from consortia.hub.db import NodeRow, TokenRow, make_engine
+from consortia.hub.service import HubError, StudyEngine
+from consortia.privacy.policy import Policy
+from consortia.runtime.site import SiteWorker
+from consortia.runtime.task import Task
+from consortia.stats.vector_sum import VectorSum
+from consortia.wire import pack_arrays, unpack_arrays
+
+
+@pytest.fixture
+def world(hub_url, toy_sites):
+    engine = make_engine(hub_url)
+    workers = {n: SiteWorker(n, {"data": df}, policies=Policy()) for n, df in toy_sites.items()}
+    trusted = {n: w.identity.identity_public for n, w in workers.items()}
+    with Session(engine) as s:
+        for n, w in workers.items():
+            pk = w.peer_key
+            s.add(
+                NodeRow(
+                    name=n,
+                    identity_key=pk.identity_key.hex(),
+                    mask_key=pk.mask_key.hex(),
+                    signature=pk.signature.hex(),
+                    credential_hash=f"{n:0>64}",
+                )
+            )
+        s.commit()
+    for w in workers.values():
+        w.set_trusted(trusted)
+    hub = StudyEngine(engine)
+    for n in workers:
+        hub.publish(n, {"data": {"rows": 40}})
+    yield engine, workers, toy_sites
+    engine.dispose()
+
+
+def _task(msg) -> Task:
+    import base64
+
+    from consortia.privacy.keys import PeerKey
+
+    return Task(
+        study_id=msg["study_id"],
+        round_index=msg["round_index"],
+        attempt=msg["attempt"],
+        algorithm=msg["algorithm"],
+        dataset=msg["dataset"],
+        step=msg["step"],
+        public=unpack_arrays(base64.b64decode(msg["public"]), copy=True),
+        participants=tuple(PeerKey.from_json(p) for p in msg["participants"]),
+        frac_bits=msg["frac_bits"],
+    )
+
+
+def _answer(hub: StudyEngine, worker: SiteWorker, kinds=("contribute", "reveal")) -> int:
+    done = 0
+    for msg in hub.tasks_for(worker.name):
+        if msg["kind"] not in kinds:
+            continue
+        task = _task(msg)
+        if msg["kind"] == "contribute":
+            m = worker.contribute(task)
+            hub.contribute(
+                worker.name,
+                task.study_id,
+                task.round_index,
+                task.attempt,
+                m.layout.to_json(),
+                pack_arrays({"masked": m.data}),
+            )
+        else:
+            hub.reveal(
+                worker.name,
+                task.study_id,
+                task.round_index,
+                task.attempt,
+                worker.reveal(task).hex(),
+            )
+        done += 1
+    return done
+
+
+@pytest.mark.parametrize("crash_after", ["submit", "two_vectors", "all_vectors", "two_seeds"])
+def test_restart_at_any_phase_gives_the_simulation_result(world, crash_after):
+    engine, workers, frames = world
+    algo = VectorSum(size=5, rounds=3)
+    hub = StudyEngine(engine)
+    sid = hub.submit("alice", algo.spec(), "data")
+    names = list(workers)
+    # round 0 normally
+    for kinds in (("contribute",), ("reveal",)):
+        for n in names:
+            _answer(hub, workers[n], kinds)
+    # round 1: stop at the chosen point, then "crash" (drop the engine) and restart
+    if crash_after in ("two_vectors", "all_vectors", "two_seeds"):
+        for n in names[: 2 if crash_after == "two_vectors" else 4]:
+            _answer(hub, workers[n], ("contribute",))
+    if crash_after == "two_seeds":
+        for n in names[:2]:
+            _answer(hub, workers[n], ("reveal",))
+    del hub
+    hub = StudyEngine(engine)
+    hub.start()
+    try:
+        while hub.status(sid, "alice")["status"] == "running":
+            assert sum(_answer(hub, w) for w in workers.values()) > 0
+        st = hub.status(sid, "alice")
+        assert st["status"] == "finished" and st["rounds_done"] == 3
+        rounds = hub.round_list(sid, "alice")
+        assert [r["round_index"] for r in rounds] == [0, 1, 2]
+        assert all(r["attempt"] == 0 for r in rounds)  # nothing was re-run
+        ref = Simulation(frames).run(algo)
+        from consortia.protocol import Coordinator
+
+        coord = Coordinator(algo)
+        for r in rounds:
+            coord.advance(unpack_arrays(hub.round_sums(sid, "alice", r["round_index"])))
+        np.testing.assert_array_equal(coord.result.checksums, ref.checksums)
+    finally:
+        hub.stop()
+
+
+def test_silent_node_is_excluded_and_the_round_reruns(world):
+    engine, workers, frames = world
+    algo = VectorSum(size=3, rounds=2)
+    hub = StudyEngine(engine, node_timeout=0.0)
+    sid = hub.submit("alice", algo.spec(), "data")
+    for n in ("site0", "site1", "site2"):
+        _answer(hub, workers[n], ("contribute",))
+    late_task = _task(hub.tasks_for("site3")[0])
+    hub.check_timeouts()  # site3 is late
+    st = hub.status(sid, "alice")
+    assert st["participants"] == ["site0", "site1", "site2"]
+    assert st["current"]["attempt"] == 1 and st["current"]["received"] == []
+    # site3's late vector for the discarded attempt is refused; nothing of it is unmasked
+    m = workers["site3"].contribute(late_task)
+    with pytest.raises(HubError, match="not the open attempt") as e:
+        hub.contribute("site3", sid, 0, 0, m.layout.to_json(), pack_arrays({"masked": m.data}))
+    assert e.value.status == 409
+    assert hub.tasks_for("site3") == []
+    hub.node_timeout = 60.0
+    while hub.status(sid, "alice")["status"] == "running":
+        assert sum(_answer(hub, workers[n]) for n in ("site0", "site1", "site2")) > 0
+    sim = Simulation({n: frames[n] for n in ("site0", "site1", "site2")})
+    ref = sim.run(algo)
+    from consortia.protocol import Coordinator
+
+    coord = Coordinator(algo)
+    for r in hub.round_list(sid, "alice"):
+        coord.advance(unpack_arrays(hub.round_sums(sid, "alice", r["round_index"])))
+    np.testing.assert_array_equal(coord.result.last, ref.last)
+
+
+def test_wrong_layout_and_unknown_study_are_refused_without_harm(world):
+    engine, workers, _ = world
+    hub = StudyEngine(engine)
+    sid = hub.submit("alice", VectorSum(size=3, rounds=1).spec(), "data")
+    w = workers["site0"]
+    m = w.contribute(_task(hub.tasks_for("site0")[0]))
+    with pytest.raises(HubError) as e:
+        hub.contribute("site0", sid, 0, 0, [["v", [4]]], pack_arrays({"masked": m.data}))
+    assert e.value.status == 400
+    with pytest.raises(HubError) as e:
+        hub.contribute("site0", "nope", 0, 0, m.layout.to_json(), pack_arrays({"masked": m.data}))
+    assert e.value.status == 404
+    with pytest.raises(HubError) as e:
+        hub.submit("alice", {"name": "stats.nope", "params": {}}, "data")
+    assert e.value.status == 422
+    with pytest.raises(HubError, match="no enrolled node"):
+        hub.submit("alice", VectorSum().spec(), "absent")
+    # the study is unharmed
+    while hub.status(sid, "alice")["status"] == "running":
+        assert sum(_answer(hub, x) for x in workers.values()) > 0
+    assert hub.status(sid, "alice")["status"] == "finished"
+    with pytest.raises(HubError) as e:
+        hub.status(sid, "bob")  # another researcher does not see it
+    assert e.value.status == 404
+
+
+def test_tokens_are_stored_hashed_and_enrolment_tokens_are_one_time(hub_url):
+    engine = make_engine(hub_url)
+    with Session(engine) as s:
+        tok = create_token(s, "researcher", "alice")
+        s.commit()
+        stored = s.scalars(select(TokenRow.token_hash)).all()
+        assert tok not in stored and len(stored[0]) == 64
+        who = resolve(s, tok)
+        assert (who.role, who.name) == ("researcher", "alice")
+        assert resolve(s, tok + "x") is None and resolve(s, None) is None
+        enrol = create_token(s, "enrolment", "*")
+        s.commit()
+        assert resolve(s, enrol).role == "enrolment"
+        row = s.scalar(select(TokenRow).where(TokenRow.role == "enrolment"))
+        row.used = True
+        s.commit()
+        assert resolve(s, enrol) is None
+    engine.dispose()
