@@ -33,10 +33,14 @@ from consortia.privacy.fixedpoint import FixedPoint
 from consortia.protocol import Algorithm, Coordinator, algorithm_from_spec
 from consortia.wire import unpack_arrays
 
-__all__ = ["RemoteFederation", "StudyStatus", "connect"]
+__all__ = ["HubUnreachable", "RemoteFederation", "StudyStatus", "connect"]
 
 Progress = Callable[[int, str], None]
 """``progress(round_index, step)``, called when a round starts (as in the simulation)."""
+
+
+class HubUnreachable(ProtocolError):
+    """The hub could not be reached (network error, or the hub is restarting)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ class RemoteFederation:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ProtocolError(f"cannot reach the hub at {self.url}: {exc}") from None
+            raise HubUnreachable(f"cannot reach the hub at {self.url}: {exc}") from None
         if r.status_code == 200:
             return r.json()
         try:
@@ -203,7 +207,10 @@ class RemoteFederation:
         timeout: float | None = None,
         progress: Progress | None = None,
     ) -> StudyStatus:
-        """Block until the study reaches a final state (long-polls the hub).
+        """Block until the study reaches a final state.
+
+        Long-polls the hub; while the hub is unreachable (for example restarting) it
+        retries until ``timeout``.
 
         Raises
         ------
@@ -218,7 +225,13 @@ class RemoteFederation:
             params: dict[str, Any] = {"wait": wait}
             if version is not None:
                 params["version"] = version
-            raw = self._call("GET", f"/v1/studies/{study_id}", params=params)
+            try:
+                raw = self._call("GET", f"/v1/studies/{study_id}", params=params)
+            except HubUnreachable:
+                if end is not None and time.monotonic() >= end:
+                    raise
+                time.sleep(0.5)  # the hub restarts: the study resumes where it stopped
+                continue
             version = raw.get("version")
             st = StudyStatus.from_json(raw)
             cur = raw.get("current")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from netutil import start_federation, toy_frame, wait_until
 
 from consortia import Simulation
 from consortia.audit import AuditLog
-from consortia.errors import PolicyError
+from consortia.errors import PolicyError, StudyFailed
 from consortia.node import NodeAgent
 from consortia.node.store import NodeStore
 from consortia.privacy.policy import Policy
@@ -297,3 +299,61 @@ def test_audit_logs_verify_and_detect_tampering(fedn):
                 assert all(isinstance(v, list) for v in e.details["arrays"].values())
         finally:
             store.close()
+
+
+def test_cancel_stops_a_running_study(fedn):
+    sid = fedn.fed.submit(VectorSum(size=3, rounds=5000), dataset="data")
+    wait_until(lambda: fedn.fed.status(sid).rounds_done >= 2, 60, "two rounds")
+    st = fedn.fed.cancel(sid)
+    assert st.status == "cancelled"
+    done = st.rounds_done
+    time.sleep(0.5)
+    assert fedn.fed.status(sid).rounds_done == done  # no round after the cancellation
+    with pytest.raises(StudyFailed, match="cancelled"):
+        fedn.fed.result(sid)
+    # the nodes are free for the next study
+    assert fedn.fed.run(Mean(columns=("y",)), dataset="data", timeout=60).n > 0
+
+
+def test_a_node_refuses_a_substituted_peer_key(fedn, tmp_path):
+    """A hub that swaps a peer's masking key (to learn a pairwise mask) is refused."""
+    from consortia.node import DatasetConfig, NodeConfig
+    from consortia.privacy.keys import SiteIdentity
+
+    agents = []
+    for i in range(3):
+        csv = tmp_path / f"k{i}.csv"
+        toy_frame(30 + i, 25).to_csv(csv, index=False)
+        cfg = NodeConfig(
+            name=f"keys{i}",
+            hub=fedn.hub.url,
+            data_dir=tmp_path / f"k{i}",
+            datasets=(DatasetConfig(name="keys", path=csv, policy=Policy()),),
+            poll_wait=1,
+        )
+        a = NodeAgent(cfg)
+        a.enrol(fedn.hub.create_token("enrolment", cfg.name))
+        a.publish()
+        agents.append(a)
+    try:
+        sid = fedn.fed.submit(VectorSum(size=2, rounds=2), dataset="keys")
+        for a in agents:  # round 0 contributions: each node binds its peers' identities
+            a.run_once()
+        cred = (agents[0].config.data_dir / "credential").read_text()
+        task = httpx.get(
+            f"{fedn.hub.url}/v1/node/tasks", headers={"Authorization": f"Bearer {cred}"}
+        ).json()[0]
+        # the "hub" replaces keys1's signed key by one of its own making
+        forged = SiteIdentity.generate().peer_key("keys1").to_json()
+        task["participants"] = [forged if p["site"] == "keys1" else p for p in task["participants"]]
+        task["kind"], task["round_index"] = "contribute", 1
+        releases = len([e for e in agents[0].store.audit.entries() if e.action == "release"])
+        agents[0].handle(task, follow=0)
+        entries = agents[0].store.audit.entries()
+        assert [e for e in entries if e.action == "release"][releases:] == []
+        assert entries[-1].action == "refusal"
+        assert entries[-1].details["rule"] == "KeyVerificationError"
+        assert fedn.fed.status(sid).status in ("running", "failed")
+    finally:
+        for a in agents:
+            a.close()
