@@ -7,6 +7,7 @@ at every phase of a round, timeouts and the re-run among survivors.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -210,3 +211,32 @@ def test_tokens_are_stored_hashed_and_enrolment_tokens_are_one_time(hub_url):
         s.commit()
         assert resolve(s, enrol) is None
     engine.dispose()
+
+
+def test_a_node_that_never_reveals_fails_the_study_after_the_reveal_timeout(world):
+    engine, workers, _ = world
+    hub = StudyEngine(engine, node_timeout=60.0, reveal_timeout=0.0)
+    sid = hub.submit("alice", VectorSum(size=2, rounds=1).spec(), "data")
+    for w in workers.values():
+        _answer(hub, w, ("contribute",))
+    for n in ("site0", "site1", "site2"):
+        _answer(hub, workers[n], ("reveal",))
+    hub.check_timeouts()
+    st = hub.status(sid, "alice")
+    assert st["status"] == "failed" and "site3" in st["error"] and "reveal" in st["error"]
+    assert hub.tasks_for("site3") == []
+
+
+def test_vector_sum_parameters_and_values():
+    from consortia.errors import ValidationError
+    from consortia.stats.vector_sum import site_vector
+
+    with pytest.raises(ValidationError, match="size"):
+        VectorSum(size=0)
+    with pytest.raises(ValidationError, match="rounds"):
+        VectorSum(rounds=True)
+    frames = {f"s{i}": pd.DataFrame({"x": range(10 + i)}) for i in range(3)}
+    res = Simulation(frames).run(VectorSum(size=1500, rounds=2))
+    want = sum(site_vector(10 + i, 1, 1500) for i in range(3))
+    np.testing.assert_allclose(res.last, want, atol=3 * 2**-24)
+    assert res.rounds == 2 and res.checksums.shape == (2,)

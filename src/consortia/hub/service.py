@@ -184,7 +184,11 @@ class StudyEngine:
                 raise ProtocolError(f"study {study.id}: round {coord.round_index} is missing")
             coord.advance(unpack_arrays(raw, max_bytes=2**62))
             coord.history[-1] = {}  # the database keeps the sums; memory need not
-        live = _Live(coord=coord, deadline=time.monotonic() + self.node_timeout)
+        current = self._current_round(s, study.id)
+        if current is not None and current.round_index != coord.round_index:
+            raise ProtocolError(f"study {study.id}: round {coord.round_index} is missing")
+        wait = self.reveal_timeout if current is not None and current.phase == "reveal" else None
+        live = _Live(coord=coord, deadline=time.monotonic() + (wait or self.node_timeout))
         self._live[study.id] = live
         return live
 

@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.run()
     except SystemExit:
         pass
+    except ConsortiaError as exc:  # a dataset that breaks its schema, a refused credential...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         agent.close()
     return 0
