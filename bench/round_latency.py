@@ -20,9 +20,21 @@ reported, with its split into ``collect+reveal`` (``finished_at - opened_at``)
 and the SDK's view (wall time of ``fed.run`` divided by the rounds).
 
 Hub memory: the hub's resident set size is sampled every 5 ms (psutil) and its
-kernel high-water mark (``VmHWM``) is read after each run, having been reset
-(``/proc/PID/clear_refs``) before it when the kernel allows.  The baseline is the
-hub's RSS just before the large run; the payload size is ``size * 8`` bytes.
+kernel high-water mark (``VmHWM``) is read right after the study, having been
+reset (``/proc/PID/clear_refs``) before it when the kernel allows; the peak is the
+larger of the two.  The baseline is the hub's RSS just before the study; the
+payload is ``size * 8`` bytes.  ``hub_peak_mb_fetching_result`` is the high-water
+mark while the SDK then downloads the study's round sums (reset at the RSS left by
+the study, so it includes memory the study left allocated).
+
+Also printed per run, to show where the time goes: the CPU time (user + system)
+the hub and each node used per round (psutil), and the SDK's requests per round
+(its status long-poll); and, for the largest N, the hub CPU and client wall time
+of single requests on an idle hub (``request_cost``: ``/healthz``, an
+authenticated ``/v1/whoami``, a study status, an empty node task poll).  On a
+small machine the round latency is bounded below by ``(hub CPU + N * node CPU) /
+cores``.  For a sampling profile of the hub or a node during a run, attach
+``py-spy record -p PID --gil -f raw`` to its process (not a dependency of consortia).
 
 The last line is::
 
@@ -43,6 +55,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import psutil
@@ -153,7 +166,8 @@ class Federation:
             token = self.hub.create_token("enrolment", name)
             node = NodeProcess(cfg.write(self.root / f"{name}.toml"), enrol_token=token)
             self.nodes.append(node.start())
-        self.fed = connect(self.hub.url, self.hub.create_token("researcher", "bench"))
+        self.researcher = self.hub.create_token("researcher", "bench")
+        self.fed = connect(self.hub.url, self.researcher)
         end = time.monotonic() + 120
         while len(self.fed.catalogue()) < self.n:
             if time.monotonic() > end:
@@ -218,6 +232,36 @@ class Federation:
         nodes = sum(cpu(n.proc.pid) for n in self.nodes if n.proc is not None)
         return cpu(self.hub.pid), nodes
 
+    def request_costs(self, count: int = 300) -> dict[str, tuple[float, float]]:
+        """Hub CPU ms and client wall ms per request, for a few request kinds (idle hub)."""
+        from consortia.node.identity import read_private
+
+        pid = self.hub.pid
+        researcher = self.researcher
+        node_cred = read_private(self.root / "n00" / "credential").decode()
+        study = self.fed.submit(VectorSum(size=10, rounds=1), dataset="bench")
+        self.fed.wait(study, timeout=60)
+        probes = {
+            "healthz": ("/healthz", None),
+            "whoami": ("/v1/whoami", researcher),
+            "study_status": (f"/v1/studies/{study}", researcher),
+            "node_tasks_poll": ("/v1/node/tasks?wait=0", node_cred),
+        }
+        out = {}
+        with httpx.Client(base_url=self.hub.url, timeout=30) as client:
+            for name, (path, token) in probes.items():
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                assert client.get(path, headers=headers).status_code == 200, name
+                before = psutil.Process(pid).cpu_times()
+                t0 = time.perf_counter()
+                for _ in range(count):
+                    client.get(path, headers=headers)
+                wall = time.perf_counter() - t0
+                after = psutil.Process(pid).cpu_times()
+                cpu = (after.user + after.system) - (before.user + before.system)
+                out[name] = (cpu * 1e3 / count, wall * 1e3 / count)
+        return out
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.fed.close()
@@ -257,6 +301,14 @@ def main() -> None:
                     r = fed.run(size, a.rounds)
                     results[(n, size)] = r
                     print(_line(r), flush=True)
+                if n == max(a.nodes):
+                    costs = fed.request_costs()
+                    print(
+                        f"request_cost nodes={n} (hub CPU ms / client wall ms per request, idle "
+                        "hub, keep-alive): "
+                        + " ".join(f"{k}={c:.2f}/{w:.2f}" for k, (c, w) in costs.items()),
+                        flush=True,
+                    )
             finally:
                 fed.stop()
     n = max(a.nodes)
