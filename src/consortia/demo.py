@@ -556,6 +556,7 @@ def _run_study(
         progress.update(task, description=f"{spec.title}: round {index + 1} ({step})")
 
     start = time.monotonic()
+    state = "stopped"
     try:
         result = fed.run(
             spec.algorithm,
@@ -563,8 +564,9 @@ def _run_study(
             timeout=STUDY_TIMEOUT,
             progress=on_round,
         )
+        state = "done"
     finally:
-        progress.update(task, description=f"{spec.title}: done", total=1, completed=1)
+        progress.update(task, description=f"{spec.title}: {state}", total=1, completed=1)
     seconds = time.monotonic() - start
     rounds = int(fed.last_study.get("rounds", 0))
     rows = spec.compare(result, data.pooled)

@@ -51,7 +51,9 @@ def command(nodes: int, data: Path | None, workdir: Path | None, seed: int) -> N
     try:
         report = run_demo(data=data, nodes=nodes, workdir=workdir, seed=seed, console=console)
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted; every process was stopped") from None
+        exc = click.ClickException("interrupted; every process was stopped")
+        exc.exit_code = 130
+        raise exc from None
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from None
     if not report.ok:
