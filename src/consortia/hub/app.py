@@ -118,13 +118,20 @@ def create_app(settings: HubSettings) -> FastAPI:
     app.state.audit = audit
     app.state.db = engine
 
+    known: dict[str, Principal] = {}  # token hash -> principal (tokens are never re-bound)
+
     def principal(
         request: Request,
         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         token = cred.credentials if cred is not None else None
-        with Session(engine) as s:
-            who = resolve(s, token)
+        key = hash_token(token) if token else ""
+        who = known.get(key)
+        if who is None:
+            with Session(engine) as s:
+                who = resolve(s, token)
+            if who is not None and who.role != "enrolment":  # one-time tokens: never cached
+                known[key] = who
         if who is None:
             raise HTTPException(401, "missing or invalid bearer token")
         request.state.principal = who

@@ -1,0 +1,141 @@
+"""In-memory state of the hub's running studies, rebuilt from the database on demand.
+
+The database is the source of truth.  For speed, the hub mirrors each running
+study's open round (attempt, participants, phase, who sent a vector, who
+revealed a seed), its coordinator and its running masked sum in memory, and
+updates the mirror only after the database transaction that records a change
+has committed.  :func:`load_live` rebuilds the mirror of a study from the
+database: the coordinator by replaying the persisted round sums
+(:meth:`consortia.protocol.Coordinator.replay` semantics), the running masked
+sum from its persisted bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consortia.errors import ProtocolError
+from consortia.hub.db import RoundRow, StudyRow, TaskRow
+from consortia.privacy.secagg import Layout, MaskedContribution, RoundContext, SecureAggregator
+from consortia.protocol import Coordinator, algorithm_from_spec
+from consortia.wire import unpack_arrays
+
+__all__ = ["LiveRound", "LiveStudy", "load_live", "masked_sum", "restore_aggregator"]
+
+
+@dataclass
+class LiveRound:
+    """The open round of a running study (mirror of its ``rounds`` row)."""
+
+    index: int
+    step: str
+    public: bytes
+    attempt: int
+    participants: list[str]
+    phase: str  # "collect" or "reveal"
+    received: dict[str, str] = field(default_factory=dict)  # node -> sha256 of its vector
+    seeds: dict[str, str] = field(default_factory=dict)  # node -> revealed seed (hex)
+    layout: list | None = None
+
+
+@dataclass
+class LiveStudy:
+    """A running study: its coordinator, open round and running masked sum."""
+
+    id: str
+    researcher: str
+    spec: dict
+    dataset: str
+    frac_bits: int
+    members: set[str]  # every node that ever took part (may post, even if excluded)
+    coord: Coordinator
+    round: LiveRound
+    deadline: float
+    agg: SecureAggregator | None = None
+    agg_attempt: int = -1
+
+
+def masked_sum(agg: SecureAggregator) -> np.ndarray:
+    """The aggregator's running masked sum (no public accessor yet, see the report)."""
+    return agg._acc  # type: ignore[attr-defined,return-value]
+
+
+def restore_aggregator(
+    ctx: RoundContext, layout: Layout | None, acc: bytes | None, received: list[str]
+) -> SecureAggregator:
+    """Rebuild an aggregator from its persisted running sum through its public ``add``."""
+    agg = SecureAggregator(ctx)
+    if not received:
+        return agg
+    if layout is None or acc is None:
+        raise ProtocolError(f"round {ctx.round_index}: the running sum was not persisted")
+    total = np.frombuffer(acc, dtype=np.uint64).copy()
+    first, *rest = received
+    agg.add(MaskedContribution(ctx.study_id, ctx.round_index, ctx.attempt, first, layout, total))
+    zeros = np.zeros(layout.size, dtype=np.uint64)
+    for site in rest:
+        agg.add(MaskedContribution(ctx.study_id, ctx.round_index, ctx.attempt, site, layout, zeros))
+    return agg
+
+
+def load_live(
+    s: Session, study: StudyRow, *, node_timeout: float, reveal_timeout: float
+) -> LiveStudy:
+    """Rebuild a running study's in-memory state from the database.
+
+    Raises
+    ------
+    ProtocolError
+        If a round is missing (the database was edited) or no round is open.
+    """
+    algo = algorithm_from_spec(study.algorithm)
+    indices = s.scalars(
+        select(RoundRow.round_index)
+        .where(RoundRow.study_id == study.id, RoundRow.done.is_(True))
+        .order_by(RoundRow.round_index)
+    ).all()
+    coord = Coordinator(algo)
+    for index in indices:  # one round's sums in memory at a time
+        raw = s.scalar(
+            select(RoundRow.sums).where(
+                RoundRow.study_id == study.id, RoundRow.round_index == index
+            )
+        )
+        if index != coord.round_index or raw is None:
+            raise ProtocolError(f"study {study.id}: round {coord.round_index} is missing")
+        coord.advance(unpack_arrays(raw, max_bytes=2**62))
+        coord.history[-1] = {}  # the database keeps the sums; memory need not
+    row = s.scalar(select(RoundRow).where(RoundRow.study_id == study.id, RoundRow.done.is_(False)))
+    if row is None or row.round_index != coord.round_index or coord.done:
+        raise ProtocolError(f"study {study.id}: round {coord.round_index} is not open")
+    members = set(
+        s.scalars(select(TaskRow.node).where(TaskRow.study_id == study.id).distinct()).all()
+    )
+    rnd = LiveRound(
+        index=row.round_index,
+        step=row.step,
+        public=bytes(row.public),
+        attempt=row.attempt,
+        participants=list(row.participants),
+        phase=row.phase,
+        received=dict(row.received or {}),
+        seeds=dict(row.seeds or {}),
+        layout=row.layout,
+    )
+    wait = reveal_timeout if rnd.phase == "reveal" else node_timeout
+    return LiveStudy(
+        id=study.id,
+        researcher=study.researcher,
+        spec=dict(study.algorithm),
+        dataset=study.dataset,
+        frac_bits=study.frac_bits,
+        members=members | set(study.participants),
+        coord=coord,
+        round=rnd,
+        deadline=time.monotonic() + wait,
+    )
