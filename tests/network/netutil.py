@@ -153,7 +153,8 @@ def start_federation(
         admin = hub.create_token("admin", "root")
         researcher = hub.create_token("researcher", "alice")
         fed = connect(hub.url, researcher)
-        wait_until(lambda: len(fed.catalogue()) == n_nodes, 60, "every node's catalogue")
+        for node in nodes.values():
+            node.wait_ready(60)
     except BaseException:
         for n in nodes.values():
             n.kill()

@@ -55,6 +55,8 @@ def _restart_dead(f) -> None:
     for node in f.nodes.values():
         if not node.running:
             node.start()
+    for node in f.nodes.values():
+        node.wait_ready(60)
 
 
 def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
@@ -82,8 +84,7 @@ def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
 
 
 def test_too_few_survivors_fail_the_study_with_the_min_sites_rule(fed4):
-    # the nodes killed by the previous test are back and take part again
-    wait_until(lambda: len(fed4.fed.catalogue()) == 4, 30, "four catalogues")
+    _restart_dead(fed4)  # the nodes killed by the previous test are back
     sid = fed4.fed.submit(VectorSum(size=3, rounds=50), dataset="data")
     try:
         wait_until(lambda: fed4.fed.status(sid).rounds_done >= 1, 60, "one round")
@@ -99,7 +100,7 @@ def test_too_few_survivors_fail_the_study_with_the_min_sites_rule(fed4):
 
 def test_restarted_node_picks_its_work_up(fed4):
     """A node killed and restarted before its timeout answers the same task (no exclusion)."""
-    wait_until(lambda: len(fed4.fed.catalogue()) == 4, 30, "four catalogues")
+    _restart_dead(fed4)
     algo = VectorSum(size=4, rounds=6)
     # a generous timeout for this test: the hub's is 2.5 s, so restart at once
     sid = fed4.fed.submit(algo, dataset="data")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -161,6 +162,8 @@ class NodeAgent:
                 if not published:
                     self.publish()
                     published = True
+                    # tells a supervisor (NodeProcess.wait_ready) that this process is serving
+                    (self.config.data_dir / "agent.pid").write_text(f"{os.getpid()}\n")
                 r = self._client.get(
                     "/v1/node/tasks", params={"wait": self.config.poll_wait}, headers=self._auth()
                 )

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -57,6 +58,31 @@ class NodeProcess:
             out = self._log_fh
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=os.environ.copy())
         return self
+
+    def wait_ready(self, timeout: float = 30.0) -> NodeProcess:
+        """Wait until the node has enrolled, published its catalogue and is polling.
+
+        Raises
+        ------
+        ConsortiaError
+            If the process exited or ``timeout`` seconds passed first.
+        """
+        from consortia.errors import ConsortiaError
+        from consortia.node.config import load_config
+
+        marker = load_config(self.config).data_dir / "agent.pid"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise ConsortiaError(f"node {self.config} is not running (exit code {code})")
+            try:
+                if marker.read_text().strip() == str(self.proc.pid):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise ConsortiaError(f"node {self.config} was not ready within {timeout:g}s")
 
     @property
     def running(self) -> bool:
