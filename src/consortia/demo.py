@@ -43,7 +43,21 @@ from consortia.survival.cox import CoxPH
 from consortia.survival.kaplan_meier import KaplanMeier
 from consortia.survival.logrank import LogRank
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = [
+    "TOLERANCE",
+    "DemoData",
+    "DemoReport",
+    "Row",
+    "StudyOutcome",
+    "StudySpec",
+    "demo_policy",
+    "load_data",
+    "policy_explanation",
+    "run_demo",
+    "studies_for",
+    "synthetic_data",
+    "tcga_data",
+]
 
 TOLERANCE = 1e-6
 """Largest relative difference between federated and pooled figures the demo accepts."""
@@ -686,9 +700,9 @@ def run_demo(
                 console=console,
             ) as progress:
                 for spec in studies_for(demo_data):
-                    report.outcomes.append(_run_study(fed, spec, demo_data, progress))
-            for outcome in report.outcomes:
-                _print_outcome(console, outcome)
+                    outcome = _run_study(fed, spec, demo_data, progress)
+                    report.outcomes.append(outcome)
+                    _print_outcome(progress.console, outcome)
         failed = False
     finally:
         if fed is not None:
