@@ -598,6 +598,18 @@ def _run_study(
 # ---------------------------------------------------------------------- entry point
 
 
+def _check_references() -> None:
+    """Fail early, and clearly, if a pooled reference library is missing."""
+    import importlib.util
+
+    missing = [m for m in ("statsmodels", "lifelines") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValidationError(
+            f"the demo compares with the pooled fits of {' and '.join(missing)}, which "
+            "are not installed: pip install 'consortia[dev]' (or run `make demo`)"
+        )
+
+
 def load_data(data: str | Path | None, *, nodes: int = 3, seed: int = 0) -> DemoData:
     """The demo's data: the synthetic cohort over ``nodes`` sites, or TCGA-BRCA's 6 regions."""
     if data is None:
@@ -647,6 +659,7 @@ def run_demo(
         raise ValidationError("--nodes must be an integer >= 3 (the node policy needs 3 sites)")
     if data is not None and nodes != 3:
         raise ValidationError("--nodes applies to the synthetic cohort only (TCGA-BRCA has 6)")
+    _check_references()
     demo_data = load_data(data, nodes=nodes, seed=seed)
 
     temporary = workdir is None

@@ -131,3 +131,12 @@ def test_demo_on_tcga_brca(shared_data: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     _check_output(result.output, 6)
     assert _processes_mentioning(str(workdir)) == []
+
+
+def test_demo_names_a_missing_reference_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lifelines", None)  # as if not installed
+    result = CliRunner().invoke(main, ["demo"])
+    assert result.exit_code != 0
+    assert "lifelines" in result.output and "pip install" in result.output
