@@ -23,12 +23,12 @@ test: setup lint       ## install, lint, then run the whole test suite
 	$(PY) -m pytest -n 2 -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench examples docs
-	$(VENV)/bin/ruff format --check src tests bench examples docs
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests bench examples docs
-	$(VENV)/bin/ruff format src tests bench examples docs
+	$(VENV)/bin/ruff check --fix src tests bench examples
+	$(VENV)/bin/ruff format src tests bench examples
 
 bench: setup
 	$(PY) bench/secure_sum.py

@@ -19,6 +19,7 @@ from consortia.protocol import (
     registered_algorithms,
 )
 from consortia.runtime.simulation import Simulation
+from consortia.sdk import connect
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "catalogue",
+    "connect",
     "get_algorithm",
     "load_dataset",
     "register",

@@ -294,12 +294,19 @@ class Coordinator:
     max_rounds
         A hard bound on the number of rounds; exceeding it raises
         :class:`~consortia.errors.ProtocolError`.
+    keep_history
+        Keep every round's sums in ``history`` (default).  A runtime that persists
+        the sums elsewhere passes False so memory stays flat on long studies.
     """
 
-    def __init__(self, algorithm: Algorithm, *, max_rounds: int = MAX_ROUNDS) -> None:
+    def __init__(
+        self, algorithm: Algorithm, *, max_rounds: int = MAX_ROUNDS, keep_history: bool = True
+    ) -> None:
         self.algorithm = algorithm
         self.max_rounds = max_rounds
+        self.keep_history = keep_history
         self.history: list[dict[str, np.ndarray]] = []
+        self._rounds = 0
         self.current: Round | None = None
         self.result: Any = None
         self.done = False
@@ -309,7 +316,7 @@ class Coordinator:
     @property
     def round_index(self) -> int:
         """Index of the current round (the number of rounds already summed)."""
-        return len(self.history)
+        return self._rounds
 
     def _resume(self, step: Any) -> None:
         try:
@@ -322,7 +329,7 @@ class Coordinator:
                 f"{type(self.algorithm).__name__}.coordinate() yielded "
                 f"{type(rnd).__name__}, expected a Round"
             )
-        if len(self.history) >= self.max_rounds:
+        if self._rounds >= self.max_rounds:
             raise ProtocolError(f"study exceeded the bound of {self.max_rounds} rounds")
         self.current = rnd
 
@@ -333,7 +340,9 @@ class Coordinator:
         frozen = {k: np.array(v, dtype=np.float64) for k, v in sums.items()}
         for v in frozen.values():
             v.setflags(write=False)
-        self.history.append(frozen)
+        if self.keep_history:
+            self.history.append(frozen)
+        self._rounds += 1
         self._resume(lambda: self._gen.send(MappingProxyType(frozen)))
         return self.current
 

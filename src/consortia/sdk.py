@@ -278,7 +278,7 @@ class RemoteFederation:
         if st.status != "finished":
             _raise_for(st)
         algo = algorithm or algorithm_from_spec(st.raw["algorithm"])
-        coord = Coordinator(algo)
+        coord = Coordinator(algo, keep_history=False)
         start = 0
         while not coord.done:
             page = self.rounds(study_id, start=start)
@@ -290,7 +290,6 @@ class RemoteFederation:
                 if r["round_index"] != coord.round_index:
                     raise ProtocolError(f"study {study_id}: round {coord.round_index} is missing")
                 coord.advance(self.round_sums(study_id, r["round_index"]))
-                coord.history[-1] = {}  # keep memory flat on long studies
             start += len(page)
         self.last_study = {
             "study_id": study_id,

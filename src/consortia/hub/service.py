@@ -277,7 +277,7 @@ class StudyEngine(StudyQueries):
         try:
             algo = algorithm_from_spec(algorithm)
             spec = algo.spec()
-            coord = Coordinator(algo)
+            coord = Coordinator(algo, keep_history=False)
         except ConsortiaError as exc:
             raise HubError(422, f"the algorithm could not start: {exc}") from None
         if not 0 <= int(frac_bits) <= 52:
@@ -611,7 +611,6 @@ class StudyEngine(StudyQueries):
         )
         try:
             live.coord.advance(sums)
-            live.coord.history[-1] = {}  # the database keeps the sums; memory need not
         except ConsortiaError as exc:
             self._fail(s, study, f"the algorithm failed after round {rnd.index}: {exc}")
             return

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from consortia.errors import ProtocolError
 from consortia.hub.db import RoundRow, StudyRow, TaskRow
-from consortia.privacy.secagg import Layout, MaskedContribution, RoundContext, SecureAggregator
+from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.wire import unpack_arrays
 
@@ -61,26 +61,22 @@ class LiveStudy:
 
 
 def masked_sum(agg: SecureAggregator) -> np.ndarray:
-    """The aggregator's running masked sum (no public accessor yet, see the report)."""
-    return agg._acc  # type: ignore[attr-defined,return-value]
+    """The aggregator's running masked sum."""
+    total = agg.masked_sum
+    if total is None:
+        raise ProtocolError("no contribution has been added yet")
+    return total
 
 
 def restore_aggregator(
     ctx: RoundContext, layout: Layout | None, acc: bytes | None, received: list[str]
 ) -> SecureAggregator:
-    """Rebuild an aggregator from its persisted running sum through its public ``add``."""
-    agg = SecureAggregator(ctx)
-    if not received:
-        return agg
-    if layout is None or acc is None:
-        raise ProtocolError(f"round {ctx.round_index}: the running sum was not persisted")
-    total = np.frombuffer(acc, dtype=np.uint64).copy()
-    first, *rest = received
-    agg.add(MaskedContribution(ctx.study_id, ctx.round_index, ctx.attempt, first, layout, total))
-    zeros = np.zeros(layout.size, dtype=np.uint64)
-    for site in rest:
-        agg.add(MaskedContribution(ctx.study_id, ctx.round_index, ctx.attempt, site, layout, zeros))
-    return agg
+    """Rebuild an aggregator from its persisted running sum."""
+    total = None if acc is None else np.frombuffer(acc, dtype=np.uint64)
+    try:
+        return SecureAggregator.restore(ctx, layout, total, received)
+    except ProtocolError as exc:
+        raise ProtocolError(f"round {ctx.round_index}: {exc}") from None
 
 
 def load_live(
@@ -99,7 +95,7 @@ def load_live(
         .where(RoundRow.study_id == study.id, RoundRow.done.is_(True))
         .order_by(RoundRow.round_index)
     ).all()
-    coord = Coordinator(algo)
+    coord = Coordinator(algo, keep_history=False)
     for index in indices:  # one round's sums in memory at a time
         raw = s.scalar(
             select(RoundRow.sums).where(
@@ -109,7 +105,6 @@ def load_live(
         if index != coord.round_index or raw is None:
             raise ProtocolError(f"study {study.id}: round {coord.round_index} is missing")
         coord.advance(unpack_arrays(raw, max_bytes=2**62))
-        coord.history[-1] = {}  # the database keeps the sums; memory need not
     row = s.scalar(select(RoundRow).where(RoundRow.study_id == study.id, RoundRow.done.is_(False)))
     if row is None or row.round_index != coord.round_index or coord.done:
         raise ProtocolError(f"study {study.id}: round {coord.round_index} is not open")

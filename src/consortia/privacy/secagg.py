@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -358,6 +358,39 @@ class SecureAggregator:
     def missing(self) -> set[str]:
         """Participants whose masked vector has not arrived."""
         return set(self.ctx.sites) - self.received
+
+    @property
+    def masked_sum(self) -> np.ndarray | None:
+        """The running masked sum (read-only view), None before the first vector."""
+        if self._acc is None:
+            return None
+        view = self._acc.view()
+        view.setflags(write=False)
+        return view
+
+    @classmethod
+    def restore(
+        cls,
+        ctx: RoundContext,
+        layout: Layout | None,
+        masked_sum: np.ndarray | None,
+        received: Iterable[str],
+    ) -> SecureAggregator:
+        """Rebuild an aggregator from a persisted running sum and the sites it holds."""
+        agg = cls(ctx)
+        sites = set(received)
+        if not sites:
+            return agg
+        if layout is None or masked_sum is None:
+            raise ProtocolError("restoring a running sum needs its layout and value")
+        unknown = sites - set(ctx.sites)
+        if unknown:
+            raise ProtocolError(f"sites {sorted(unknown)} are not participants of this attempt")
+        acc = np.array(masked_sum, dtype=np.uint64)
+        if acc.ndim != 1 or acc.size != layout.size:
+            raise ProtocolError("the persisted running sum does not match its layout")
+        agg.layout, agg._acc, agg.received = layout, acc, sites
+        return agg
 
     def add(self, masked: MaskedContribution) -> None:
         """Add one site's masked vector into the running sum."""

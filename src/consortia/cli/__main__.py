@@ -1,0 +1,6 @@
+"""``python -m consortia.cli``: the same as the ``consortia`` command."""
+
+from consortia.cli import main
+
+if __name__ == "__main__":
+    main()
