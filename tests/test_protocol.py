@@ -50,6 +50,14 @@ def test_coordinator_drives_and_replays():
         coord.advance({"value": [0.0]})
 
 
+def test_coordinator_without_history_keeps_counting():
+    coord = Coordinator(Doubling(), keep_history=False)
+    while not coord.done:
+        coord.advance({"value": coord.current.public["value"] + 1})
+    assert coord.result == [4.0, 10.0, 22.0]
+    assert coord.history == [] and coord.round_index == 3
+
+
 def test_coordinator_bounds_rounds():
     with pytest.raises(ProtocolError, match="bound of 2 rounds"):
         Coordinator.replay(Doubling(rounds=5), [{"value": [1.0]}] * 3, max_rounds=2)

@@ -164,3 +164,24 @@ def test_identity_round_trip():
     assert again.identity_public == ident.identity_public
     pk = ident.peer_key("x")
     assert PeerKey.from_json(pk.to_json()) == pk
+
+
+def test_aggregator_restores_from_a_persisted_running_sum():
+    sites, peers = make_sites(3)
+    c = ctx(peers)
+    first = SecureAggregator(c)
+    first.add(sites["s0"].mask(c, {"v": np.arange(4.0)}))
+    first.add(sites["s1"].mask(c, {"v": np.ones(4)}))
+    # the hub persists (layout, masked_sum, received), crashes, and restores
+    saved = (first.layout, first.masked_sum.copy(), sorted(first.received))
+    with pytest.raises(ValueError):
+        first.masked_sum[0] = 1  # a read-only view
+    again = SecureAggregator.restore(c, *saved)
+    again.add(sites["s2"].mask(c, {"v": np.full(4, 2.0)}))
+    sums = again.finish({k: s.reveal(c) for k, s in sites.items()})
+    np.testing.assert_allclose(sums["v"], np.arange(4.0) + 3.0)
+    with pytest.raises(ProtocolError, match="not participants"):
+        SecureAggregator.restore(c, saved[0], saved[1], ["zz"])
+    with pytest.raises(ProtocolError, match="does not match its layout"):
+        SecureAggregator.restore(c, saved[0], saved[1][:2], ["s0"])
+    assert SecureAggregator(c).masked_sum is None
