@@ -272,6 +272,8 @@ class Federation:
 
 def _line(r: RunResult) -> str:
     payload = r.size * 8 / MB
+    # in payloads only where a payload is large enough for the ratio to mean something
+    ratio = f"{(r.peak_mb - r.baseline_mb) / payload:6.2f}" if payload >= 1 else "   n/a"
     return (
         f"nodes={r.nodes:<3d} floats={r.size:<8d} payload_mb={payload:8.3f} rounds={r.rounds} "
         f"median_ms={r.median_ms:8.2f} p90_ms={r.p90_ms:8.2f} "
@@ -279,7 +281,7 @@ def _line(r: RunResult) -> str:
         f"hub_cpu_ms_per_round={r.hub_cpu_ms:7.2f} node_cpu_ms_per_round={r.node_cpu_ms:7.2f} "
         f"sdk_requests_per_round={r.sdk_requests:5.1f} "
         f"hub_baseline_mb={r.baseline_mb:6.1f} hub_peak_mb={r.peak_mb:6.1f} "
-        f"peak_over_baseline_payloads={(r.peak_mb - r.baseline_mb) / payload:6.2f} "
+        f"peak_over_baseline_payloads={ratio} "
         f"hub_peak_mb_fetching_result={r.result_peak_mb or float('nan'):6.1f}"
     )
 
