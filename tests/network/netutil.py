@@ -72,7 +72,11 @@ def toy_frame(i: int, n: int) -> pd.DataFrame:
     x1 = rng.normal(i * 0.3, 1.0, n)
     x2 = rng.normal(0, 2.0, n)
     y = 1.0 + 0.5 * x1 - 0.25 * x2 + rng.normal(0, 1, n)
-    return pd.DataFrame({"x1": x1, "x2": x2, "y": y})
+    arm = rng.integers(0, 2, n)
+    hazard = np.exp(0.4 * x1 - 0.5 * arm) / 400.0
+    time = np.minimum(np.ceil(rng.exponential(1 / hazard)), 900).astype(int)
+    event = ((rng.random(n) < 0.7) & (time < 900)).astype(int)
+    return pd.DataFrame({"x1": x1, "x2": x2, "y": y, "arm": arm, "time": time, "event": event})
 
 
 @dataclass
@@ -129,7 +133,13 @@ def start_federation(
             name = f"site{i}"
             csv = root / f"{name}.csv"
             toy_frame(i, sizes[i % len(sizes)]).to_csv(csv, index=False)
-            datasets = [DatasetConfig(name="data", path=csv, policy=Policy(min_sites=3))]
+            datasets = [
+                DatasetConfig(name="data", path=csv, policy=Policy(min_sites=3)),
+                # day-resolution survival studies need small cells allowed (docs/survival.md)
+                DatasetConfig(
+                    name="survival", path=csv, policy=Policy(min_sites=3, min_cell_count=1)
+                ),
+            ]
             if restricted:
                 datasets.append(
                     DatasetConfig(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from netutil import start_federation, toy_frame, wait_until
@@ -18,7 +20,10 @@ from consortia.node.store import NodeStore
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
 from consortia.stats.descriptive import Mean
+from consortia.stats.linear import LinearRegression
+from consortia.stats.logistic import LogisticRegression
 from consortia.stats.vector_sum import VectorSum
+from consortia.survival import CoxPH, KaplanMeier, LogRank, day_grid
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,6 +64,60 @@ def test_networked_result_equals_simulation(fedn):
             np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
             np.testing.assert_allclose(got.checksums, ref.checksums, rtol=0, atol=1e-12)
             assert progress and progress[-1] <= 2
+
+
+def test_survival_and_regression_through_connect_equal_the_simulation(fedn):
+    """Issue 4: the same estimators run through consortia.connect(...) with identical results."""
+    grid = day_grid(900)
+    studies = [
+        ("data", LinearRegression(outcome="y", covariates=("x1", "x2"))),
+        ("data", LogisticRegression(outcome="event", covariates=("x1", "arm"))),
+        (
+            "data",
+            CoxPH(time="time", event="event", covariates=("x1", "arm"), stratify_by_site=True),
+        ),
+        (
+            "survival",
+            KaplanMeier(time="time", event="event", time_grid=grid, group="arm", groups=(0, 1)),
+        ),
+        (
+            "survival",
+            LogRank(time="time", event="event", group="arm", groups=(0, 1), time_grid=grid),
+        ),
+        (
+            "survival",
+            CoxPH(
+                time="time", event="event", covariates=("x1", "arm"), time_grid=grid, penalizer=0.01
+            ),
+        ),
+    ]
+    for dataset, algo in studies:
+        got = fedn.fed.run(algo, dataset=dataset, timeout=90)
+        policy = Policy(min_sites=3, min_cell_count=1 if dataset == "survival" else 5)
+        ref = Simulation(fedn.sites(dataset), policy=policy, dataset=dataset).run(algo)
+        _assert_same(got, ref, type(algo).__name__)
+
+
+def _assert_same(got, ref, path: str) -> None:
+    """Recursively compare two result objects to 1e-12."""
+    if dataclasses.is_dataclass(ref):
+        assert type(got) is type(ref), path
+        for f in dataclasses.fields(ref):
+            _assert_same(getattr(got, f.name), getattr(ref, f.name), f"{path}.{f.name}")
+    elif isinstance(ref, dict):
+        assert got.keys() == ref.keys(), path
+        for k in ref:
+            _assert_same(got[k], ref[k], f"{path}[{k!r}]")
+    elif isinstance(ref, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, ref, check_exact=False, rtol=1e-12, atol=1e-12)
+    elif isinstance(ref, np.ndarray) and ref.dtype.kind == "f":
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12, err_msg=path)
+    elif isinstance(ref, np.ndarray):
+        np.testing.assert_array_equal(got, ref, err_msg=path)
+    elif isinstance(ref, float):
+        assert got == pytest.approx(ref, rel=1e-12, abs=1e-12, nan_ok=True), path
+    else:
+        assert got == ref, path
 
 
 def test_missing_or_wrong_token_is_401_and_leaves_no_trace(fedn):
