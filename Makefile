@@ -30,9 +30,11 @@ format: setup
 	$(VENV)/bin/ruff check --fix src tests bench examples
 	$(VENV)/bin/ruff format src tests bench examples
 
-bench: setup
+bench: setup          ## every benchmark (each prints its figures; none is a test)
 	$(PY) bench/secure_sum.py
 	$(PY) bench/glm_overhead.py
+	$(PY) bench/tcga_cox.py
+	$(PY) bench/round_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
