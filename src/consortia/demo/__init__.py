@@ -24,24 +24,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from consortia.demo.data import (
+    DemoData,
+    demo_policy,
+    load_data,
+    policy_explanation,
+    synthetic_data,
+    tcga_data,
+)
+from consortia.demo.studies import (
+    START_TIMEOUT,
+    STUDY_TIMEOUT,
+    TOLERANCE,
+    Row,
+    StudyOutcome,
+    StudySpec,
+    _check_references,
+    studies_for,
+)
 from consortia.errors import ConsortiaError, ValidationError
 from consortia.hub import HubProcess
 from consortia.node import DatasetConfig, NodeConfig, NodeProcess
-from consortia.privacy.policy import Policy
-from consortia.protocol import Algorithm
 from consortia.sdk import RemoteFederation, connect
-from consortia.stats.descriptive import Variance
-from consortia.stats.logistic import LogisticRegression
-from consortia.survival._grid import day_grid
-from consortia.survival.cox import CoxPH
-from consortia.survival.kaplan_meier import KaplanMeier
-from consortia.survival.logrank import LogRank
 
 __all__ = [
     "TOLERANCE",
@@ -58,290 +66,6 @@ __all__ = [
     "synthetic_data",
     "tcga_data",
 ]
-
-TOLERANCE = 1e-6
-"""Largest relative difference between federated and pooled figures the demo accepts."""
-
-STUDY_TIMEOUT = 120.0
-START_TIMEOUT = 60.0
-
-
-# ---------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class DemoData:
-    """A data set split over sites, and the columns each demo study uses."""
-
-    label: str
-    dataset: str
-    sites: dict[str, pd.DataFrame]
-    schema: dict[str, Any]
-    time: str
-    event: str
-    grid_stop: int
-    group: str
-    groups: tuple[str, ...]
-    describe: tuple[str, ...]
-    outcome: str
-    logistic_covariates: tuple[str, ...]
-    cox_covariates: tuple[str, ...]
-
-    @property
-    def pooled(self) -> pd.DataFrame:
-        """Every site's rows in one frame (the pooled reference's input)."""
-        return pd.concat(self.sites.values(), ignore_index=True)
-
-
-def synthetic_data(*, n_sites: int = 3, seed: int = 0) -> DemoData:
-    """The synthetic oncology cohort (clinical table only), 200-300 patients a site."""
-    from consortia.data.synthetic import COVARIATES, synthetic_cohort
-
-    sizes = [200 + 50 * (i % 3) for i in range(n_sites)]
-    cohort = synthetic_cohort(
-        n_sites=n_sites, patients_per_site=sizes, expression=False, tiles=False, seed=seed
-    )
-    return DemoData(
-        label=f"synthetic colorectal cohort (seed {seed}), {n_sites} sites",
-        dataset="cohort",
-        sites={name: ds.frame for name, ds in cohort.sites().items()},
-        schema=cohort.schema.to_mapping(),
-        time="time",
-        event="event",
-        grid_stop=2920,  # administrative end of follow-up: 8 years
-        group="arm",
-        groups=("control", "treatment"),
-        describe=("age", "time"),
-        outcome="msi_high",
-        logistic_covariates=("age", "grade_3", "stage_II", "stage_III", "stage_IV"),
-        cox_covariates=COVARIATES,
-    )
-
-
-_TCGA_COX = (
-    "age_at_index",
-    "ajcc_pathologic_stage_Stage IIA",
-    "ajcc_pathologic_stage_Stage IIB",
-    "ajcc_pathologic_stage_Stage IIIA",
-    "ajcc_pathologic_stage_Stage IIIC",
-    "prior_malignancy_yes",
-)
-
-
-def tcga_data(folder: Path) -> DemoData:
-    """Fed-TCGA-BRCA (train and test patients), one site per FLamby region."""
-    from consortia.data.tcga import load_tcga_brca
-
-    tcga = load_tcga_brca(folder)
-    groups = ("under 60", "60 and over")
-    sites = {}
-    for region, frame in tcga.sites().items():
-        frame = frame[["pid", *tcga.covariates, "T", "E"]].copy()
-        frame["age_group"] = [groups[int(a >= 60)] for a in frame["age_at_index"]]
-        sites[region.lower()] = frame
-    covariates = {c: "float" if c == "age_at_index" else "int" for c in tcga.covariates}
-    return DemoData(
-        label=f"Fed-TCGA-BRCA from {folder}, 6 regions",
-        dataset="tcga_brca",
-        sites=sites,
-        schema={
-            "id": "pid",
-            "time": "T",
-            "event": "E",
-            "group": {"name": "age_group", "type": "category", "levels": list(groups)},
-            "covariates": covariates,
-        },
-        time="T",
-        event="E",
-        grid_stop=9000,
-        group="age_group",
-        groups=groups,
-        describe=("age_at_index", "T"),
-        outcome="E",
-        logistic_covariates=_TCGA_COX[:1] + _TCGA_COX[3:5],
-        cox_covariates=_TCGA_COX,
-    )
-
-
-def demo_policy() -> Policy:
-    """The policy every demo node applies to its dataset."""
-    return Policy(
-        allowed_algorithms=("stats.*", "survival.*"),
-        min_cohort_size=10,
-        min_cell_count=1,
-        min_sites=3,
-    )
-
-
-def policy_explanation(data: DemoData) -> str:
-    """One paragraph: the node policy and why the demo chose it."""
-    p = demo_policy()
-    return (
-        f"allowed_algorithms={list(p.allowed_algorithms)}, min_sites={p.min_sites}, "
-        f"min_cohort_size={p.min_cohort_size}, max_params_per_sample="
-        f"{p.max_params_per_sample}, min_cell_count={p.min_cell_count} (default 5). "
-        f"Why min_cell_count=1: the survival studies declare a public day grid "
-        f"(0..{data.grid_stop} days) so that Kaplan-Meier, log-rank and Cox equal lifelines "
-        "on the raw pooled times exactly; their per-day event counts are mostly 1 or 2 "
-        "patients, which the default rule (5) refuses. With real patients, keep 5 and "
-        "coarsen the grid (regular_grid(stop, 60): exact for times rounded up to it) or "
-        "fit a site-stratified Cox model (no grid, no per-time counts)."
-    )
-
-
-# ---------------------------------------------------------------------- studies
-
-
-@dataclass(frozen=True)
-class Row:
-    """One figure: its federated value and the pooled reference."""
-
-    label: str
-    federated: float
-    pooled: float
-
-    @property
-    def rel_diff(self) -> float:
-        """``|federated - pooled| / max(|pooled|, 1e-12)`` (0 when both are equal or inf)."""
-        f, p = float(self.federated), float(self.pooled)
-        if f == p:
-            return 0.0
-        if not (np.isfinite(f) and np.isfinite(p)):
-            return float("inf")
-        return abs(f - p) / max(abs(p), 1e-12)
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """A study of the demo: the algorithm and how to compare its result with the pooled one."""
-
-    title: str
-    algorithm: Algorithm
-    reference: str
-    compare: Callable[[Any, pd.DataFrame], list[Row]]
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class StudyOutcome:
-    """A study that ran: the figures side by side."""
-
-    title: str
-    algorithm: str
-    reference: str
-    rows: list[Row]
-    rounds: int
-    seconds: float
-    note: str = ""
-
-    @property
-    def max_rel_diff(self) -> float:
-        """Largest relative difference over the study's figures."""
-        return max((r.rel_diff for r in self.rows), default=0.0)
-
-
-def _describe(d: DemoData) -> StudySpec:
-    def compare(res: Any, pooled: pd.DataFrame) -> list[Row]:
-        rows = []
-        for i, c in enumerate(d.describe):
-            rows.append(Row(f"mean {c}", res.mean[i], float(np.mean(pooled[c]))))
-            rows.append(Row(f"variance {c}", res.variance[i], float(np.var(pooled[c], ddof=1))))
-        return rows
-
-    return StudySpec("Descriptive statistics", Variance(columns=d.describe), "numpy", compare)
-
-
-def _logistic(d: DemoData) -> StudySpec:
-    def compare(res: Any, pooled: pd.DataFrame) -> list[Row]:
-        import statsmodels.api as sm
-
-        x = sm.add_constant(pooled[list(d.logistic_covariates)].astype(float))
-        fit = sm.Logit(pooled[d.outcome].astype(float), x).fit(disp=0, maxiter=100)
-        rows = [Row(f"coef {t}", res.coef[i], fit.params.iloc[i]) for i, t in enumerate(res.terms)]
-        rows += [Row(f"se {t}", res.se[i], fit.bse.iloc[i]) for i, t in enumerate(res.terms)]
-        return rows
-
-    algo = LogisticRegression(outcome=d.outcome, covariates=d.logistic_covariates)
-    return StudySpec(f"Logistic regression of {d.outcome}", algo, "statsmodels Logit", compare)
-
-
-def _kaplan_meier(d: DemoData) -> StudySpec:
-    def compare(res: Any, pooled: pd.DataFrame) -> list[Row]:
-        from lifelines import KaplanMeierFitter
-
-        rows = []
-        for g in d.groups:
-            part = pooled[pooled[d.group] == g]
-            kmf = KaplanMeierFitter().fit(part[d.time], part[d.event])
-            curve = res[str(g)]
-            for days in (365, 1095, 1825):
-                ref = float(kmf.survival_function_at_times(days).iloc[0])
-                rows.append(Row(f"S({days} d) {g}", curve.survival_at(days)[0], ref))
-            rows.append(Row(f"median {g}", curve.median, kmf.median_survival_time_))
-            # the whole curve, every grid day: report the worst day
-            days = np.asarray(curve.timeline, dtype=float)
-            fed = np.asarray(curve.survival_at(days), dtype=float)
-            ref = kmf.survival_function_at_times(days).to_numpy(dtype=float)
-            rel = np.abs(fed - ref) / np.maximum(np.abs(ref), 1e-12)
-            worst = len(rel) - 1 - int(np.argmax(rel[::-1]))  # the latest day if all equal
-            label = f"S({days[worst]:g} d) {g}: worst of {len(days)} days"
-            rows.append(Row(label, fed[worst], float(ref[worst])))
-        return rows
-
-    algo = KaplanMeier(
-        time=d.time,
-        event=d.event,
-        time_grid=day_grid(d.grid_stop),
-        group=d.group,
-        groups=d.groups,
-    )
-    return StudySpec(f"Kaplan-Meier by {d.group}", algo, "lifelines KaplanMeierFitter", compare)
-
-
-def _logrank(d: DemoData) -> StudySpec:
-    def compare(res: Any, pooled: pd.DataFrame) -> list[Row]:
-        from lifelines.statistics import multivariate_logrank_test
-
-        ref = multivariate_logrank_test(pooled[d.time], pooled[d.group], pooled[d.event])
-        return [
-            Row("chi2", res.chi2, ref.test_statistic),
-            Row("p-value", res.p_value, ref.p_value),
-        ]
-
-    algo = LogRank(
-        time=d.time, event=d.event, group=d.group, groups=d.groups, time_grid=day_grid(d.grid_stop)
-    )
-    return StudySpec(f"Log-rank test by {d.group}", algo, "lifelines logrank", compare)
-
-
-def _cox(d: DemoData) -> StudySpec:
-    def compare(res: Any, pooled: pd.DataFrame) -> list[Row]:
-        from lifelines import CoxPHFitter
-
-        cols = [*d.cox_covariates, d.time, d.event]
-        fit = CoxPHFitter().fit(
-            pooled[cols], d.time, d.event, fit_options={"precision": 1e-12, "r_precision": 1e-14}
-        )
-        rows = [Row(f"coef {c}", res.coef[i], fit.params_[c]) for i, c in enumerate(res.covariates)]
-        rows += [
-            Row(f"se {c}", res.se[i], fit.standard_errors_[c]) for i, c in enumerate(res.covariates)
-        ]
-        rows.append(Row("log-likelihood", res.log_likelihood, fit.log_likelihood_))
-        return rows
-
-    algo = CoxPH(
-        time=d.time,
-        event=d.event,
-        covariates=d.cox_covariates,
-        ties="efron",
-        time_grid=day_grid(d.grid_stop),
-    )
-    return StudySpec("Cox proportional hazards (Efron)", algo, "lifelines CoxPHFitter", compare)
-
-
-def studies_for(data: DemoData) -> list[StudySpec]:
-    """The demo's studies, in the order they run."""
-    return [f(data) for f in (_describe, _logistic, _kaplan_meier, _logrank, _cox)]
 
 
 @dataclass
@@ -596,25 +320,6 @@ def _run_study(
 
 
 # ---------------------------------------------------------------------- entry point
-
-
-def _check_references() -> None:
-    """Fail early, and clearly, if a pooled reference library is missing."""
-    import importlib.util
-
-    missing = [m for m in ("statsmodels", "lifelines") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ValidationError(
-            f"the demo compares with the pooled fits of {' and '.join(missing)}, which "
-            "are not installed: pip install 'consortia[dev]' (or run `make demo`)"
-        )
-
-
-def load_data(data: str | Path | None, *, nodes: int = 3, seed: int = 0) -> DemoData:
-    """The demo's data: the synthetic cohort over ``nodes`` sites, or TCGA-BRCA's 6 regions."""
-    if data is None:
-        return synthetic_data(n_sites=nodes, seed=seed)
-    return tcga_data(Path(data))
 
 
 def run_demo(
