@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
-from consortia.hub.db import DatasetRow, RoundRow, StudyRow
+from consortia.hub.db import DatasetRow, RoundRow, RoundSumsRow, StudyRow
 from consortia.hub.state import LiveStudy
 
 __all__ = ["HubError", "StudyQueries"]
@@ -144,10 +144,8 @@ class StudyQueries:
         with Session(self.engine) as s:
             self._owned(s, study_id, researcher)
             raw = s.scalar(
-                select(RoundRow.sums).where(
-                    RoundRow.study_id == study_id,
-                    RoundRow.round_index == round_index,
-                    RoundRow.done.is_(True),
+                select(RoundSumsRow.sums).where(
+                    RoundSumsRow.study_id == study_id, RoundSumsRow.round_index == round_index
                 )
             )
             if raw is None:

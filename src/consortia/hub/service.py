@@ -31,13 +31,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
 from consortia.errors import ConsortiaError, ProtocolError
-from consortia.hub.db import DatasetRow, NodeRow, RoundRow, StudyRow, TaskRow
+from consortia.hub.blobs import put_acc, put_sums
+from consortia.hub.db import (
+    DatasetRow,
+    NodeRow,
+    RoundAccRow,
+    RoundRow,
+    StudyRow,
+    TaskRow,
+)
 from consortia.hub.queries import HubError, StudyQueries
 from consortia.hub.state import (
     LiveRound,
@@ -47,7 +55,12 @@ from consortia.hub.state import (
     restore_aggregator,
 )
 from consortia.privacy.keys import PeerKey
-from consortia.privacy.secagg import Layout, MaskedContribution, RoundContext
+from consortia.privacy.secagg import (
+    Layout,
+    MaskedContribution,
+    RoundContext,
+    SecureAggregator,
+)
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.wire import pack_arrays, unpack_arrays
 
@@ -57,6 +70,8 @@ log = logging.getLogger("consortia.hub")
 
 _ROUNDS = RoundRow.__table__  # Core updates: no ORM bookkeeping on the hot path
 _TASKS = TaskRow.__table__
+_STUDIES = StudyRow.__table__
+_ACC = RoundAccRow.__table__  # big blobs apart: a small update never rewrites them
 
 
 class StudyEngine(StudyQueries):
@@ -493,35 +508,27 @@ class StudyEngine(StudyQueries):
                 raise HubError(400, "the masked vector is not a uint64 vector of its layout's size")
             try:
                 if live.agg is None or live.agg_attempt != attempt:
-                    with Session(self.engine) as s:
-                        acc = s.scalar(
-                            select(RoundRow.acc).where(
-                                RoundRow.study_id == study_id, RoundRow.round_index == rnd.index
-                            )
-                        )
-                    live.agg = restore_aggregator(
-                        self._ctx(live),
-                        Layout.from_json(rnd.layout) if rnd.layout is not None else None,
-                        acc,
-                        list(rnd.received),
-                    )
-                    live.agg_attempt = attempt
+                    live.agg = self._restore(live)
                 try:
                     live.agg.add(
                         MaskedContribution(study_id, round_index, attempt, node, layout, data)
                     )
                 except ProtocolError as exc:
                     raise HubError(400, f"malformed contribution: {exc}") from None
+                del data, arrays  # views into the request body
                 received = {**rnd.received, node: digest}
                 phase = "collect" if live.agg.missing else "reveal"
+                layout_json = layout.to_json()
                 with Session(self.engine) as s:
-                    self._update_round(
+                    self._update_round(s, live, layout=layout_json, received=received, phase=phase)
+                    # written straight from the aggregator's array (no copy)
+                    put_acc(
                         s,
-                        live,
-                        acc=masked_sum(live.agg).tobytes(),
-                        layout=layout.to_json(),
-                        received=received,
-                        phase=phase,
+                        study_id,
+                        rnd.index,
+                        attempt,
+                        masked_sum(live.agg),
+                        first=not rnd.received,
                     )
                     self._set_task(s, live, node, "contributed")
                     s.commit()
@@ -532,11 +539,33 @@ class StudyEngine(StudyQueries):
             except Exception:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 raise
-            rnd.received, rnd.layout, rnd.phase = received, layout.to_json(), phase
+            rnd.received, rnd.layout, rnd.phase = received, layout_json, phase
             if phase == "reveal":
                 live.deadline = time.monotonic() + self.reveal_timeout
                 self._bump(rnd.participants)
             return ack
+
+    def _restore(self, live: LiveStudy) -> SecureAggregator:
+        """The open attempt's aggregator, rebuilt from its persisted running sum."""
+        rnd = live.round
+        acc = None
+        if rnd.received:
+            with Session(self.engine) as s:
+                acc = s.scalar(
+                    select(_ACC.c.acc).where(
+                        _ACC.c.study_id == live.id,
+                        _ACC.c.round_index == rnd.index,
+                        _ACC.c.attempt == rnd.attempt,
+                    )
+                )
+        agg = restore_aggregator(
+            self._ctx(live),
+            Layout.from_json(rnd.layout) if rnd.layout is not None else None,
+            acc,
+            list(rnd.received),
+        )
+        live.agg_attempt = rnd.attempt
+        return agg
 
     def reveal(
         self, node: str, study_id: str, round_index: int, attempt: int, seed_hex: str
@@ -578,24 +607,25 @@ class StudyEngine(StudyQueries):
     def _finish_round(self, s: Session, live: LiveStudy, seeds: dict[str, str]) -> None:
         """Unmask the sum, store it, advance the coordinator, open the next round."""
         rnd = live.round
-        if live.agg is None or live.agg_attempt != rnd.attempt:
-            acc = s.scalar(
-                select(RoundRow.acc).where(
-                    RoundRow.study_id == live.id, RoundRow.round_index == rnd.index
-                )
-            )
-            live.agg = restore_aggregator(
-                self._ctx(live), Layout.from_json(rnd.layout), acc, list(rnd.received)
-            )
-            live.agg_attempt = rnd.attempt
-        sums = live.agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()})
+        agg = live.agg if live.agg is not None and live.agg_attempt == rnd.attempt else None
+        if agg is None:
+            agg = self._restore(live)
+        # the running sum is not needed past this point (on a failed commit the study is
+        # rebuilt from the database): drop it before the sums are packed
+        live.agg, live.agg_attempt = None, -1
+        sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()})
+        del agg
         now = time.time()
-        self._update_round(
-            s, live, sums=pack_arrays(sums), acc=None, done=True, phase="done", finished_at=now
+        packed = pack_arrays(sums)
+        put_sums(s, live.id, rnd.index, packed)
+        del packed
+        self._update_round(s, live, seeds=seeds, done=True, phase="done", finished_at=now)
+        n_rounds = rnd.index + 1
+        s.execute(
+            update(_STUDIES)
+            .where(_STUDIES.c.id == live.id)
+            .values(n_rounds=n_rounds, updated_at=now)
         )
-        study = s.get(StudyRow, live.id)
-        assert study is not None
-        study.n_rounds, study.updated_at = rnd.index + 1, now
         self._later(
             "hub",
             "round.finished",
@@ -612,14 +642,15 @@ class StudyEngine(StudyQueries):
         try:
             live.coord.advance(sums)
         except ConsortiaError as exc:
+            study = s.get(StudyRow, live.id)
+            assert study is not None
             self._fail(s, study, f"the algorithm failed after round {rnd.index}: {exc}")
             return
         del sums
-        live.agg, live.agg_attempt = None, -1
         if live.coord.done:
-            study.status = "finished"
+            s.execute(update(_STUDIES).where(_STUDIES.c.id == live.id).values(status="finished"))
             self._live.pop(live.id, None)
-            self._later("hub", "study.finished", {"study": live.id, "rounds": study.n_rounds})
+            self._later("hub", "study.finished", {"study": live.id, "rounds": n_rounds})
         else:
             live.round = self._new_round(s, live, rnd.participants)
             live.deadline = time.monotonic() + self.node_timeout
@@ -699,12 +730,14 @@ class StudyEngine(StudyQueries):
                 update(_TASKS).where(*old, _TASKS.c.node.in_(missing)).values(state="excluded")
             )
             attempt = rnd.attempt + 1
+            s.execute(
+                delete(_ACC).where(_ACC.c.study_id == live.id, _ACC.c.round_index == rnd.index)
+            )
             self._update_round(
                 s,
                 live,
                 attempt=attempt,
                 participants=survivors,
-                acc=None,
                 layout=None,
                 received={},
                 seeds={},

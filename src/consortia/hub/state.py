@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consortia.errors import ProtocolError
-from consortia.hub.db import RoundRow, StudyRow, TaskRow
+from consortia.hub.db import RoundRow, RoundSumsRow, StudyRow, TaskRow
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.wire import unpack_arrays
@@ -98,8 +98,8 @@ def load_live(
     coord = Coordinator(algo, keep_history=False)
     for index in indices:  # one round's sums in memory at a time
         raw = s.scalar(
-            select(RoundRow.sums).where(
-                RoundRow.study_id == study.id, RoundRow.round_index == index
+            select(RoundSumsRow.sums).where(
+                RoundSumsRow.study_id == study.id, RoundSumsRow.round_index == index
             )
         )
         if index != coord.round_index or raw is None:
