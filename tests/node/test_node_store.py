@@ -88,3 +88,46 @@ def test_identity_is_private_and_stable(tmp_path):
         read_private(path)
     with pytest.raises(ValidationError, match="enrol"):
         load_identity(tmp_path / "other", create=False)
+
+
+def test_a_task_commits_its_ledger_change_and_audit_entry_together(tmp_path):
+    ids = {n: SiteIdentity.generate() for n in ("a", "b", "c")}
+    store = NodeStore(tmp_path / "a")
+    site = SecureSite("a", ids["a"], ledger=store.ledger)
+    # a failure before the record: neither the seed nor an audit entry is kept
+    with pytest.raises(RuntimeError, match="boom"), store.ledger.deferred():
+        site.mask(_ctx(ids), {"x": np.ones(3)})
+        raise RuntimeError("boom")
+    assert store.ledger.seeds("study", 0) == {} and len(store.audit) == 0
+    # a recorded task: the seed and its audit entry are both on disk
+    with store.ledger.deferred():
+        first = site.mask(_ctx(ids), {"x": np.ones(3)})
+        store.record("node:a", "release", {"study": "study", "round": 0})
+    with store.ledger.deferred():
+        seed = site.reveal(_ctx(ids))
+        store.record("node:a", "reveal", {"study": "study", "round": 0})
+    store.close()
+    store = NodeStore(tmp_path / "a")
+    assert [e.action for e in store.audit.entries()] == ["release", "reveal"]
+    assert store.ledger.seeds("study", 0) == {0: seed} and store.ledger.revealed("study", 0) == 0
+    again = SecureSite("a", ids["a"], ledger=store.ledger)
+    assert again.reveal(_ctx(ids)) == seed
+    with pytest.raises(SecureAggregationError, match="already finalised"):
+        again.mask(_ctx(ids, attempt=1), {"x": np.ones(3)})
+    assert store.audit.verify().ok
+    store.close()
+    assert first.data.dtype == np.uint64
+
+
+def test_a_failed_record_leaves_no_seed_behind(tmp_path):
+    ids = {n: SiteIdentity.generate() for n in ("a", "b", "c")}
+    store = NodeStore(tmp_path / "a")
+    site = SecureSite("a", ids["a"], ledger=store.ledger)
+    with pytest.raises(ValidationError), store.ledger.deferred():
+        site.mask(_ctx(ids), {"x": np.ones(3)})
+        store.record("node:a", "release", {"bad": np.ones(1)})  # not JSON: the commit fails
+    assert store.ledger.seeds("study", 0) == {}
+    store.close()
+    store = NodeStore(tmp_path / "a")
+    assert store.ledger.seeds("study", 0) == {} and len(store.audit) == 0
+    store.close()

@@ -73,6 +73,8 @@ class NodeAgent:
         )
         self._worker: SiteWorker | None = None
         self._trusted: dict[str, bytes] = {}
+        self._pinned = dict(config.peers)
+        self._auth_header: dict[str, str] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -97,6 +99,7 @@ class NodeAgent:
             raise ProtocolError(f"enrolment refused ({r.status_code}): {_detail(r)}")
         credential = r.json()["credential"]
         write_private(self._credential_path, credential.encode())
+        self._auth_header = None
         self.store.audit.append(
             f"node:{self.config.name}",
             "enrol",
@@ -105,11 +108,14 @@ class NodeAgent:
         return credential
 
     def _auth(self) -> dict[str, str]:
-        if not self._credential_path.exists():
-            raise ValidationError(
-                f"node {self.config.name!r} is not enrolled: run `consortia node enrol` first"
-            )
-        return {"Authorization": f"Bearer {read_private(self._credential_path).decode()}"}
+        if self._auth_header is None:  # read once: the credential never changes
+            if not self._credential_path.exists():
+                raise ValidationError(
+                    f"node {self.config.name!r} is not enrolled: run `consortia node enrol` first"
+                )
+            secret = read_private(self._credential_path).decode()
+            self._auth_header = {"Authorization": f"Bearer {secret}"}
+        return self._auth_header
 
     # ------------------------------------------------------------------ datasets
 
@@ -252,46 +258,38 @@ class NodeAgent:
             return []
         wait = self.config.poll_wait / 2 if follow is None else follow
         worker = self.worker()
-        try:
-            trusted = self.store.check_peers(task.participants, dict(self.config.peers))
-            if any(self._trusted.get(k) != v for k, v in trusted.items()):
-                self._trusted.update(trusted)
-                worker.set_trusted(self._trusted)
-            if msg.get("kind") == "reveal":
-                seed = worker.reveal(task)
-                self.store.audit.append(
-                    f"node:{self.config.name}",
-                    "reveal",
-                    {"study": task.study_id, "round": task.round_index, "attempt": task.attempt},
-                )
-                r = self._post(
-                    self._path(task, "reveal"), json={"seed": seed.hex()}, params={"wait": wait}
-                )
-                return _next_tasks(r)
-            masked = worker.contribute(task)
-        except PolicyError as err:
-            self._refuse(task, err.rule, err.detail)
+        actor = f"node:{self.config.name}"
+        reveal = msg.get("kind") == "reveal"
+        refusal: tuple[str, str] | None = None
+        # the task's ledger change and its audit entry commit together, before anything leaves
+        with self.store.ledger.deferred():
+            try:
+                trusted = self.store.check_peers(task.participants, self._pinned)
+                if any(self._trusted.get(k) != v for k, v in trusted.items()):
+                    self._trusted.update(trusted)
+                    worker.set_trusted(self._trusted)
+                if reveal:
+                    seed = worker.reveal(task)
+                else:
+                    masked = worker.contribute(task)
+            except PolicyError as err:
+                refusal = (err.rule, err.detail)
+            except ConsortiaError as err:
+                refusal = (type(err).__name__, str(err))
+            else:
+                if reveal:
+                    where = {"study": task.study_id, "round": task.round_index}
+                    self.store.record(actor, "reveal", {**where, "attempt": task.attempt})
+                else:
+                    self.store.record(actor, "release", self._release(worker, task, masked))
+        if refusal is not None:
+            self._refuse(task, *refusal)
             return []
-        except ConsortiaError as err:
-            self._refuse(task, type(err).__name__, str(err))
-            return []
-        policy = worker.policy_for(task.dataset)
-        self.store.audit.append(
-            f"node:{self.config.name}",
-            "release",
-            {
-                "study": task.study_id,
-                "round": task.round_index,
-                "attempt": task.attempt,
-                "step": task.step,
-                "algorithm": task.algorithm.get("name"),
-                "dataset": task.dataset,
-                "researcher": task.researcher,
-                "participants": [p.site for p in task.participants],
-                "arrays": {name: list(shape) for name, shape in masked.layout.entries},
-                "policy": policy.to_mapping(),
-            },
-        )
+        if reveal:
+            r = self._post(
+                self._path(task, "reveal"), json={"seed": seed.hex()}, params={"wait": wait}
+            )
+            return _next_tasks(r)
         r = self._post(
             self._path(task, "contribution"),
             content=pack_arrays({"masked": masked.data}),
@@ -304,6 +302,22 @@ class NodeAgent:
         if r is not None and r.status_code != 200:
             log.warning("the hub refused a contribution (%s): %s", r.status_code, _detail(r))
         return _next_tasks(r)
+
+    def _release(self, worker: SiteWorker, task: Task, masked: Any) -> dict[str, Any]:
+        """The audit details of a release: names and shapes, never values."""
+        policy = worker.policy_for(task.dataset)
+        return {
+            "study": task.study_id,
+            "round": task.round_index,
+            "attempt": task.attempt,
+            "step": task.step,
+            "algorithm": task.algorithm.get("name"),
+            "dataset": task.dataset,
+            "researcher": task.researcher,
+            "participants": [p.site for p in task.participants],
+            "arrays": {name: list(shape) for name, shape in masked.layout.entries},
+            "policy": policy.to_mapping(),
+        }
 
     def close(self) -> None:
         """Close the HTTP client and the database."""

@@ -8,13 +8,17 @@ leaves the node, and every reveal, so the one-reveal-per-round rule of
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from consortia.audit import AuditLog
-from consortia.errors import KeyVerificationError
+from consortia.errors import KeyVerificationError, SecureAggregationError
 from consortia.privacy.keys import PeerKey
 from consortia.privacy.secagg import Ledger
 
@@ -45,45 +49,131 @@ _peers = sa.Table(
 )
 
 
+class _RoundLedger:
+    """The cached ledger state of one round: seeds by attempt and the revealed attempt."""
+
+    __slots__ = ("revealed", "seeds")
+
+    def __init__(self, seeds: dict[int, bytes], revealed: int | None) -> None:
+        self.seeds = seeds
+        self.revealed = revealed
+
+
 class SqlLedger(Ledger):
-    """A :class:`~consortia.privacy.secagg.Ledger` in the node's database (durable)."""
+    """A :class:`~consortia.privacy.secagg.Ledger` in the node's database (durable).
 
-    def __init__(self, engine: sa.Engine) -> None:
+    The SQLite tables are the source of truth; the state of the rounds last used is
+    cached in memory (loaded with one query, updated only with the writes that are
+    committed), so answering a task reads nothing from disk.
+
+    Inside :meth:`deferred`, writes are buffered and reach the database only with
+    :meth:`flush` in the caller's transaction (the node commits a task's ledger change
+    and its audit entry together, before anything leaves); :meth:`discard` drops them.
+    Outside it, each write commits at once.
+
+    Parameters
+    ----------
+    engine
+        The node's database.
+    cache_rounds
+        How many rounds' states are kept in memory.
+    """
+
+    def __init__(self, engine: sa.Engine, *, cache_rounds: int = 64) -> None:
         self.engine = engine
+        self.cache_rounds = int(cache_rounds)
+        self._cache: OrderedDict[tuple[str, int], _RoundLedger] = OrderedDict()
+        self._pending: list[tuple[str, dict]] | None = None
+        self._touched: set[tuple[str, int]] = set()
 
-    def seeds(self, study_id: str, round_index: int) -> dict[int, bytes]:
+    def _state(self, study_id: str, round_index: int) -> _RoundLedger:
+        key = (study_id, round_index)
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
         with self.engine.connect() as c:
             rows = c.execute(
                 sa.select(_seeds.c.attempt, _seeds.c.seed).where(
                     _seeds.c.study_id == study_id, _seeds.c.round_index == round_index
                 )
             ).all()
-        return {int(a): bytes(s) for a, s in rows}
-
-    def add_seed(self, study_id: str, round_index: int, attempt: int, seed: bytes) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                _seeds.insert().values(
-                    study_id=study_id, round_index=round_index, attempt=attempt, seed=seed
-                )
-            )
-
-    def revealed(self, study_id: str, round_index: int) -> int | None:
-        with self.engine.connect() as c:
-            return c.scalar(
+            revealed = c.scalar(
                 sa.select(_reveals.c.attempt).where(
                     _reveals.c.study_id == study_id, _reveals.c.round_index == round_index
                 )
             )
+        state = _RoundLedger({int(a): bytes(s) for a, s in rows}, revealed)
+        self._cache[key] = state
+        while len(self._cache) > self.cache_rounds:
+            old = next(iter(self._cache))
+            if old in self._touched:  # never evict a state with unflushed writes
+                break
+            self._cache.popitem(last=False)
+        return state
+
+    def seeds(self, study_id: str, round_index: int) -> dict[int, bytes]:
+        return dict(self._state(study_id, round_index).seeds)
+
+    def revealed(self, study_id: str, round_index: int) -> int | None:
+        return self._state(study_id, round_index).revealed
+
+    def _write(self, kind: str, row: dict) -> None:
+        if self._pending is not None:
+            self._pending.append((kind, row))
+            self._touched.add((row["study_id"], row["round_index"]))
+            return
+        with self.engine.begin() as c:
+            self._insert(c, kind, row)
+
+    @staticmethod
+    def _insert(c: sa.Connection, kind: str, row: dict) -> None:
+        c.execute((_seeds if kind == "seed" else _reveals).insert().values(**row))
+
+    def add_seed(self, study_id: str, round_index: int, attempt: int, seed: bytes) -> None:
+        state = self._state(study_id, round_index)
+        if attempt in state.seeds:
+            raise SecureAggregationError("a seed is already recorded for this attempt")
+        row = {"study_id": study_id, "round_index": round_index, "attempt": attempt, "seed": seed}
+        self._write("seed", row)
+        state.seeds[attempt] = seed
 
     def set_revealed(self, study_id: str, round_index: int, attempt: int) -> None:
-        with self.engine.begin() as c:
-            if self.revealed(study_id, round_index) is None:
-                c.execute(
-                    _reveals.insert().values(
-                        study_id=study_id, round_index=round_index, attempt=attempt
-                    )
-                )
+        state = self._state(study_id, round_index)
+        if state.revealed is not None:
+            return
+        row = {"study_id": study_id, "round_index": round_index, "attempt": attempt}
+        self._write("reveal", row)
+        state.revealed = attempt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Buffer the writes made in this block until :meth:`flush` (or :meth:`discard`)."""
+        if self._pending is not None:
+            raise RuntimeError("the ledger is already deferring its writes")
+        self._pending = []
+        try:
+            yield
+        finally:
+            if self._pending is not None:  # not committed by NodeStore.record
+                self.discard()
+
+    def flush(self, connection: sa.Connection) -> None:
+        """Write the buffered records in ``connection``'s transaction (the caller commits)."""
+        for kind, row in self._pending or ():
+            self._insert(connection, kind, row)
+
+    def committed(self) -> None:
+        """The transaction holding the flushed records committed: stop deferring."""
+        self._pending = None
+        self._touched.clear()
+
+    def discard(self) -> None:
+        """Drop the buffered records (and forget the cached states they changed)."""
+        for key in self._touched:
+            self._cache.pop(key, None)
+        self._pending = None
+        self._touched.clear()
 
 
 class NodeStore:
@@ -166,6 +256,21 @@ class NodeStore:
             if site not in pinned:
                 self._known[site] = key
         return trusted
+
+    def record(self, actor: str, action: str, details: Mapping[str, Any]) -> None:
+        """Commit the ledger's deferred writes and one audit entry in one transaction.
+
+        Called before anything of the task leaves the node: the self-mask seed (or the
+        reveal) and the audit entry of a release are on disk together, or neither is.
+        """
+        try:
+            with self.engine.begin() as c:
+                self.ledger.flush(c)
+                self.audit.append(actor, action, details, connection=c)
+        except BaseException:
+            self.ledger.discard()
+            raise
+        self.ledger.committed()
 
     def close(self) -> None:
         """Release the database."""
