@@ -9,6 +9,7 @@ without a valid token is answered 401 and leaves no trace.
 """
 
 import asyncio
+import gc
 import json
 import time
 from contextlib import asynccontextmanager
@@ -99,6 +100,10 @@ def create_app(settings: HubSettings) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 256
         app.state.upload_slots = asyncio.Semaphore(max(1, settings.max_concurrent_uploads))
         studies.start()
+        # what was loaded at start (modules, the app) leaves the collector's generations:
+        # full collections no longer walk it on every few hundred requests
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -120,16 +125,20 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     known: dict[str, Principal] = {}  # token hash -> principal (tokens are never re-bound)
 
-    def principal(
+    def _lookup(token: str | None) -> Principal | None:
+        with Session(engine) as s:
+            return resolve(s, token)
+
+    async def principal(
         request: Request,
         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
+        # async: a known token is answered from memory, without a trip to the thread pool
         token = cred.credentials if cred is not None else None
         key = hash_token(token) if token else ""
         who = known.get(key)
         if who is None:
-            with Session(engine) as s:
-                who = resolve(s, token)
+            who = await anyio.to_thread.run_sync(_lookup, token)
             if who is not None and who.role != "enrolment":  # one-time tokens: never cached
                 known[key] = who
         if who is None:
@@ -138,7 +147,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         return who
 
     def role(*allowed: str):
-        def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
             if who.role not in allowed:
                 raise HubError(403, f"this endpoint needs the role {' or '.join(allowed)}")
             return who
@@ -297,19 +306,24 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     # ---------------------------------------------------------------- node tasks
 
-    @app.get("/v1/node/tasks", tags=["node"])
-    def tasks(who: Node, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> list[dict[str, Any]]:
+    seen: dict[str, float] = {}  # node -> last time its last_seen was written
+
+    @app.get("/v1/node/tasks", tags=["node"], response_model=list[dict[str, Any]])
+    def tasks(who: Node, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> Response:
         """This node's open tasks; waits up to ``wait`` seconds for one (long-poll)."""
-        with Session(engine) as s:
-            row = s.get(NodeRow, who.name)
-            if row is not None and time.time() - row.last_seen > 5:
-                row.last_seen = time.time()
-                s.commit()
-        return studies.wait_tasks(who.name, wait)
+        now = time.time()
+        if now - seen.get(who.name, 0.0) > 5:
+            with Session(engine) as s:
+                row = s.get(NodeRow, who.name)
+                if row is not None and now - row.last_seen > 5:
+                    row.last_seen = now
+                    s.commit()
+            seen[who.name] = now
+        return JSONResponse(studies.wait_tasks(who.name, wait))
 
     base = "/v1/node/studies/{study_id}/rounds/{round_index}/attempts/{attempt}"
 
-    @app.post(base + "/contribution", tags=["node"])
+    @app.post(base + "/contribution", tags=["node"], response_model=dict[str, Any])
     async def contribution(
         request: Request,
         study_id: str,
@@ -317,7 +331,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         attempt: int,
         who: Node,
         wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
 
         The layout (array names and shapes) travels in the ``X-Consortia-Layout``
@@ -339,9 +353,9 @@ def create_app(settings: HubSettings) -> FastAPI:
         del body
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
-        return out
+        return JSONResponse(out)
 
-    @app.post(base + "/reveal", tags=["node"])
+    @app.post(base + "/reveal", tags=["node"], response_model=dict[str, Any])
     def reveal(
         study_id: str,
         round_index: int,
@@ -349,7 +363,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         body: RevealRequest,
         who: Node,
         wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Reveal this node's self-mask seed once every vector of the attempt is in.
 
         The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
@@ -357,7 +371,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         out = studies.reveal(who.name, study_id, round_index, attempt, body.seed)
         if wait > 0:
             out["tasks"] = studies.wait_tasks(who.name, wait)
-        return out
+        return JSONResponse(out)
 
     @app.post(base + "/refusal", tags=["node"])
     def refusal(

@@ -13,7 +13,7 @@ parameter.
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import delete, func, insert, literal_column, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from consortia.hub.db import RoundAccRow, RoundSumsRow
@@ -23,25 +23,60 @@ __all__ = ["put_acc", "put_sums"]
 _ACC = RoundAccRow.__table__
 _SUMS = RoundSumsRow.__table__
 _CHUNK = 1 << 20
+_IN_PLACE = 1 << 16  # smaller blobs are simply bound (nothing big is kept alive)
+
+
+def _key(table) -> tuple:
+    return (
+        table.c.study_id == bindparam("k_study"),
+        table.c.round_index == bindparam("k_round"),
+    )
+
+
+_DEL_ACC = delete(_ACC).where(*_key(_ACC))
+_INS_ACC = insert(_ACC).values(
+    study_id=bindparam("k_study"),
+    round_index=bindparam("k_round"),
+    attempt=bindparam("v_attempt"),
+    acc=bindparam("v_acc", type_=_ACC.c.acc.type),
+)
+_INS_ACC_ZERO = insert(_ACC).values(
+    study_id=bindparam("k_study"),
+    round_index=bindparam("k_round"),
+    attempt=bindparam("v_attempt"),
+    acc=func.zeroblob(bindparam("v_size")),
+)
+_UPD_ACC = update(_ACC).where(*_key(_ACC)).values(acc=bindparam("v_acc", type_=_ACC.c.acc.type))
+_INS_SUMS = insert(_SUMS).values(
+    study_id=bindparam("k_study"),
+    round_index=bindparam("k_round"),
+    sums=bindparam("v_sums", type_=_SUMS.c.sums.type),
+)
+_INS_SUMS_ZERO = insert(_SUMS).values(
+    study_id=bindparam("k_study"),
+    round_index=bindparam("k_round"),
+    sums=func.zeroblob(bindparam("v_size")),
+)
+_ROWID = {
+    t.name: select(literal_column("rowid")).select_from(t).where(*_key(t)) for t in (_ACC, _SUMS)
+}
 
 
 def _as_bytes(data: np.ndarray | bytes) -> memoryview:
     return memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
 
 
-def _write_in_place(s: Session, table, where, column: str, data: memoryview) -> None:
+def _write_in_place(s: Session, table, key: dict, column: str, data: memoryview) -> None:
     conn = s.connection()
-    rowid = conn.execute(
-        select(literal_column("rowid")).select_from(table).where(*where)
-    ).scalar_one()
+    rowid = conn.execute(_ROWID[table.name], key).scalar_one()
     raw = conn.connection.dbapi_connection
     with raw.blobopen(table.name, column, rowid) as blob:  # type: ignore[union-attr]
         for start in range(0, len(data), _CHUNK):
             blob.write(data[start : start + _CHUNK])
 
 
-def _sqlite(s: Session) -> bool:
-    return s.get_bind().dialect.name == "sqlite"
+def _in_place(s: Session, size: int) -> bool:
+    return size >= _IN_PLACE and s.get_bind().dialect.name == "sqlite"
 
 
 def put_acc(
@@ -49,29 +84,27 @@ def put_acc(
 ) -> None:
     """Store the running masked sum of an attempt (``first``: its first vector)."""
     data = _as_bytes(total)
-    where = (_ACC.c.study_id == study_id, _ACC.c.round_index == round_index)
-    sqlite = _sqlite(s)
+    key = {"k_study": study_id, "k_round": round_index}
+    in_place = _in_place(s, len(data))
     if first:  # an older attempt's sum, if any, is dropped
-        s.execute(delete(_ACC).where(*where))
-        value = func.zeroblob(len(data)) if sqlite else data
-        s.execute(
-            insert(_ACC).values(
-                study_id=study_id, round_index=round_index, attempt=attempt, acc=value
-            )
-        )
-    elif not sqlite:
-        s.execute(update(_ACC).where(*where).values(acc=data))
-    if sqlite:
-        _write_in_place(s, _ACC, where, "acc", data)
+        s.execute(_DEL_ACC, key)
+        if in_place:
+            s.execute(_INS_ACC_ZERO, {**key, "v_attempt": attempt, "v_size": len(data)})
+        else:
+            s.execute(_INS_ACC, {**key, "v_attempt": attempt, "v_acc": data})
+    elif not in_place:
+        s.execute(_UPD_ACC, {**key, "v_acc": data})
+    if in_place:
+        _write_in_place(s, _ACC, key, "acc", data)
 
 
 def put_sums(s: Session, study_id: str, round_index: int, packed: bytes) -> None:
     """Store a finished round's sums and drop its running masked sum."""
-    s.execute(delete(_ACC).where(_ACC.c.study_id == study_id, _ACC.c.round_index == round_index))
+    key = {"k_study": study_id, "k_round": round_index}
+    s.execute(_DEL_ACC, key)
     data = _as_bytes(packed)
-    sqlite = _sqlite(s)
-    value = func.zeroblob(len(data)) if sqlite else data
-    s.execute(insert(_SUMS).values(study_id=study_id, round_index=round_index, sums=value))
-    if sqlite:
-        where = (_SUMS.c.study_id == study_id, _SUMS.c.round_index == round_index)
-        _write_in_place(s, _SUMS, where, "sums", data)
+    if _in_place(s, len(data)):
+        s.execute(_INS_SUMS_ZERO, {**key, "v_size": len(data)})
+        _write_in_place(s, _SUMS, key, "sums", data)
+    else:
+        s.execute(_INS_SUMS, {**key, "v_sums": data})

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -72,6 +72,36 @@ _ROUNDS = RoundRow.__table__  # Core updates: no ORM bookkeeping on the hot path
 _TASKS = TaskRow.__table__
 _STUDIES = StudyRow.__table__
 _ACC = RoundAccRow.__table__  # big blobs apart: a small update never rewrites them
+
+# statements of the hot path, built once (building and hashing a statement per request
+# cost more than running it)
+_SET_TASK = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.study_id == bindparam("k_study"),
+        _TASKS.c.round_index == bindparam("k_round"),
+        _TASKS.c.attempt == bindparam("k_attempt"),
+        _TASKS.c.node == bindparam("k_node"),
+    )
+    .values(state=bindparam("v_state"), updated_at=bindparam("v_time"))
+)
+_ROUND_UPDATES: dict[tuple[str, ...], Any] = {}
+
+
+def _round_update(columns: tuple[str, ...]) -> Any:
+    """``UPDATE rounds SET <columns>`` of one round, built once per set of columns."""
+    stmt = _ROUND_UPDATES.get(columns)
+    if stmt is None:
+        stmt = (
+            update(_ROUNDS)
+            .where(
+                _ROUNDS.c.study_id == bindparam("k_study"),
+                _ROUNDS.c.round_index == bindparam("k_round"),
+            )
+            .values({c: bindparam(f"v_{c}", type_=_ROUNDS.c[c].type) for c in columns})
+        )
+        _ROUND_UPDATES[columns] = stmt
+    return stmt
 
 
 class StudyEngine(StudyQueries):
@@ -260,21 +290,22 @@ class StudyEngine(StudyQueries):
     def _set_task(self, s: Session, live: LiveStudy, node: str, state: str) -> None:
         rnd = live.round
         s.execute(
-            update(_TASKS)
-            .where(
-                _TASKS.c.study_id == live.id,
-                _TASKS.c.round_index == rnd.index,
-                _TASKS.c.attempt == rnd.attempt,
-                _TASKS.c.node == node,
-            )
-            .values(state=state, updated_at=time.time())
+            _SET_TASK,
+            {
+                "k_study": live.id,
+                "k_round": rnd.index,
+                "k_attempt": rnd.attempt,
+                "k_node": node,
+                "v_state": state,
+                "v_time": time.time(),
+            },
         )
 
     def _update_round(self, s: Session, live: LiveStudy, **values: Any) -> None:
+        params = {f"v_{k}": v for k, v in values.items()}
         s.execute(
-            update(_ROUNDS)
-            .where(_ROUNDS.c.study_id == live.id, _ROUNDS.c.round_index == live.round.index)
-            .values(**values)
+            _round_update(tuple(values)),
+            {"k_study": live.id, "k_round": live.round.index, **params},
         )
 
     # ------------------------------------------------------------------ researcher side
