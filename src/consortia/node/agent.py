@@ -12,6 +12,7 @@ to the node's own audit log.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import os
@@ -168,6 +169,7 @@ class NodeAgent:
                 if not published:
                     self.publish()
                     published = True
+                    _settle_gc()
                     # tells a supervisor (NodeProcess.wait_ready) that this process is serving
                     (self.config.data_dir / "agent.pid").write_text(f"{os.getpid()}\n")
                 r = self._client.get(
@@ -323,6 +325,17 @@ class NodeAgent:
         """Close the HTTP client and the database."""
         self._client.close()
         self.store.close()
+
+
+def _settle_gc() -> None:
+    """Move everything loaded at start (modules, datasets) out of the collector's reach.
+
+    Answering a task allocates many short-lived objects; without this, the periodic
+    full collections walk every long-lived object again and cost about a fifth of the
+    node's CPU per round.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _next_tasks(r: httpx.Response | None) -> list[dict]:
