@@ -73,3 +73,48 @@ def test_plain_http_needs_the_flag_and_loopback(tmp_path):
         serve(settings, host="0.0.0.0", port=1, insecure_http=True)
     with pytest.raises(ValidationError, match="go together"):
         serve(settings, tls_cert="x.pem")
+
+
+def test_node_calls_answer_the_same_on_the_fast_path_and_through_fastapi(client):
+    """Contribution and reveal of a known node skip FastAPI; their answers must not change."""
+    c, db = client
+    ident = SiteIdentity.generate()
+    token = bootstrap_token(db, "enrolment", "hosp-a")
+    body = {"name": "hosp-a", "peer_key": ident.peer_key("hosp-a").to_json()}
+    cred = c.post("/v1/enrol", json=body, headers=_bearer(token)).json()["credential"]
+    path = "/v1/node/studies/nope/rounds/0/attempts/0"
+    seed = {"seed": "ab" * 32}
+
+    def calls() -> list[tuple[int, str]]:
+        out = []
+        for url, kw in (
+            (f"{path}/reveal", {"json": seed}),  # unknown study: 404
+            (f"{path}/reveal?wait=0.5", {"json": seed}),
+            (f"{path}/reveal", {"json": {"seed": "xyz"}}),  # invalid body: 422
+            (f"{path}/reveal?wait=99", {"json": seed}),  # out of range: 422
+            (f"{path}/reveal?wait=1&x=2", {"json": seed}),
+            (f"{path}/contribution", {"content": b"x", "headers": {"X-Consortia-Layout": "{"}}),
+            (f"{path}/contribution", {"content": b"x", "headers": {"X-Consortia-Layout": "[]"}}),
+        ):
+            headers = {**_bearer(cred), **kw.pop("headers", {})}
+            r = c.post(url, headers=headers, **kw)
+            out.append((r.status_code, r.json()["detail"]))
+        return out
+
+    # the credential is not known before FastAPI served the first call; then the
+    # well-formed calls (4 of 7) take the fast path
+    first = calls()
+    assert c.app.state.fast_calls == 3
+    assert calls() == first
+    assert c.app.state.fast_calls == 7
+    assert [s for s, _ in first] == [404, 404, 422, 422, 404, 400, 404]
+    assert "no task of this node" in first[0][1] and "X-Consortia-Layout" in first[5][1]
+    # refused calls are audited on both paths, a wrong token is still 401
+    admin = bootstrap_token(db, "admin", "ops")
+    rejected = [
+        e
+        for e in c.get("/v1/audit", headers=_bearer(admin)).json()
+        if e["action"] == "request.rejected"
+    ]
+    assert len(rejected) == 2 * len(first)
+    assert c.post(f"{path}/reveal", json=seed, headers=_bearer("cno_x")).status_code == 401

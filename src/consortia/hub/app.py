@@ -11,6 +11,7 @@ without a valid token is answered 401 and leaves no trace.
 import asyncio
 import gc
 import json
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortia import __version__
 from consortia.audit import AuditLog
@@ -323,21 +326,9 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     base = "/v1/node/studies/{study_id}/rounds/{round_index}/attempts/{attempt}"
 
-    @app.post(base + "/contribution", tags=["node"], response_model=dict[str, Any])
-    async def contribution(
-        request: Request,
-        study_id: str,
-        round_index: int,
-        attempt: int,
-        who: Node,
-        wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
-    ) -> Response:
-        """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
-
-        The layout (array names and shapes) travels in the ``X-Consortia-Layout``
-        header as JSON.  The contribution is persisted before the answer.  The
-        answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
-        """
+    async def post_contribution(
+        request: Request, who: Principal, study_id: str, round_index: int, attempt: int, wait: float
+    ) -> dict[str, Any]:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_payload):
             raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
@@ -353,6 +344,32 @@ def create_app(settings: HubSettings) -> FastAPI:
         del body
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
+        return out
+
+    def post_reveal(
+        who: Principal, study_id: str, round_index: int, attempt: int, seed: str, wait: float
+    ) -> dict[str, Any]:
+        out = studies.reveal(who.name, study_id, round_index, attempt, seed)
+        if wait > 0:
+            out["tasks"] = studies.wait_tasks(who.name, wait)
+        return out
+
+    @app.post(base + "/contribution", tags=["node"], response_model=dict[str, Any])
+    async def contribution(
+        request: Request,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        who: Node,
+        wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
+    ) -> Response:
+        """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
+
+        The layout (array names and shapes) travels in the ``X-Consortia-Layout``
+        header as JSON.  The contribution is persisted before the answer.  The
+        answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
+        """
+        out = await post_contribution(request, who, study_id, round_index, attempt, wait)
         return JSONResponse(out)
 
     @app.post(base + "/reveal", tags=["node"], response_model=dict[str, Any])
@@ -368,10 +385,50 @@ def create_app(settings: HubSettings) -> FastAPI:
 
         The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
-        out = studies.reveal(who.name, study_id, round_index, attempt, body.seed)
-        if wait > 0:
-            out["tasks"] = studies.wait_tasks(who.name, wait)
-        return JSONResponse(out)
+        return JSONResponse(post_reveal(who, study_id, round_index, attempt, body.seed, wait))
+
+    async def fast_node_call(scope: Scope, receive: Receive, send: Send) -> list[Message] | None:
+        """Serve a well-formed contribution or reveal of a known node without FastAPI.
+
+        These two calls are most of a round's requests.  Anything unusual (unknown
+        token, other role, odd query or path, invalid reveal body) is declined before
+        it is answered, and FastAPI serves it (its validation, errors and audit); an
+        answer here is exactly what the FastAPI route would give.
+        """
+        m = _HOT_PATH.fullmatch(scope["path"])
+        if m is None:
+            return []
+        wait = _wait_param(scope["query_string"])
+        token = _bearer_token(scope)
+        if wait is None or token is None:
+            return []
+        who = known.get(hash_token(token))
+        if who is None or who.role != "node":
+            return []
+        study_id, round_index, attempt = m["study"], int(m["round"]), int(m["attempt"])
+        request = Request(scope, receive)
+        request.state.principal = who
+        try:
+            if m["kind"] == "contribution":
+                out = await post_contribution(request, who, study_id, round_index, attempt, wait)
+            else:
+                raw = await request.body()
+                try:
+                    seed = RevealRequest.model_validate_json(raw).seed
+                except PydanticValidationError:  # FastAPI answers 422 (the body is replayed)
+                    return [{"type": "http.request", "body": raw, "more_body": False}]
+                out = await anyio.to_thread.run_sync(
+                    post_reveal, who, study_id, round_index, attempt, seed, wait
+                )
+            response: Response = JSONResponse(out)
+        except HubError as exc:
+            response = await _hub_error(request, exc)
+        app.state.fast_calls += 1
+        await response(scope, receive, send)
+        return None
+
+    app.state.fast_calls = 0  # calls answered by fast_node_call (observability, tests)
+    app.add_middleware(_FastPath, handler=fast_node_call)
 
     @app.post(base + "/refusal", tags=["node"])
     def refusal(
@@ -439,6 +496,62 @@ def create_app(settings: HubSettings) -> FastAPI:
         return studies.cancel(study_id, _scope(who), f"{who.role}:{who.name}")
 
     return app
+
+
+_HOT_PATH = re.compile(
+    r"/v1/node/studies/(?P<study>[^/]+)/rounds/(?P<round>[0-9]{1,9})"
+    r"/attempts/(?P<attempt>[0-9]{1,9})/(?P<kind>contribution|reveal)"
+)
+
+
+def _wait_param(query: bytes) -> float | None:
+    """The ``wait`` query parameter if the query holds only a valid one (else None)."""
+    if not query:
+        return 0.0
+    name, _, value = query.decode("latin-1").partition("=")
+    if name != "wait" or "&" in value:
+        return None
+    try:
+        wait = float(value)
+    except ValueError:
+        return None
+    return wait if 0 <= wait <= 60 else None
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
+
+
+class _FastPath:
+    """ASGI middleware: lets ``handler`` serve a POST first, FastAPI otherwise.
+
+    ``handler(scope, receive, send)`` returns None when it answered, or the
+    request messages it consumed before declining (replayed to the application).
+    """
+
+    def __init__(self, app: ASGIApp, handler) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        consumed = await self.handler(scope, receive, send)
+        if consumed is None:
+            return
+        if not consumed:
+            await self.app(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return consumed.pop(0) if consumed else await receive()
+
+        await self.app(scope, replay, send)
 
 
 async def _read_body(request: Request, length: str | None, limit: int) -> bytearray:
