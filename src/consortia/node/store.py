@@ -49,6 +49,10 @@ _peers = sa.Table(
 )
 
 
+_INSERT_SEED = _seeds.insert()  # built once: parameters are bound at execution
+_INSERT_REVEAL = _reveals.insert()
+
+
 class _RoundLedger:
     """The cached ledger state of one round: seeds by attempt and the revealed attempt."""
 
@@ -128,7 +132,7 @@ class SqlLedger(Ledger):
 
     @staticmethod
     def _insert(c: sa.Connection, kind: str, row: dict) -> None:
-        c.execute((_seeds if kind == "seed" else _reveals).insert().values(**row))
+        c.execute(_INSERT_SEED if kind == "seed" else _INSERT_REVEAL, row)
 
     def add_seed(self, study_id: str, round_index: int, attempt: int, seed: bytes) -> None:
         state = self._state(study_id, round_index)
