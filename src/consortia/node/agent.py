@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -28,6 +29,7 @@ from consortia.data import catalogue, load_dataset
 from consortia.errors import ConsortiaError, PolicyError, ProtocolError, ValidationError
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
+from consortia.node.link import Answer, HubLink
 from consortia.node.store import NodeStore
 from consortia.privacy.keys import PeerKey
 from consortia.runtime.site import SiteWorker
@@ -67,10 +69,17 @@ class NodeAgent:
         self.identity = load_identity(config.data_dir)
         self.store = NodeStore(config.data_dir, fsync=config.fsync)
         self._stop = threading.Event()
+        verify = _verify(config)
         self._client = httpx.Client(
             base_url=config.hub,
-            verify=_verify(config),
+            verify=verify,
             timeout=httpx.Timeout(config.poll_wait + 30, connect=10),
+        )
+        # the per-round posts (vector, seed, refusal) use a lighter keep-alive connection
+        self._link = HubLink(
+            config.hub,
+            ssl_context=verify if isinstance(verify, ssl.SSLContext) else None,
+            timeout=config.poll_wait + 30,
         )
         self._worker: SiteWorker | None = None
         self._trusted: dict[str, bytes] = {}
@@ -215,15 +224,26 @@ class NodeAgent:
 
     def _path(self, task: Task, what: str) -> str:
         return (
-            f"/v1/node/studies/{task.study_id}/rounds/{task.round_index}"
+            f"/v1/node/studies/{quote(task.study_id, safe='')}/rounds/{task.round_index}"
             f"/attempts/{task.attempt}/{what}"
         )
 
-    def _post(self, path: str, **kwargs: Any) -> httpx.Response | None:
-        headers = {**self._auth(), **kwargs.pop("headers", {})}
+    def _post(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        wait: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer | None:
+        """POST on the node's keep-alive link, retried on transport errors (None: gave up)."""
+        if wait is not None:
+            path = f"{path}?wait={float(wait)!r}"
+        sent = {**self._auth(), "Content-Type": content_type, **(headers or {})}
         for delay in (0.1, 0.3, 1.0, 2.0, None):
             try:
-                return self._client.post(path, headers=headers, **kwargs)
+                return self._link.post(path, body, sent)
             except httpx.TransportError as exc:
                 if delay is None or self._stop.is_set():
                     log.warning("could not reach the hub (%s); the task will come again", exc)
@@ -245,7 +265,8 @@ class NodeAgent:
                 "rule": rule,
             },
         )
-        self._post(self._path(task, "refusal"), json={"rule": rule, "message": message[:2000]})
+        body = json.dumps({"rule": rule, "message": message[:2000]}).encode()
+        self._post(self._path(task, "refusal"), body)
 
     def handle(self, msg: Mapping[str, Any], *, follow: float | None = None) -> list[dict]:
         """Answer one task message from the hub (``contribute`` or ``reveal``).
@@ -288,18 +309,14 @@ class NodeAgent:
             self._refuse(task, *refusal)
             return []
         if reveal:
-            r = self._post(
-                self._path(task, "reveal"), json={"seed": seed.hex()}, params={"wait": wait}
-            )
-            return _next_tasks(r)
+            body = json.dumps({"seed": seed.hex()}).encode()
+            return _next_tasks(self._post(self._path(task, "reveal"), body, wait=wait))
         r = self._post(
             self._path(task, "contribution"),
-            content=pack_arrays({"masked": masked.data}),
-            headers={
-                "Content-Type": CONTENT_TYPE,
-                "X-Consortia-Layout": json.dumps(masked.layout.to_json()),
-            },
-            params={"wait": wait},
+            pack_arrays({"masked": masked.data}),
+            content_type=CONTENT_TYPE,
+            headers={"X-Consortia-Layout": json.dumps(masked.layout.to_json())},
+            wait=wait,
         )
         if r is not None and r.status_code != 200:
             log.warning("the hub refused a contribution (%s): %s", r.status_code, _detail(r))
@@ -324,6 +341,7 @@ class NodeAgent:
     def close(self) -> None:
         """Close the HTTP client and the database."""
         self._client.close()
+        self._link.close()
         self.store.close()
 
 
@@ -338,7 +356,7 @@ def _settle_gc() -> None:
     gc.freeze()
 
 
-def _next_tasks(r: httpx.Response | None) -> list[dict]:
+def _next_tasks(r: Answer | None) -> list[dict]:
     if r is None or r.status_code != 200:
         return []
     try:
@@ -348,7 +366,7 @@ def _next_tasks(r: httpx.Response | None) -> list[dict]:
     return tasks if isinstance(tasks, list) else []
 
 
-def _detail(r: httpx.Response) -> str:
+def _detail(r: httpx.Response | Answer) -> str:
     try:
         return str(r.json().get("detail"))
     except (ValueError, AttributeError):
