@@ -33,7 +33,9 @@ the hub and each node used per round (psutil), and the SDK's requests per round
 of single requests on an idle hub (``request_cost``: ``/healthz``, an
 authenticated ``/v1/whoami``, a study status, an empty node task poll).  On a
 small machine the round latency is bounded below by ``(hub CPU + N * node CPU) /
-cores``.  For a sampling profile of the hub or a node during a run, attach
+cores``, printed as ``cpu_floor_ms`` (with every process on the same machine, as
+here; the hub's own CPU per round is a floor too, its requests being served one
+at a time).  For a sampling profile of the hub or a node during a run, attach
 ``py-spy record -p PID --gil -f raw`` to its process (not a dependency of consortia).
 
 The last line is::
@@ -67,6 +69,7 @@ from consortia.sdk import connect
 from consortia.stats.vector_sum import VectorSum
 
 MB = 2**20
+_CORES = psutil.cpu_count() or 1
 
 
 @dataclass
@@ -279,6 +282,7 @@ def _line(r: RunResult) -> str:
         f"median_ms={r.median_ms:8.2f} p90_ms={r.p90_ms:8.2f} "
         f"collect_reveal_ms={r.collect_reveal_ms:8.2f} sdk_ms_per_round={r.sdk_ms:8.2f} "
         f"hub_cpu_ms_per_round={r.hub_cpu_ms:7.2f} node_cpu_ms_per_round={r.node_cpu_ms:7.2f} "
+        f"cpu_floor_ms={(r.hub_cpu_ms + r.nodes * r.node_cpu_ms) / _CORES:7.2f} "
         f"sdk_requests_per_round={r.sdk_requests:5.1f} "
         f"hub_baseline_mb={r.baseline_mb:6.1f} hub_peak_mb={r.peak_mb:6.1f} "
         f"peak_over_baseline_payloads={ratio} "
