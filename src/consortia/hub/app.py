@@ -65,7 +65,8 @@ class HubSettings:
     max_payload
         Largest accepted contribution in bytes.
     max_concurrent_uploads
-        Contributions read at once (bounds hub memory whatever the number of nodes).
+        Contributions of more than 64 KiB read at once (bounds hub memory whatever the
+        number of nodes).
     audit_key_file
         Optional file holding the audit HMAC key.
     """
@@ -336,14 +337,31 @@ def create_app(settings: HubSettings) -> FastAPI:
             layout = json.loads(request.headers.get("x-consortia-layout", ""))
         except ValueError:
             raise HubError(400, "the X-Consortia-Layout header is not JSON") from None
+        args = (who.name, study_id, round_index, attempt, layout)
+        if length is not None and int(length) <= _SMALL_BODY:
+            # a small body needs no upload slot: store it and wait, in one thread hop
+            body = await _read_body(request, length, settings.max_payload)
+            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait)
         async with request.app.state.upload_slots:
             body = await _read_body(request, length, settings.max_payload)
-            out = await anyio.to_thread.run_sync(
-                studies.contribute, who.name, study_id, round_index, attempt, layout, body
-            )
-        del body
+            out = await anyio.to_thread.run_sync(studies.contribute, *args, body)
+        del body  # not kept while the answer waits for the next task
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
+        return out
+
+    def contribute_and_wait(
+        node: str,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        layout: Any,
+        body: bytearray,
+        wait: float,
+    ) -> dict[str, Any]:
+        out = studies.contribute(node, study_id, round_index, attempt, layout, body)
+        if wait > 0:
+            out["tasks"] = studies.wait_tasks(node, wait)
         return out
 
     def post_reveal(
@@ -498,6 +516,7 @@ def create_app(settings: HubSettings) -> FastAPI:
     return app
 
 
+_SMALL_BODY = 1 << 16  # contributions up to this size are not counted in the upload slots
 _HOT_PATH = re.compile(
     r"/v1/node/studies/(?P<study>[^/]+)/rounds/(?P<round>[0-9]{1,9})"
     r"/attempts/(?P<attempt>[0-9]{1,9})/(?P<kind>contribution|reveal)"

@@ -84,7 +84,11 @@ class StudyQueries:
         The version changes when a round finishes, an attempt is re-run or the
         study ends.
         """
-        self.status(study_id, researcher)  # ownership check
+        with self.lock:
+            live = self._live.get(study_id)
+            owned = live is not None and researcher in (None, live.researcher)
+        if not owned:
+            self.status(study_id, researcher)  # ownership check (404 if not theirs)
         end = time.monotonic() + max(0.0, min(timeout, 60.0))
         with self.changed:
             while (
