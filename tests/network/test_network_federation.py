@@ -326,6 +326,9 @@ def test_hub_kill_9_mid_study_resumes_with_the_same_result(fedn):
 
 
 def test_audit_logs_verify_and_detect_tampering(fedn):
+    # a study of its own: the test must not depend on which tests ran before it (with
+    # pytest-xdist it may be the first of its worker, on a federation that did nothing)
+    fedn.fed.run(VectorSum(size=2, rounds=1), dataset="data", timeout=60)
     url = fedn.hub.db if "://" in fedn.hub.db else f"sqlite:///{fedn.hub.db}"
     eng = sa.create_engine(url)
     log = AuditLog(eng)
