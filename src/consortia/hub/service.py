@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -252,24 +252,37 @@ class StudyEngine(StudyQueries):
             participants=list(participants),
             phase="collect",
         )
-        s.add(
-            RoundRow(
-                study_id=live.id,
-                round_index=new.index,
-                step=new.step,
-                public=new.public,
-                attempt=0,
-                participants=new.participants,
-                phase="collect",
-                received={},
-                seeds={},
-                opened_at=time.time(),
-            )
+        now = time.time()
+        s.execute(
+            insert(_ROUNDS),
+            {
+                "study_id": live.id,
+                "round_index": new.index,
+                "step": new.step,
+                "public": new.public,
+                "attempt": 0,
+                "participants": new.participants,
+                "phase": "collect",
+                "received": {},
+                "seeds": {},
+                "done": False,
+                "opened_at": now,
+            },
         )
-        for n in participants:
-            s.add(
-                TaskRow(study_id=live.id, round_index=new.index, attempt=0, node=n, state="pending")
-            )
+        s.execute(
+            insert(_TASKS),
+            [
+                {
+                    "study_id": live.id,
+                    "round_index": new.index,
+                    "attempt": 0,
+                    "node": n,
+                    "state": "pending",
+                    "updated_at": now,
+                }
+                for n in participants
+            ],
+        )
         return new
 
     def _close_tasks(self, s: Session, study_id: str, state: str) -> None:
