@@ -11,7 +11,6 @@ without a valid token is answered 401 and leaves no trace.
 import asyncio
 import gc
 import json
-import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from consortia import __version__
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, ValidationError
 from consortia.hub.auth import Principal, create_token, hash_token, new_secret, resolve
 from consortia.hub.db import NodeRow, TokenRow, make_engine
+from consortia.hub.fastpath import HOT_PATH, FastPath, bearer_token, wait_param
 from consortia.hub.schemas import (
     CatalogueRequest,
     EnrolRequest,
@@ -413,11 +413,11 @@ def create_app(settings: HubSettings) -> FastAPI:
         it is answered, and FastAPI serves it (its validation, errors and audit); an
         answer here is exactly what the FastAPI route would give.
         """
-        m = _HOT_PATH.fullmatch(scope["path"])
+        m = HOT_PATH.fullmatch(scope["path"])
         if m is None:
             return []
-        wait = _wait_param(scope["query_string"])
-        token = _bearer_token(scope)
+        wait = wait_param(scope["query_string"])
+        token = bearer_token(scope)
         if wait is None or token is None:
             return []
         who = known.get(hash_token(token))
@@ -446,7 +446,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         return None
 
     app.state.fast_calls = 0  # calls answered by fast_node_call (observability, tests)
-    app.add_middleware(_FastPath, handler=fast_node_call)
+    app.add_middleware(FastPath, handler=fast_node_call)
 
     @app.post(base + "/refusal", tags=["node"])
     def refusal(
@@ -517,60 +517,6 @@ def create_app(settings: HubSettings) -> FastAPI:
 
 
 _SMALL_BODY = 1 << 16  # contributions up to this size are not counted in the upload slots
-_HOT_PATH = re.compile(
-    r"/v1/node/studies/(?P<study>[^/]+)/rounds/(?P<round>[0-9]{1,9})"
-    r"/attempts/(?P<attempt>[0-9]{1,9})/(?P<kind>contribution|reveal)"
-)
-
-
-def _wait_param(query: bytes) -> float | None:
-    """The ``wait`` query parameter if the query holds only a valid one (else None)."""
-    if not query:
-        return 0.0
-    name, _, value = query.decode("latin-1").partition("=")
-    if name != "wait" or "&" in value:
-        return None
-    try:
-        wait = float(value)
-    except ValueError:
-        return None
-    return wait if 0 <= wait <= 60 else None
-
-
-def _bearer_token(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() or None if scheme.lower() == "bearer" else None
-    return None
-
-
-class _FastPath:
-    """ASGI middleware: lets ``handler`` serve a POST first, FastAPI otherwise.
-
-    ``handler(scope, receive, send)`` returns None when it answered, or the
-    request messages it consumed before declining (replayed to the application).
-    """
-
-    def __init__(self, app: ASGIApp, handler) -> None:
-        self.app = app
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        consumed = await self.handler(scope, receive, send)
-        if consumed is None:
-            return
-        if not consumed:
-            await self.app(scope, receive, send)
-            return
-
-        async def replay() -> Message:
-            return consumed.pop(0) if consumed else await receive()
-
-        await self.app(scope, replay, send)
 
 
 async def _read_body(request: Request, length: str | None, limit: int) -> bytearray:
