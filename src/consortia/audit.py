@@ -307,6 +307,20 @@ class AuditLog:
             sa.Column("mac", sa.String(64), nullable=True),
             sa.Column("version", sa.BigInteger, nullable=False),
         )
+        # the append path's statements, built once with bound parameters (hot on nodes)
+        head = self._head
+        self._stmt_lock = sa.update(head).where(head.c.id == 1).values(version=head.c.version + 1)
+        self._stmt_head = sa.select(head.c.seq, head.c.hash).where(head.c.id == 1)
+        self._stmt_insert = sa.insert(self._log)
+        self._stmt_move = (
+            sa.update(head)
+            .where(head.c.id == 1)
+            .values(
+                seq=sa.bindparam("new_seq"),
+                hash=sa.bindparam("new_hash"),
+                mac=sa.bindparam("new_mac"),
+            )
+        )
         if create:
             self._create(metadata)
         else:
@@ -416,37 +430,34 @@ class AuditLog:
     def _append_in(
         self, conn: sa.Connection, actor: str, action: str, details_json: str, details_obj: Any
     ) -> AuditEntry:
-        head = self._head
         # Take the write lock first: a row lock in PostgreSQL, the database lock in SQLite.
-        bumped = conn.execute(
-            sa.update(head).where(head.c.id == 1).values(version=head.c.version + 1)
-        )
+        bumped = conn.execute(self._stmt_lock)
         if bumped.rowcount != 1:
             raise AuditError(
                 "audit log head record is missing: the log was tampered with; run verify"
             )
-        row = conn.execute(sa.select(head.c.seq, head.c.hash).where(head.c.id == 1)).one()
+        row = conn.execute(self._stmt_head).one()
         seq = int(row.seq) + 1
         prev_hash = str(row.hash)
         timestamp = datetime.now(UTC).strftime(_TS_FORMAT)
         hash_ = _entry_hash(seq, timestamp, actor, action, details_obj, prev_hash)
         mac = None if self._key is None else _mac(self._key, _ENTRY_DOMAIN, hash_)
         conn.execute(
-            sa.insert(self._log).values(
-                seq=seq,
-                timestamp=timestamp,
-                actor=actor,
-                action=action,
-                details=details_json,
-                prev_hash=prev_hash,
-                hash=hash_,
-                mac=mac,
-            )
+            self._stmt_insert,
+            {
+                "seq": seq,
+                "timestamp": timestamp,
+                "actor": actor,
+                "action": action,
+                "details": details_json,
+                "prev_hash": prev_hash,
+                "hash": hash_,
+                "mac": mac,
+            },
         )
         conn.execute(
-            sa.update(head)
-            .where(head.c.id == 1)
-            .values(seq=seq, hash=hash_, mac=self._head_mac(seq, hash_))
+            self._stmt_move,
+            {"new_seq": seq, "new_hash": hash_, "new_mac": self._head_mac(seq, hash_)},
         )
         return AuditEntry(seq, timestamp, actor, action, details_obj, prev_hash, hash_, mac)
 
