@@ -185,3 +185,17 @@ def test_aggregator_restores_from_a_persisted_running_sum():
     with pytest.raises(ProtocolError, match="does not match its layout"):
         SecureAggregator.restore(c, saved[0], saved[1][:2], ["s0"])
     assert SecureAggregator(c).masked_sum is None
+
+
+def test_finish_can_consume_the_running_sum():
+    sites, peers = make_sites(3)
+    c = ctx(peers)
+    agg = SecureAggregator(c)
+    for s in sites.values():
+        agg.add(s.mask(c, {"v": np.ones(3)}))
+    seeds = {k: s.reveal(c) for k, s in sites.items()}
+    np.testing.assert_allclose(agg.finish(seeds)["v"], 3.0)  # non-consuming: repeatable
+    np.testing.assert_allclose(agg.finish(seeds, consume=True)["v"], 3.0)
+    assert agg.masked_sum is None
+    with pytest.raises(SecureAggregationError, match="already finished"):
+        agg.finish(seeds)

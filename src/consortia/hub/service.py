@@ -657,7 +657,7 @@ class StudyEngine(StudyQueries):
         # the running sum is not needed past this point (on a failed commit the study is
         # rebuilt from the database): drop it before the sums are packed
         live.agg, live.agg_attempt = None, -1
-        sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()})
+        sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True)
         del agg
         now = time.time()
         packed = pack_arrays(sums)

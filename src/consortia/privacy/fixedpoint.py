@@ -105,5 +105,6 @@ class FixedPoint:
 
     def decode(self, v: np.ndarray) -> np.ndarray:
         """Decode a uint64 array (an encoding or a sum of encodings) to float64."""
-        arr = np.asarray(v, dtype=np.uint64)
-        return arr.view(np.int64).astype(np.float64) / self.scale
+        out = np.asarray(v, dtype=np.uint64).view(np.int64).astype(np.float64)
+        out /= self.scale
+        return out

@@ -420,15 +420,22 @@ class SecureAggregator:
             np.add(self._acc, data, out=self._acc)
         self.received.add(masked.site)
 
-    def finish(self, seeds: Mapping[str, bytes]) -> dict[str, np.ndarray]:
-        """Remove the revealed self-masks and decode the sum, by array name."""
+    def finish(self, seeds: Mapping[str, bytes], *, consume: bool = False) -> dict[str, np.ndarray]:
+        """Remove the revealed self-masks and decode the sum, by array name.
+
+        With ``consume=True`` the self-masks are removed in place from the running
+        sum (no payload-sized copy) and the aggregator cannot be finished again.
+        """
         if self.missing:
             raise SecureAggregationError(
                 f"cannot finish: no contribution yet from {sorted(self.missing)}"
             )
         if set(seeds) != set(self.ctx.sites):
             raise SecureAggregationError("finishing needs the seed of every participant")
-        assert self._acc is not None and self.layout is not None
-        total = self._acc.copy()
+        if self._acc is None or self.layout is None:
+            raise SecureAggregationError("this aggregator was already finished (consumed)")
+        total = self._acc if consume else self._acc.copy()
+        if consume:
+            self._acc = None
         apply_masks(total, [(_self_key(seeds[s], self.ctx), -1) for s in self.ctx.sites])
         return self.layout.split(self.ctx.codec.decode(total))

@@ -144,7 +144,7 @@ class Simulation:
                     alive = [s for s in alive if s not in failed]
                     continue
                 seeds = {s: self.workers[s].reveal(task) for s in alive}
-                sums = aggregator.finish(seeds)
+                sums = aggregator.finish(seeds, consume=True)
                 break
             coord.advance(sums)
         self.last_study = {
