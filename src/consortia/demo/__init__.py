@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -114,42 +113,29 @@ class _Cluster:
         self.hub: HubProcess | None = None
         self.nodes: dict[str, NodeProcess] = {}
         self.pgid: int | None = None
-        self._logs: list[IO[bytes]] = []
-
-    def _spawn(self, cmd: list[str], log: Path) -> subprocess.Popen:
-        fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self._logs.append(fh)
-        # The first child leads a new process group; the others join it, so that
-        # one killpg() reaches every process the demo started, and a Ctrl-C at the
-        # terminal reaches only the demo, which then shuts them down in order.
-        proc = subprocess.Popen(
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=os.environ.copy(),
-            process_group=0 if self.pgid is None else self.pgid,
-        )
-        if self.pgid is None:
-            self.pgid = proc.pid
-        return proc
 
     def start_hub(self) -> HubProcess:
         folder = self.root / "hub"
         folder.mkdir(parents=True, exist_ok=True)
-        hub = HubProcess(folder / "hub.sqlite", node_timeout=30.0)
+        # The hub leads a new process group and the nodes join it, so that one
+        # killpg() reaches every process the demo started, and a Ctrl-C at the
+        # terminal reaches only the demo, which then shuts them down in order.
+        hub = HubProcess(
+            folder / "hub.sqlite", node_timeout=30.0, log=folder / "hub.log", process_group=0
+        )
         self.hub = hub
-        hub.proc = self._spawn(hub.command(), folder / "hub.log")
         try:
-            hub.wait_ready(START_TIMEOUT)
+            hub.start(START_TIMEOUT)
         except ConsortiaError as exc:
             raise ConsortiaError(f"{exc}; see {folder / 'hub.log'}") from None
+        finally:
+            self.pgid = hub.pid
         return hub
 
     def start_node(self, name: str, config: Path, token: str, log: Path) -> NodeProcess:
-        node = NodeProcess(config, enrol_token=token)
-        node.proc = self._spawn(node.command(), log)
+        node = NodeProcess(config, enrol_token=token, log=log, process_group=self.pgid)
         self.nodes[name] = node
+        node.start()
         return node
 
     def check_alive(self) -> None:
@@ -177,9 +163,6 @@ class _Cluster:
         if self.pgid is not None:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pgid, signal.SIGKILL)
-        for fh in self._logs:
-            fh.close()
-        self._logs.clear()
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 import httpx
 
+from consortia._child import ChildProcess
 from consortia.errors import ConsortiaError
 from consortia.hub.app import bootstrap_token
 
@@ -27,7 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class HubProcess:
+class HubProcess(ChildProcess):
     """A hub running as ``python -m consortia.hub`` in a child process.
 
     Parameters
@@ -44,6 +42,8 @@ class HubProcess:
         Serve HTTPS with this chain and key; ``ca`` is what clients should trust.
     log
         File to receive the hub's stderr/stdout (default: discarded).
+    process_group
+        See :class:`consortia._child.ChildProcess` (0: lead a new group; a gid: join it).
 
     Examples
     --------
@@ -65,6 +65,7 @@ class HubProcess:
         tls_key: str | Path | None = None,
         ca: str | Path | None = None,
         log: str | Path | None = None,
+        process_group: int | None = None,
     ) -> None:
         self.db = str(db)
         self.host = host
@@ -73,9 +74,7 @@ class HubProcess:
         self.reveal_timeout = reveal_timeout
         self.max_payload = max_payload
         self.tls_cert, self.tls_key, self.ca = tls_cert, tls_key, ca
-        self.log = Path(log) if log else None
-        self.proc: subprocess.Popen | None = None
-        self._log_fh: IO[bytes] | None = None
+        super().__init__(log=log, process_group=process_group)
 
     @property
     def url(self) -> str:
@@ -110,16 +109,12 @@ class HubProcess:
 
     def start(self, timeout: float = 30.0) -> HubProcess:
         """Start the process and wait until it answers (at most ``timeout`` seconds)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running:
             return self
-        out = subprocess.DEVNULL
-        if self.log is not None:
-            self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-            out = self._log_fh
         env = os.environ.copy()
         # large payloads: keep glibc from growing its mmap threshold (and the hub's RSS)
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
+        self._spawn(env)
         self.wait_ready(timeout)
         return self
 
@@ -146,32 +141,3 @@ class HubProcess:
         For an enrolment token, ``name`` is the node it is for (``"*"``: any node).
         """
         return bootstrap_token(self.db, role, name)
-
-    @property
-    def pid(self) -> int | None:
-        """The process id, while running."""
-        return self.proc.pid if self.proc is not None else None
-
-    def kill(self) -> None:
-        """``kill -9`` the hub (crash test) and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the hub gracefully (SIGTERM), killing it after ``timeout`` seconds."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-
-    def __enter__(self) -> HubProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+
+from consortia._child import ChildProcess
 
 __all__ = ["NodeProcess"]
 
 
-class NodeProcess:
+class NodeProcess(ChildProcess):
     """A node running as ``python -m consortia.node --config FILE`` in a child process.
 
     Parameters
@@ -24,6 +22,8 @@ class NodeProcess:
         A one-time enrolment token; the node enrols on start unless already enrolled.
     log
         File to receive the node's output (default: discarded).
+    process_group
+        See :class:`consortia._child.ChildProcess` (0: lead a new group; a gid: join it).
     """
 
     def __init__(
@@ -33,13 +33,12 @@ class NodeProcess:
         enrol_token: str | None = None,
         log: str | Path | None = None,
         log_level: str = "warning",
+        process_group: int | None = None,
     ) -> None:
         self.config = Path(config)
         self.enrol_token = enrol_token
-        self.log = Path(log) if log else None
         self.log_level = log_level
-        self.proc: subprocess.Popen | None = None
-        self._log_fh: IO[bytes] | None = None
+        super().__init__(log=log, process_group=process_group)
 
     def command(self) -> list[str]:
         """The command line that starts the node."""
@@ -50,13 +49,9 @@ class NodeProcess:
 
     def start(self) -> NodeProcess:
         """Start the node (it enrols if needed, publishes its catalogue, then polls)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running:
             return self
-        out = subprocess.DEVNULL
-        if self.log is not None:
-            self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
-            out = self._log_fh
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=os.environ.copy())
+        self._spawn()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> NodeProcess:
@@ -83,34 +78,3 @@ class NodeProcess:
                 pass
             time.sleep(0.05)
         raise ConsortiaError(f"node {self.config} was not ready within {timeout:g}s")
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """``kill -9`` the node and reap it."""
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM), killing after ``timeout`` seconds."""
-        if self.running:
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-
-    def __enter__(self) -> NodeProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
