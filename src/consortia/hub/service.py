@@ -22,7 +22,6 @@ One hub process serves one database.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 import time
@@ -30,81 +29,39 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
-from consortia.errors import ConsortiaError, ProtocolError
-from consortia.hub.blobs import put_acc, put_sums
+from consortia.errors import ConsortiaError
 from consortia.hub.db import (
     DatasetRow,
     NodeRow,
-    RoundAccRow,
-    RoundRow,
     StudyRow,
     TaskRow,
 )
 from consortia.hub.queries import HubError, StudyQueries
+from consortia.hub.rounds import RoundHandling
 from consortia.hub.state import (
     LiveRound,
     LiveStudy,
     load_live,
-    masked_sum,
-    restore_aggregator,
 )
+from consortia.hub.statements import ACC, ROUNDS, SET_TASK, TASKS, round_update
 from consortia.privacy.keys import PeerKey
 from consortia.privacy.secagg import (
-    Layout,
-    MaskedContribution,
     RoundContext,
-    SecureAggregator,
 )
 from consortia.protocol import Coordinator, algorithm_from_spec
-from consortia.wire import pack_arrays, unpack_arrays
+from consortia.wire import pack_arrays
 
 __all__ = ["HubError", "StudyEngine"]
 
 log = logging.getLogger("consortia.hub")
 
-_ROUNDS = RoundRow.__table__  # Core updates: no ORM bookkeeping on the hot path
-_TASKS = TaskRow.__table__
-_STUDIES = StudyRow.__table__
-_ACC = RoundAccRow.__table__  # big blobs apart: a small update never rewrites them
 
-# statements of the hot path, built once (building and hashing a statement per request
-# cost more than running it)
-_SET_TASK = (
-    update(_TASKS)
-    .where(
-        _TASKS.c.study_id == bindparam("k_study"),
-        _TASKS.c.round_index == bindparam("k_round"),
-        _TASKS.c.attempt == bindparam("k_attempt"),
-        _TASKS.c.node == bindparam("k_node"),
-    )
-    .values(state=bindparam("v_state"), updated_at=bindparam("v_time"))
-)
-_ROUND_UPDATES: dict[tuple[str, ...], Any] = {}
-
-
-def _round_update(columns: tuple[str, ...]) -> Any:
-    """``UPDATE rounds SET <columns>`` of one round, built once per set of columns."""
-    stmt = _ROUND_UPDATES.get(columns)
-    if stmt is None:
-        stmt = (
-            update(_ROUNDS)
-            .where(
-                _ROUNDS.c.study_id == bindparam("k_study"),
-                _ROUNDS.c.round_index == bindparam("k_round"),
-            )
-            .values({c: bindparam(f"v_{c}", type_=_ROUNDS.c[c].type) for c in columns})
-        )
-        _ROUND_UPDATES[columns] = stmt
-    return stmt
-
-
-class StudyEngine(StudyQueries):
+class StudyEngine(StudyQueries, RoundHandling):
     """Studies, rounds and tasks of one hub, over one SQLAlchemy engine.
 
     Parameters
@@ -254,7 +211,7 @@ class StudyEngine(StudyQueries):
         )
         now = time.time()
         s.execute(
-            insert(_ROUNDS),
+            insert(ROUNDS),
             {
                 "study_id": live.id,
                 "round_index": new.index,
@@ -270,7 +227,7 @@ class StudyEngine(StudyQueries):
             },
         )
         s.execute(
-            insert(_TASKS),
+            insert(TASKS),
             [
                 {
                     "study_id": live.id,
@@ -287,8 +244,8 @@ class StudyEngine(StudyQueries):
 
     def _close_tasks(self, s: Session, study_id: str, state: str) -> None:
         s.execute(
-            update(_TASKS)
-            .where(_TASKS.c.study_id == study_id, _TASKS.c.state.in_(("pending", "contributed")))
+            update(TASKS)
+            .where(TASKS.c.study_id == study_id, TASKS.c.state.in_(("pending", "contributed")))
             .values(state=state, updated_at=time.time())
         )
 
@@ -303,7 +260,7 @@ class StudyEngine(StudyQueries):
     def _set_task(self, s: Session, live: LiveStudy, node: str, state: str) -> None:
         rnd = live.round
         s.execute(
-            _SET_TASK,
+            SET_TASK,
             {
                 "k_study": live.id,
                 "k_round": rnd.index,
@@ -317,7 +274,7 @@ class StudyEngine(StudyQueries):
     def _update_round(self, s: Session, live: LiveStudy, **values: Any) -> None:
         params = {f"v_{k}": v for k, v in values.items()}
         s.execute(
-            _round_update(tuple(values)),
+            round_update(tuple(values)),
             {"k_study": live.id, "k_round": live.round.index, **params},
         )
 
@@ -460,269 +417,6 @@ class StudyEngine(StudyQueries):
             if self._stop.is_set():
                 return []
 
-    def _live_for(self, node: str, study_id: str) -> LiveStudy | None:
-        """The running study ``node`` may post to, or None (not running); 404 if not its own."""
-        self._refresh()
-        live = self._live.get(study_id)
-        if live is not None:
-            if node not in live.members:
-                raise HubError(404, f"no task of this node in study {study_id!r}")
-            return live
-        with Session(self.engine) as s:
-            hit = s.scalar(
-                select(TaskRow.node)
-                .where(TaskRow.study_id == study_id, TaskRow.node == node)
-                .limit(1)
-            )
-            if hit is None:
-                raise HubError(404, f"no task of this node in study {study_id!r}")
-        return None
-
-    def _repeat(
-        self, study_id: str, round_index: int, attempt: int, field: str, node: str, value: str
-    ) -> bool:
-        """Whether a closed round already holds exactly this node's vector digest or seed."""
-        with Session(self.engine) as s:
-            row = s.get(RoundRow, (study_id, round_index))
-            return (
-                row is not None
-                and row.attempt == attempt
-                and (getattr(row, field) or {}).get(node) == value
-            )
-
-    def _check_attempt(
-        self,
-        live: LiveStudy | None,
-        study_id: str,
-        round_index: int,
-        attempt: int,
-        field: str,
-        node: str,
-        value: str,
-    ) -> LiveRound | None:
-        """Validate the target attempt; None means an idempotent repeat (acknowledge it)."""
-        if live is None or round_index != live.round.index:
-            if self._repeat(study_id, round_index, attempt, field, node, value):
-                return None
-            if live is None:
-                raise HubError(409, f"study {study_id!r} is not running")
-            raise HubError(409, f"round {round_index} of study {study_id!r} is not open")
-        rnd = live.round
-        if rnd.attempt == attempt and getattr(rnd, field).get(node) == value:
-            return None
-        if rnd.attempt != attempt:
-            raise HubError(409, f"attempt {attempt} of round {round_index} is not the open attempt")
-        if node not in rnd.participants:
-            raise HubError(409, f"node {node!r} is not a participant of this attempt")
-        return rnd
-
-    def contribute(
-        self,
-        node: str,
-        study_id: str,
-        round_index: int,
-        attempt: int,
-        layout_json: Any,
-        body: bytes | bytearray,
-    ) -> dict[str, Any]:
-        """Add a node's masked vector into the attempt's running sum (persisted, then acked)."""
-        digest = hashlib.sha256(body).hexdigest()
-        ack = {"status": "accepted", "round_index": round_index, "attempt": attempt}
-        with self.lock:
-            live = self._live_for(node, study_id)
-            rnd = self._check_attempt(
-                live, study_id, round_index, attempt, "received", node, digest
-            )
-            if rnd is None:
-                return {**ack, "status": "duplicate"}
-            assert live is not None
-            if node in rnd.received:
-                raise HubError(409, "this node already sent a different vector for this attempt")
-            if rnd.phase != "collect":
-                raise HubError(409, "this attempt no longer accepts contributions")
-            try:
-                layout = Layout.from_json(layout_json)
-                arrays = unpack_arrays(body, max_bytes=self.max_payload)
-            except ConsortiaError as exc:
-                raise HubError(400, f"malformed contribution: {exc}") from None
-            data = arrays.get("masked")
-            if set(arrays) != {"masked"} or data is None:
-                raise HubError(400, "a contribution holds exactly one array named 'masked'")
-            if data.dtype != np.uint64 or data.ndim != 1 or data.size != layout.size:
-                raise HubError(400, "the masked vector is not a uint64 vector of its layout's size")
-            try:
-                if live.agg is None or live.agg_attempt != attempt:
-                    live.agg = self._restore(live)
-                try:
-                    live.agg.add(
-                        MaskedContribution(study_id, round_index, attempt, node, layout, data)
-                    )
-                except ProtocolError as exc:
-                    raise HubError(400, f"malformed contribution: {exc}") from None
-                del data, arrays  # views into the request body
-                received = {**rnd.received, node: digest}
-                phase = "collect" if live.agg.missing else "reveal"
-                layout_json = layout.to_json()
-                with Session(self.engine) as s:
-                    self._update_round(s, live, layout=layout_json, received=received, phase=phase)
-                    # written straight from the aggregator's array (no copy)
-                    put_acc(
-                        s,
-                        study_id,
-                        rnd.index,
-                        attempt,
-                        masked_sum(live.agg),
-                        first=not rnd.received,
-                    )
-                    self._set_task(s, live, node, "contributed")
-                    s.commit()
-            except HubError:
-                if node in (live.agg.received if live.agg else ()):
-                    self._invalidate(study_id)  # the sum holds an unpersisted vector
-                raise
-            except Exception:
-                self._invalidate(study_id)  # rebuilt from the database next time
-                raise
-            rnd.received, rnd.layout, rnd.phase = received, layout_json, phase
-            if phase == "reveal":
-                live.deadline = time.monotonic() + self.reveal_timeout
-                self._bump(rnd.participants)
-            return ack
-
-    def _restore(self, live: LiveStudy) -> SecureAggregator:
-        """The open attempt's aggregator, rebuilt from its persisted running sum."""
-        rnd = live.round
-        acc = None
-        if rnd.received:
-            with Session(self.engine) as s:
-                acc = s.scalar(
-                    select(_ACC.c.acc).where(
-                        _ACC.c.study_id == live.id,
-                        _ACC.c.round_index == rnd.index,
-                        _ACC.c.attempt == rnd.attempt,
-                    )
-                )
-        agg = restore_aggregator(
-            self._ctx(live),
-            Layout.from_json(rnd.layout) if rnd.layout is not None else None,
-            acc,
-            list(rnd.received),
-        )
-        live.agg_attempt = rnd.attempt
-        return agg
-
-    def reveal(
-        self, node: str, study_id: str, round_index: int, attempt: int, seed_hex: str
-    ) -> dict[str, Any]:
-        """Record a node's self-mask seed; the last one finishes the round."""
-        try:
-            seed = bytes.fromhex(seed_hex)
-        except (ValueError, TypeError):
-            raise HubError(400, "a seed is hex-encoded") from None
-        if len(seed) != 32:
-            raise HubError(400, "a seed is 32 bytes")
-        ack = {"status": "accepted", "round_index": round_index, "attempt": attempt}
-        with self.lock:
-            live = self._live_for(node, study_id)
-            rnd = self._check_attempt(live, study_id, round_index, attempt, "seeds", node, seed_hex)
-            if rnd is None:
-                return {**ack, "status": "duplicate"}
-            assert live is not None
-            if rnd.phase != "reveal" or node not in rnd.received:
-                raise HubError(409, "this attempt is not waiting for this node's seed")
-            if node in rnd.seeds:
-                raise HubError(409, "this node already revealed another seed")
-            seeds = {**rnd.seeds, node: seed_hex}
-            try:
-                with Session(self.engine) as s:
-                    self._update_round(s, live, seeds=seeds)
-                    self._set_task(s, live, node, "revealed")
-                    if set(seeds) == set(rnd.participants):
-                        self._finish_round(s, live, seeds)
-                    s.commit()
-            except Exception:
-                self._invalidate(study_id)  # rebuilt from the database next time
-                self._audit_queue.clear()
-                raise
-            rnd.seeds = seeds
-            self._flush_audit()
-            return ack
-
-    def _finish_round(self, s: Session, live: LiveStudy, seeds: dict[str, str]) -> None:
-        """Unmask the sum, store it, advance the coordinator, open the next round."""
-        rnd = live.round
-        agg = live.agg if live.agg is not None and live.agg_attempt == rnd.attempt else None
-        if agg is None:
-            agg = self._restore(live)
-        # the running sum is not needed past this point (on a failed commit the study is
-        # rebuilt from the database): drop it before the sums are packed
-        live.agg, live.agg_attempt = None, -1
-        sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True)
-        del agg
-        now = time.time()
-        packed = pack_arrays(sums)
-        put_sums(s, live.id, rnd.index, packed)
-        del packed
-        self._update_round(s, live, seeds=seeds, done=True, phase="done", finished_at=now)
-        n_rounds = rnd.index + 1
-        s.execute(
-            update(_STUDIES)
-            .where(_STUDIES.c.id == live.id)
-            .values(n_rounds=n_rounds, updated_at=now)
-        )
-        self._later(
-            "hub",
-            "round.finished",
-            {
-                "study": live.id,
-                "round": rnd.index,
-                "attempt": rnd.attempt,
-                "step": rnd.step,
-                "participants": list(rnd.participants),
-                "arrays": {k: list(np.shape(v)) for k, v in sums.items()},
-                "digests": dict(rnd.received),
-            },
-        )
-        try:
-            live.coord.advance(sums)
-        except ConsortiaError as exc:
-            study = s.get(StudyRow, live.id)
-            assert study is not None
-            self._fail(s, study, f"the algorithm failed after round {rnd.index}: {exc}")
-            return
-        del sums
-        if live.coord.done:
-            s.execute(update(_STUDIES).where(_STUDIES.c.id == live.id).values(status="finished"))
-            self._live.pop(live.id, None)
-            self._later("hub", "study.finished", {"study": live.id, "rounds": n_rounds})
-        else:
-            live.round = self._new_round(s, live, rnd.participants)
-            live.deadline = time.monotonic() + self.node_timeout
-        self._bump(live.members, live.id)
-
-    def refuse(
-        self, node: str, study_id: str, round_index: int, attempt: int, rule: str, message: str
-    ) -> dict[str, Any]:
-        """A node's policy (or privacy layer) refused the task: the study fails naming the rule."""
-        with self.lock:
-            live = self._live_for(node, study_id)
-            if live is None:
-                return {"status": "not running"}
-            rnd = live.round
-            if rnd.index != round_index or rnd.attempt != attempt or node not in rnd.participants:
-                raise HubError(409, "this attempt is not open for this node")
-            with Session(self.engine) as s:
-                study = s.get(StudyRow, study_id)
-                assert study is not None
-                study.error_site, study.error_detail = node, message
-                reason = f"site {node!r}: policy rule {rule!r} refused the release: {message}"
-                self._fail(s, study, reason, rule)
-                s.commit()
-            self._flush_audit()
-            return {"status": "failed"}
-
-    # ------------------------------------------------------------------ timeouts
-
     def _monitor_loop(self) -> None:
         while not self._stop.wait(0.1):
             try:
@@ -765,18 +459,14 @@ class StudyEngine(StudyQueries):
                 s.commit()
                 return
             old = (
-                _TASKS.c.study_id == live.id,
-                _TASKS.c.round_index == rnd.index,
-                _TASKS.c.attempt == rnd.attempt,
+                TASKS.c.study_id == live.id,
+                TASKS.c.round_index == rnd.index,
+                TASKS.c.attempt == rnd.attempt,
             )
-            s.execute(update(_TASKS).where(*old).values(state="superseded"))
-            s.execute(
-                update(_TASKS).where(*old, _TASKS.c.node.in_(missing)).values(state="excluded")
-            )
+            s.execute(update(TASKS).where(*old).values(state="superseded"))
+            s.execute(update(TASKS).where(*old, TASKS.c.node.in_(missing)).values(state="excluded"))
             attempt = rnd.attempt + 1
-            s.execute(
-                delete(_ACC).where(_ACC.c.study_id == live.id, _ACC.c.round_index == rnd.index)
-            )
+            s.execute(delete(ACC).where(ACC.c.study_id == live.id, ACC.c.round_index == rnd.index))
             self._update_round(
                 s,
                 live,
