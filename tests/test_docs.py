@@ -38,3 +38,14 @@ def test_first_analysis_example_matches_pooled(capsys):
     out = capsys.readouterr().out
     err = float(re.search(r"relative difference of the coefficients: (\S+)", out).group(1))
     assert err < 1e-8
+
+
+def test_survival_guide_runs_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the plotting example writes to out/
+    code = compile(python_blocks("survival.md"), "survival.md", "exec")
+    namespace: dict = {}
+    exec(code, namespace)
+    assert (tmp_path / "out" / "km.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "forest.svg").exists()
+    assert 0.5 < namespace["res"].c_index < 1.0
+    assert namespace["cox"].converged
