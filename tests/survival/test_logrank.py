@@ -8,7 +8,7 @@ import pytest
 from lifelines.statistics import logrank_test, multivariate_logrank_test
 from statsmodels.duration.survfunc import survdiff
 
-from consortia import Policy, Simulation
+from consortia import Dataset, Policy, Simulation
 from consortia.data.tcga import load_tcga_brca
 from consortia.errors import AlgorithmError, PolicyError, SchemaError, ValidationError
 from consortia.survival._grid import day_grid, regular_grid, round_up_to_grid
@@ -86,6 +86,28 @@ def test_stratified_exact_against_statsmodels(by: str) -> None:
     assert res.chi2 == pytest.approx(chi2, rel=1e-10)
     assert res.p_value == pytest.approx(p, rel=1e-9)
     assert res.n_strata == {"sex": 2, "site": 4, "sex+site": 8}[by]
+
+
+def test_site_strata_release_no_per_time_counts() -> None:
+    """A site stratum lies within one site: only summed O, E and V leave it."""
+    sites = week_sites(seed=3)
+    algo = LogRank(
+        time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID, stratify_by_site=True
+    )
+    part = algo.local("site_strata", {}, Dataset(sites["site0"], site="site0"))
+    assert set(part.arrays) == {
+        "observed",
+        "n",
+        "strata",
+        "expected",
+        "expected_lo",
+        "variance",
+        "variance_lo",
+    }
+    assert max(a.size for a in part.arrays.values()) == 9  # G x G, nothing per grid point
+    data = pooled(sites)
+    chi2, _ = survdiff(data["T"], data["E"], data["arm"], strata=data["site"])
+    assert Simulation(sites, policy=OPEN).run(algo).chi2 == pytest.approx(chi2, rel=1e-10)
 
 
 def test_coarse_grid_equals_reference_on_rounded_times() -> None:

@@ -13,8 +13,10 @@ With times on the grid the result equals lifelines' ``logrank_test`` /
 (stratified) on the pooled data.
 
 Strata may be the levels of a column (``strata`` + ``strata_levels``), the
-sites themselves (``stratify_by_site`` + ``sites``: each site fills only its
-own stratum), or both (every column level within every site).
+sites themselves (``stratify_by_site``), or both (every column level within
+every site).  A site stratum lies wholly within one site, so with
+``stratify_by_site`` each site computes its own strata's observed and expected
+events and covariance, and only their sums travel: no per-time counts at all.
 """
 
 from __future__ import annotations
@@ -29,11 +31,19 @@ from scipy.stats import chi2 as chi2_dist
 
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
+from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.survival._grid import grid_counts, grid_index, validate_grid
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
-__all__ = ["LogRank", "LogRankResult", "logrank_from_counts", "site_code"]
+__all__ = [
+    "LogRank",
+    "LogRankResult",
+    "logrank_components",
+    "logrank_from_components",
+    "logrank_from_counts",
+    "site_code",
+]
 
 
 @dataclass(frozen=True)
@@ -91,42 +101,55 @@ class LogRankResult:
         )
 
 
-def logrank_from_counts(
-    events: np.ndarray, at_risk: np.ndarray, *, groups: tuple[str, ...]
-) -> LogRankResult:
-    """Log-rank test from pooled counts.
+def logrank_components(events: np.ndarray, at_risk: np.ndarray) -> dict[str, np.ndarray]:
+    """Observed, expected, covariance, group sizes and non-empty strata from counts.
+
+    Each is a sum over strata (and grid points), so components computed at
+    different sites on disjoint strata add up to the components of the whole.
 
     Parameters
     ----------
     events, at_risk
         Arrays of shape ``(n_strata, n_groups, n_times)``.
-    groups
-        Group labels.
+    """
+    d = np.asarray(events, dtype=np.float64)
+    n = np.asarray(at_risk, dtype=np.float64)
+    d_tot = d.sum(axis=1)  # (S, K)
+    n_tot = n.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(n_tot > 0, d_tot / n_tot, 0.0)
+        factor = np.where(n_tot > 1, d_tot * (n_tot - d_tot) / (n_tot**2 * (n_tot - 1)), 0.0)
+    diag = np.einsum("sk,sk,sgk->g", factor, n_tot, n)
+    return {
+        "observed": d.sum(axis=(0, 2)),
+        "expected": np.einsum("sgk,sk->g", n, rate),
+        "variance": np.diag(diag) - np.einsum("sk,sgk,shk->gh", factor, n, n),
+        "n": n[:, :, 0].sum(axis=0),
+        "strata": np.array([float(np.count_nonzero(n[:, :, 0].sum(axis=1)))]),
+    }
+
+
+def logrank_from_components(
+    components: Mapping[str, np.ndarray], *, groups: tuple[str, ...]
+) -> LogRankResult:
+    """The log-rank test from (summed) :func:`logrank_components`.
 
     Raises
     ------
     AlgorithmError
         If a group has no patients, or no group has an event.
     """
-    d = np.asarray(events, dtype=np.float64)
-    n = np.asarray(at_risk, dtype=np.float64)
-    n_group = n[:, :, 0].sum(axis=0)
+    observed = np.asarray(components["observed"], dtype=np.float64)
+    expected = np.asarray(components["expected"], dtype=np.float64)
+    variance = np.asarray(components["variance"], dtype=np.float64)
+    n_group = np.asarray(components["n"], dtype=np.float64)
     for label, size in zip(groups, n_group, strict=True):
         if size == 0:
             raise AlgorithmError(f"group {label!r} has no patients at any site")
-    d_tot = d.sum(axis=1)  # (S, K)
-    n_tot = n.sum(axis=1)
-    if d_tot.sum() == 0:
+    if observed.sum() == 0:
         raise AlgorithmError(
             "the log-rank test needs at least one event; every patient is censored"
         )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(n_tot > 0, d_tot / n_tot, 0.0)
-        factor = np.where(n_tot > 1, d_tot * (n_tot - d_tot) / (n_tot**2 * (n_tot - 1)), 0.0)
-    observed = d.sum(axis=(0, 2))
-    expected = np.einsum("sgk,sk->g", n, rate)
-    diag = np.einsum("sk,sk,sgk->g", factor, n_tot, n)
-    variance = np.diag(diag) - np.einsum("sk,sgk,shk->gh", factor, n, n)
     u = observed - expected
     reduced = variance[:-1, :-1]
     df = int(np.linalg.matrix_rank(reduced)) if reduced.size else 0
@@ -139,7 +162,6 @@ def logrank_from_counts(
         stat = float(u[:-1] @ np.linalg.solve(reduced, u[:-1]))
     else:
         stat = float(u[:-1] @ np.linalg.pinv(reduced) @ u[:-1])
-    n_strata = int(np.count_nonzero(n[:, :, 0].sum(axis=1)))
     return LogRankResult(
         groups=groups,
         observed=observed,
@@ -149,8 +171,21 @@ def logrank_from_counts(
         df=df,
         p_value=float(chi2_dist.sf(stat, df)),
         n=n_group,
-        n_strata=n_strata,
+        n_strata=round(float(np.asarray(components["strata"]).ravel()[0])),
     )
+
+
+def logrank_from_counts(
+    events: np.ndarray, at_risk: np.ndarray, *, groups: tuple[str, ...]
+) -> LogRankResult:
+    """Log-rank test from pooled counts of shape ``(n_strata, n_groups, n_times)``.
+
+    Raises
+    ------
+    AlgorithmError
+        If a group has no patients, or no group has an event.
+    """
+    return logrank_from_components(logrank_components(events, at_risk), groups=groups)
 
 
 def site_code(site: str | None, sites: tuple[str, ...]) -> int:
@@ -180,19 +215,22 @@ class LogRank(Algorithm):
     strata, strata_levels
         Optional stratification column and its declared levels.
     stratify_by_site
-        Stratify by site (each site is its own stratum); needs ``sites``.
+        Stratify by site (each site is its own stratum, or its own set of strata
+        with ``strata``).
     sites
-        The participating site names, in a fixed order (with ``stratify_by_site``).
+        Optionally, the site names expected with ``stratify_by_site``: a site not
+        listed refuses.
     exact_times
         If True, sites refuse times that are not grid points.
 
     Notes
     -----
-    One round.  Each site releases arrays of shape ``(strata, groups, grid)``
-    of event and at-risk counts, declared as count arrays.  With site strata a
-    site fills only its own stratum's slice; the secure sum then reveals each
-    site's own counts to the hub, which is what a site-stratified test needs
-    (the counts are still checked by the minimum-cell rule).
+    One round.  Without site strata each site releases arrays of shape
+    ``(strata, groups, grid)`` of event and at-risk counts, declared as count
+    arrays.  With site strata each site releases only the sums over its own
+    strata of observed and expected events per group, their covariance, group
+    sizes and its number of non-empty strata (observed events and group sizes are
+    declared counts); the hub sees only their sums over sites.
     """
 
     name = "survival.logrank"
@@ -221,27 +259,35 @@ class LogRank(Algorithm):
             levels = check_levels(self.strata_levels, name="strata_levels")
             object.__setattr__(self, "strata_levels", levels)
         if self.stratify_by_site:
-            sites = check_levels(self.sites, name="sites")
-            if not all(isinstance(s, str) for s in sites):
-                raise ValidationError("sites must be site names (strings)")
-            object.__setattr__(self, "sites", sites)
+            if self.sites is not None:
+                sites = check_levels(self.sites, name="sites")
+                if not all(isinstance(s, str) for s in sites):
+                    raise ValidationError("sites must be site names (strings)")
+                object.__setattr__(self, "sites", sites)
         elif self.sites is not None:
             raise ValidationError("sites are declared but stratify_by_site is False")
 
     @property
     def _n_strata(self) -> int:
-        n = len(self.strata_levels) if self.strata_levels is not None else 1
-        return n * (len(self.sites) if self.stratify_by_site and self.sites else 1)
+        """Strata a site counts in: the column's levels (site strata stay local)."""
+        return len(self.strata_levels) if self.strata_levels is not None else 1
 
     def coordinate(self) -> Coordination:
+        groups = tuple(str(g) for g in self.groups)
+        if self.stratify_by_site:
+            sums = yield Round("site_strata")
+            return logrank_from_components(
+                {**sums, "expected": join(sums, "expected"), "variance": join(sums, "variance")},
+                groups=groups,
+            )
         sums = yield Round("counts")
         shape = (self._n_strata, len(self.groups), len(self.time_grid))
         events = np.rint(np.asarray(sums["events"])).reshape(shape)
         at_risk = np.rint(np.asarray(sums["at_risk"])).reshape(shape)
-        return logrank_from_counts(events, at_risk, groups=tuple(str(g) for g in self.groups))
+        return logrank_from_counts(events, at_risk, groups=groups)
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        if step != "counts":
+        if step != ("site_strata" if self.stratify_by_site else "counts"):
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
         frame = data.frame
         t, e = survival_columns(frame, self.time, self.event)
@@ -252,14 +298,26 @@ class LogRank(Algorithm):
         if self.strata is not None:
             assert self.strata_levels is not None
             stratum = level_codes(frame, self.strata, self.strata_levels)
-        if self.stratify_by_site:
-            assert self.sites is not None
-            stratum = stratum * len(self.sites) + site_code(data.site, self.sites)
+        if self.stratify_by_site and self.sites is not None:
+            site_code(data.site, self.sites)  # a site not declared by the study refuses
         codes = stratum * n_groups + level_codes(frame, self.group, self.groups)
-        n_codes = self._n_strata * n_groups
-        events, at_risk = grid_counts(idx, e, grid.size, codes, n_codes)
+        events, at_risk = grid_counts(idx, e, grid.size, codes, self._n_strata * n_groups)
+        if not self.stratify_by_site:
+            return Contribution(
+                {"events": events.ravel(), "at_risk": at_risk.ravel()},
+                cohort=len(t),
+                count_arrays=frozenset({"events", "at_risk"}),
+            )
+        shape = (self._n_strata, n_groups, grid.size)
+        comp = logrank_components(events.reshape(shape), at_risk.reshape(shape))
         return Contribution(
-            {"events": events.ravel(), "at_risk": at_risk.ravel()},
+            {
+                "observed": comp["observed"],
+                "n": comp["n"],
+                "strata": comp["strata"],
+                **split("expected", comp["expected"]),
+                **split("variance", comp["variance"]),
+            },
             cohort=len(t),
-            count_arrays=frozenset({"events", "at_risk"}),
+            count_arrays=frozenset({"observed", "n"}),
         )
