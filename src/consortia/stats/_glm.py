@@ -84,6 +84,20 @@ class Standardizer:
         """Centre and scale the columns of ``x``."""
         return (x - self.centre) / self.scale
 
+    def design_map(self) -> np.ndarray:
+        """``M`` with ``[1, apply(x)] == [1, x] @ M``.
+
+        It maps a Gram matrix of ``[1, x]`` to that of the standardised design
+        (``M.T @ G @ M``) and standardised coefficients back to the original
+        scale (``M @ beta``, ``M @ cov @ M.T``).
+        """
+        k = self.centre.size + 1
+        m = np.zeros((k, k))
+        m[0, 0] = 1.0
+        m[0, 1:] = -self.centre / self.scale
+        m[1:, 1:] = np.diag(1.0 / self.scale)
+        return m
+
 
 def moments(x: np.ndarray) -> dict[str, np.ndarray]:
     """A site's first-moment contribution: ``n``, ``sum(x)`` and ``sum(x**2)`` (two-word)."""

@@ -161,11 +161,7 @@ class LinearRegression(Algorithm):
         sigma2_z = rss_z / df
         # back to original units: y = m_y + s_y * (b0 + sum b_j (x_j - m_j) / s_j)
         m_y, s_y = std.centre[0], std.scale[0]
-        m_x, s_x = std.centre[1:], std.scale[1:]
-        t_map = np.zeros((k, k))
-        t_map[0, 0] = s_y
-        t_map[0, 1:] = -s_y * m_x / s_x
-        t_map[1:, 1:] = np.diag(s_y / s_x)
+        t_map = s_y * Standardizer(std.centre[1:], std.scale[1:]).design_map()
         coef = t_map @ b
         coef[0] += m_y
         cov = t_map @ (sigma2_z * zz_inv) @ t_map.T

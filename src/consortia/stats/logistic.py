@@ -203,11 +203,7 @@ class LogisticRegression(Algorithm):
             )
         idx = [0, *range(2, k + 1)]
         std = Standardizer.from_moments(n, gram[0, 2:], np.diag(gram)[2:])
-        # z = x_tilde @ m_map for x_tilde = [1, x]: centred and scaled design
-        m_map = np.zeros((k, k))
-        m_map[0, 0] = 1.0
-        m_map[0, 1:] = -std.centre / std.scale
-        m_map[1:, 1:] = np.diag(1.0 / std.scale)
+        m_map = std.design_map()  # [1, x] -> centred and scaled design
         zz = m_map.T @ gram[np.ix_(idx, idx)] @ m_map
         zy = m_map.T @ gram[idx, 1]
         # ridge on the original scale -> diag(lambda / s_j**2) on the standardised one
@@ -273,12 +269,8 @@ class LogisticRegression(Algorithm):
             g_ll, h_ll = join(sums, "grad"), join(sums, "hess")
         # second-order correction of the log-likelihood to the final coefficients
         ll += float(step @ (g_ll - 0.5 * h_ll @ step))
-        t_map = np.zeros((k, k))
-        t_map[0, 0] = 1.0
-        t_map[0, 1:] = -std.centre / std.scale
-        t_map[1:, 1:] = np.diag(1.0 / std.scale)
-        coef = t_map @ beta
-        cov = t_map @ np.linalg.inv(hess) @ t_map.T
+        coef = m_map @ beta
+        cov = m_map @ np.linalg.inv(hess) @ m_map.T
         se = np.sqrt(np.diag(cov))
         z = coef / se
         q = sps.norm.ppf(0.975)
