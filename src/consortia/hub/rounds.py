@@ -29,7 +29,6 @@ from consortia.hub.queries import HubError
 from consortia.hub.state import (
     LiveRound,
     LiveStudy,
-    masked_sum,
     restore_aggregator,
 )
 from consortia.hub.statements import ACC, STUDIES
@@ -157,7 +156,7 @@ class RoundHandling:
                         study_id,
                         rnd.index,
                         attempt,
-                        masked_sum(live.agg),
+                        live.agg.masked_sum,
                         first=not rnd.received,
                     )
                     self._set_task(s, live, node, "contributed")

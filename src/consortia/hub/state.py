@@ -25,7 +25,7 @@ from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.wire import unpack_arrays
 
-__all__ = ["LiveRound", "LiveStudy", "load_live", "masked_sum", "restore_aggregator"]
+__all__ = ["LiveRound", "LiveStudy", "load_live", "restore_aggregator"]
 
 
 @dataclass
@@ -58,14 +58,6 @@ class LiveStudy:
     deadline: float
     agg: SecureAggregator | None = None
     agg_attempt: int = -1
-
-
-def masked_sum(agg: SecureAggregator) -> np.ndarray:
-    """The aggregator's running masked sum."""
-    total = agg.masked_sum
-    if total is None:
-        raise ProtocolError("no contribution has been added yet")
-    return total
 
 
 def restore_aggregator(
