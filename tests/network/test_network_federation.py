@@ -15,7 +15,7 @@ from netutil import start_federation, toy_frame, wait_until
 from consortia import Simulation
 from consortia.audit import AuditLog
 from consortia.errors import PolicyError, StudyFailed
-from consortia.node import NodeAgent
+from consortia.node import DatasetConfig, NodeAgent, NodeConfig
 from consortia.node.store import NodeStore
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
@@ -178,25 +178,30 @@ def test_node_policy_refusal_fails_the_study_with_the_rule(fedn):
     assert res.n == sum(len(d.frame) for d in fedn.sites().values())
 
 
-def test_malformed_payloads_are_refused_and_the_study_survives(fedn, tmp_path):
-    """In-process node agents on dataset 'manual': the test posts bad payloads between steps."""
-    from consortia.node import DatasetConfig, NodeConfig
-
+def _in_process_agents(fed, tmp_path, dataset: str, seed: int, n_rows: int) -> list[NodeAgent]:
+    """Three enrolled in-process node agents holding ``dataset`` (the test drives them)."""
     agents = []
     for i in range(3):
-        csv = tmp_path / f"m{i}.csv"
-        toy_frame(10 + i, 30).to_csv(csv, index=False)
+        csv = tmp_path / f"{dataset}{i}.csv"
+        toy_frame(seed + i, n_rows).to_csv(csv, index=False)
         cfg = NodeConfig(
-            name=f"manual{i}",
-            hub=fedn.hub.url,
-            data_dir=tmp_path / f"m{i}",
-            datasets=(DatasetConfig(name="manual", path=csv, policy=Policy()),),
+            name=f"{dataset}{i}",
+            hub=fed.hub.url,
+            data_dir=tmp_path / f"{dataset}{i}",
+            datasets=(DatasetConfig(name=dataset, path=csv, policy=Policy()),),
             poll_wait=1,
         )
         agent = NodeAgent(cfg)
-        agent.enrol(fedn.hub.create_token("enrolment", cfg.name))
+        agent.enrol(fed.hub.create_token("enrolment", cfg.name))
         agent.publish()
         agents.append(agent)
+    return agents
+
+
+def test_malformed_payloads_are_refused_and_the_study_survives(fedn, tmp_path):
+    """In-process node agents on dataset 'manual': the test posts bad payloads between steps."""
+
+    agents = _in_process_agents(fedn, tmp_path, "manual", 10, 30)
     try:
         algo = VectorSum(size=5, rounds=1)
         sid = fedn.fed.submit(algo, dataset="manual")
@@ -248,24 +253,9 @@ def test_malformed_payloads_are_refused_and_the_study_survives(fedn, tmp_path):
 
 
 def test_idempotent_retry_is_not_double_counted(fedn, tmp_path):
-    from consortia.node import DatasetConfig, NodeConfig
     from consortia.wire import pack_arrays
 
-    agents = []
-    for i in range(3):
-        csv = tmp_path / f"r{i}.csv"
-        toy_frame(20 + i, 25).to_csv(csv, index=False)
-        cfg = NodeConfig(
-            name=f"retry{i}",
-            hub=fedn.hub.url,
-            data_dir=tmp_path / f"r{i}",
-            datasets=(DatasetConfig(name="retry", path=csv, policy=Policy()),),
-            poll_wait=1,
-        )
-        a = NodeAgent(cfg)
-        a.enrol(fedn.hub.create_token("enrolment", cfg.name))
-        a.publish()
-        agents.append(a)
+    agents = _in_process_agents(fedn, tmp_path, "retry", 20, 25)
     try:
         algo = VectorSum(size=4, rounds=1)
         sid = fedn.fed.submit(algo, dataset="retry")
@@ -379,24 +369,9 @@ def test_cancel_stops_a_running_study(fedn):
 
 def test_a_node_refuses_a_substituted_peer_key(fedn, tmp_path):
     """A hub that swaps a peer's masking key (to learn a pairwise mask) is refused."""
-    from consortia.node import DatasetConfig, NodeConfig
     from consortia.privacy.keys import SiteIdentity
 
-    agents = []
-    for i in range(3):
-        csv = tmp_path / f"k{i}.csv"
-        toy_frame(30 + i, 25).to_csv(csv, index=False)
-        cfg = NodeConfig(
-            name=f"keys{i}",
-            hub=fedn.hub.url,
-            data_dir=tmp_path / f"k{i}",
-            datasets=(DatasetConfig(name="keys", path=csv, policy=Policy()),),
-            poll_wait=1,
-        )
-        a = NodeAgent(cfg)
-        a.enrol(fedn.hub.create_token("enrolment", cfg.name))
-        a.publish()
-        agents.append(a)
+    agents = _in_process_agents(fedn, tmp_path, "keys", 30, 25)
     try:
         sid = fedn.fed.submit(VectorSum(size=2, rounds=2), dataset="keys")
         for a in agents:  # round 0 contributions: each node binds its peers' identities
