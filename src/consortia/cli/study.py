@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -27,11 +29,16 @@ _ca = click.option(
 )
 
 
-def _connect(hub: str, token: str, ca: str | None):
+@contextmanager
+def _connect(hub: str, token: str, ca: str | None) -> Iterator[Any]:
+    """A connected federation; consortia errors become one-line CLI errors (with the rule)."""
     from consortia.sdk import connect
 
     try:
-        return connect(hub, token, ca=ca)
+        with connect(hub, token, ca=ca) as fed:
+            yield fed
+    except PolicyError as exc:
+        raise click.ClickException(f"{exc} (rule: {exc.rule})") from exc
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -107,19 +114,14 @@ def submit(
         raise click.ClickException(str(exc)) from exc
     console = Console()
     with _connect(hub, token, ca) as fed:
-        try:
-            sid = fed.submit(algo, dataset=dataset, nodes=list(nodes) or None)
-            click.echo(sid)
-            if not wait:
-                return
-            st = _follow(fed, sid, timeout)
-            if st.status != "finished":
-                fed.result(sid)  # raises with the reason
-            _show(fed.result(sid, algo), console)
-        except PolicyError as exc:
-            raise click.ClickException(f"{exc} (rule: {exc.rule})") from exc
-        except ConsortiaError as exc:
-            raise click.ClickException(str(exc)) from exc
+        sid = fed.submit(algo, dataset=dataset, nodes=list(nodes) or None)
+        click.echo(sid)
+        if not wait:
+            return
+        st = _follow(fed, sid, timeout)
+        if st.status != "finished":
+            fed.result(sid)  # raises with the reason
+        _show(fed.result(sid, algo), console)
 
 
 @command.command("status")
@@ -131,10 +133,7 @@ def submit(
 def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool) -> None:
     """Print a study's state (as JSON)."""
     with _connect(hub, token, ca) as fed:
-        try:
-            st = _follow(fed, study_id, None) if follow else fed.status(study_id)
-        except ConsortiaError as exc:
-            raise click.ClickException(str(exc)) from exc
+        st = _follow(fed, study_id, None) if follow else fed.status(study_id)
         click.echo(json.dumps(st.raw, indent=2))
 
 
@@ -146,12 +145,7 @@ def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool) ->
 def result(hub: str, token: str, ca: str | None, study_id: str) -> None:
     """Print a finished study's result (rebuilt from its aggregated sums)."""
     with _connect(hub, token, ca) as fed:
-        try:
-            _show(fed.result(study_id), Console())
-        except PolicyError as exc:
-            raise click.ClickException(f"{exc} (rule: {exc.rule})") from exc
-        except ConsortiaError as exc:
-            raise click.ClickException(str(exc)) from exc
+        _show(fed.result(study_id), Console())
 
 
 @command.command("cancel")
@@ -162,8 +156,5 @@ def result(hub: str, token: str, ca: str | None, study_id: str) -> None:
 def cancel(hub: str, token: str, ca: str | None, study_id: str) -> None:
     """Cancel a running study."""
     with _connect(hub, token, ca) as fed:
-        try:
-            st = fed.cancel(study_id)
-        except ConsortiaError as exc:
-            raise click.ClickException(str(exc)) from exc
+        st = fed.cancel(study_id)
         click.echo(f"{study_id}: {st.status}")
