@@ -126,12 +126,36 @@ class Contribution:
         The number of model parameters this contribution helps estimate (0 for a
         descriptive statistic); checked against the node's maximum
         parameters-per-sample ratio.
+    rows
+        Which rows of ``data.frame`` the contribution was computed from: integer
+        positions or a boolean mask.  ``None`` means every row.  The node records
+        the cohort (as row identities kept at the node) and refuses a release
+        whose cohort differs from an earlier one by a few patients.
+    noise
+        Array name -> standard deviation of the Gaussian noise that the *sum* of
+        this array must carry (differential privacy).  The runtime, not the
+        algorithm, adds each site's share of discrete Gaussian noise before the
+        secure sum; such arrays must hold integers.  Their cells are protected by
+        the noise and exempt from the per-site small-cell rule.
+    planned
+        Count arrays whose cells in the released *sum* the algorithm itself
+        guarantees to hold at least the node's minimum count (for example a time
+        grid planned from a differentially private count and verified in
+        ``local()``); exempt from the per-site small-cell rule.
+    per_site
+        True when the arrays put this site's values in a slot of their own (so
+        the "sum" reveals them): refused unless the node's policy allows
+        per-site releases.
     """
 
     arrays: Mapping[str, np.ndarray]
     cohort: int
     count_arrays: frozenset[str] = frozenset()
     n_parameters: int = 0
+    rows: Any = None
+    noise: Mapping[str, float] = field(default_factory=dict)
+    planned: frozenset[str] = frozenset()
+    per_site: bool = False
 
     def __post_init__(self) -> None:
         if not self.arrays:
@@ -153,6 +177,33 @@ class Contribution:
         object.__setattr__(self, "count_arrays", counts)
         if int(self.n_parameters) != self.n_parameters or self.n_parameters < 0:
             raise ValidationError("Contribution.n_parameters must be a non-negative integer")
+        if self.rows is not None:
+            rows = np.asarray(self.rows)
+            if rows.ndim != 1 or not (rows.dtype == bool or rows.dtype.kind in "iu"):
+                raise ValidationError(
+                    "Contribution.rows must be a 1-D array of row positions or a boolean mask"
+                )
+            object.__setattr__(self, "rows", rows)
+        noise = {}
+        for k, v in dict(self.noise).items():
+            if k not in arrays:
+                raise ValidationError(f"noise names array {k!r} that is not in the contribution")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not np.isfinite(v)
+                or v < 0
+            ):
+                raise ValidationError(f"noise for array {k!r} must be a finite std >= 0")
+            if not np.array_equal(arrays[k], np.rint(arrays[k])):
+                raise ValidationError(f"noisy array {k!r} must hold integers")
+            noise[k] = float(v)
+        object.__setattr__(self, "noise", MappingProxyType(noise))
+        planned = frozenset(self.planned)
+        if not planned <= counts:
+            raise ValidationError("planned must name count arrays of the contribution")
+        object.__setattr__(self, "planned", planned)
+        object.__setattr__(self, "per_site", bool(self.per_site))
 
 
 Coordination = Generator[Round, Sums, Any]
@@ -175,6 +226,16 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
         """Site side: compute this site's contribution to ``step``."""
+
+    def privacy_cost(self) -> tuple[float, float]:
+        """The ``(epsilon, delta)`` the whole study spends at each site's dataset.
+
+        ``(0.0, 0.0)`` for an exact algorithm (the default).  An algorithm that
+        declares noise in its contributions overrides this; the node charges it to
+        the researcher's budget *before* the study's first round runs, and the
+        noise it declares must match (see :mod:`consortia.privacy.dp`).
+        """
+        return (0.0, 0.0)
 
     def spec(self) -> dict[str, Any]:
         """Return the JSON-serialisable description ``{"name", "params"}`` of this algorithm."""
