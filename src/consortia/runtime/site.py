@@ -9,6 +9,7 @@ import pandas as pd
 
 from consortia.data.dataset import Dataset, as_dataset
 from consortia.errors import PolicyError, ValidationError
+from consortia.privacy.dp import add_noise
 from consortia.privacy.keys import PeerKey, SiteIdentity
 from consortia.privacy.policy import Policy
 from consortia.privacy.secagg import Ledger, MaskedContribution, SecureSite
@@ -115,7 +116,10 @@ class SiteWorker:
     def contribute(self, task: Task) -> MaskedContribution:
         """Answer a task: policy, compute, encode and mask.  Only the masked vector leaves."""
         contribution = self.compute(task)
-        return self.secure.mask(task.context, contribution.arrays)
+        arrays = contribution.arrays
+        if contribution.noise:  # this site's share of the sum's DP noise, before masking
+            arrays = add_noise(arrays, contribution.noise, len(task.participants))
+        return self.secure.mask(task.context, arrays)
 
     def reveal(self, task: Task) -> bytes:
         """Release the self-mask seed of the task's attempt (once every vector is in)."""
