@@ -142,6 +142,10 @@ class Contribution:
         guarantees to hold at least the node's minimum count (for example a time
         grid planned from a differentially private count and verified in
         ``local()``); exempt from the per-site small-cell rule.
+    planned_min
+        The smallest non-zero cell that the plan guarantees in the released sum of
+        the ``planned`` arrays; the node refuses a plan that promises less than its
+        ``min_cell_count``.
     per_site
         True when the arrays put this site's values in a slot of their own (so
         the "sum" reveals them): refused unless the node's policy allows
@@ -155,6 +159,7 @@ class Contribution:
     rows: Any = None
     noise: Mapping[str, float] = field(default_factory=dict)
     planned: frozenset[str] = frozenset()
+    planned_min: int = 0
     per_site: bool = False
 
     def __post_init__(self) -> None:
@@ -203,6 +208,10 @@ class Contribution:
         if not planned <= counts:
             raise ValidationError("planned must name count arrays of the contribution")
         object.__setattr__(self, "planned", planned)
+        if isinstance(self.planned_min, bool) or int(self.planned_min) != self.planned_min:
+            raise ValidationError("Contribution.planned_min must be an integer")
+        if planned and self.planned_min < 1:
+            raise ValidationError("planned count arrays need planned_min >= 1")
         object.__setattr__(self, "per_site", bool(self.per_site))
 
 
