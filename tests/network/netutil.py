@@ -19,6 +19,7 @@ import pandas as pd
 from consortia.data import load_dataset
 from consortia.hub import HubProcess
 from consortia.node import DatasetConfig, NodeConfig, NodeProcess
+from consortia.node.identity import mutual_pins
 from consortia.privacy.policy import Policy
 from consortia.sdk import RemoteFederation, connect
 
@@ -128,6 +129,7 @@ def start_federation(
         db, node_timeout=node_timeout, max_payload=max_payload, log=root / "hub.log"
     ).start()
     nodes, configs = {}, {}
+    pins = mutual_pins({f"site{i}": root / f"site{i}" for i in range(n_nodes)})
     try:
         for i in range(n_nodes):
             name = f"site{i}"
@@ -154,6 +156,7 @@ def start_federation(
                 data_dir=root / name,
                 datasets=tuple(datasets),
                 poll_wait=10,
+                peers=pins[name],
             )
             configs[name] = cfg
             token = hub.create_token("enrolment", name)

@@ -159,10 +159,19 @@ def test_deployment_guide_end_to_end_over_tls(tmp_path, procs):
             )
         )
         frames[name] = site
-    for p in enrols:
+    fingerprints = {}
+    for name, p in zip(frames, enrols, strict=True):
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
         assert "identity fingerprint:" in out
+        fingerprints[name] = out.split("identity fingerprint:")[1].split()[0]
+    # the owners exchange fingerprints and each pins the others (docs/deployment.md 2.2)
+    for name, site in frames.items():
+        for other, fp in fingerprints.items():
+            if other != name:
+                cli("node", "peers", "add", "--config", "node.toml", other, fp, cwd=site)
+        listed = cli("node", "peers", "list", "--config", "node.toml", cwd=site).stdout
+        assert all(fingerprints[o] in listed for o in frames if o != name)
     for site in frames.values():
         assert (site / "state" / "credential").stat().st_mode & 0o777 == 0o600
         assert (site / "state" / "identity.key").stat().st_mode & 0o777 == 0o600

@@ -16,6 +16,7 @@ from consortia import Simulation
 from consortia.audit import AuditLog
 from consortia.errors import PolicyError, StudyFailed
 from consortia.node import DatasetConfig, NodeAgent, NodeConfig
+from consortia.node.identity import mutual_pins
 from consortia.node.store import NodeStore
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
@@ -181,6 +182,7 @@ def test_node_policy_refusal_fails_the_study_with_the_rule(fedn):
 def _in_process_agents(fed, tmp_path, dataset: str, seed: int, n_rows: int) -> list[NodeAgent]:
     """Three enrolled in-process node agents holding ``dataset`` (the test drives them)."""
     agents = []
+    pins = mutual_pins({f"{dataset}{i}": tmp_path / f"{dataset}{i}" for i in range(3)})
     for i in range(3):
         csv = tmp_path / f"{dataset}{i}.csv"
         toy_frame(seed + i, n_rows).to_csv(csv, index=False)
@@ -190,6 +192,7 @@ def _in_process_agents(fed, tmp_path, dataset: str, seed: int, n_rows: int) -> l
             data_dir=tmp_path / f"{dataset}{i}",
             datasets=(DatasetConfig(name=dataset, path=csv, policy=Policy()),),
             poll_wait=1,
+            peers=pins[f"{dataset}{i}"],
         )
         agent = NodeAgent(cfg)
         agent.enrol(fed.hub.create_token("enrolment", cfg.name))

@@ -57,24 +57,42 @@ def test_a_restarted_node_sends_the_same_masked_vector(tmp_path):
     np.testing.assert_allclose(agg.finish(seeds)["x"], 3 * np.arange(4.0))
 
 
+def test_unpinned_peers_are_not_trusted_by_default(tmp_path):
+    store = NodeStore(tmp_path / "n")
+    b, c = SiteIdentity.generate(), SiteIdentity.generate()
+    peers = (b.peer_key("b"), c.peer_key("c"))
+    # trust on first use is off: a peer nobody pinned is not trusted (a hub cannot enrol one)
+    assert store.check_peers(peers, {}) == {}
+    assert store.check_peers(peers, {"b": fingerprint(b.identity_public)}) == {
+        "b": b.identity_public
+    }
+    # pins added by the owner (`consortia node peers add`) live in the node's database
+    store.pins.add("c", fingerprint(c.identity_public))
+    assert store.pins.all() == {"c": fingerprint(c.identity_public)}
+    assert store.pins.remove("c") and not store.pins.remove("c")
+    store.close()
+
+
 def test_peer_identity_trust_on_first_use_and_pinning(tmp_path):
     store = NodeStore(tmp_path / "n")
     b, c = SiteIdentity.generate(), SiteIdentity.generate()
     peers = (b.peer_key("b"), c.peer_key("c"))
-    trusted = store.check_peers(peers, {})
+    tofu = {"trust_on_first_use": True}
+    trusted = store.check_peers(peers, {}, **tofu)
     assert trusted == {"b": b.identity_public, "c": c.identity_public}
     # a hub substituting another identity (and masking key) for b is refused, even after a restart
     evil = SiteIdentity.generate().peer_key("b")
     with pytest.raises(KeyVerificationError, match="changed since it was first seen"):
-        store.check_peers((evil, c.peer_key("c")), {})
+        store.check_peers((evil, c.peer_key("c")), {}, **tofu)
     store.close()
     store = NodeStore(tmp_path / "n")
     with pytest.raises(KeyVerificationError, match="'b'"):
-        store.check_peers((evil,), {})
-    # a pinned fingerprint wins over first use
-    with pytest.raises(KeyVerificationError, match="pinned"):
-        store.check_peers((c.peer_key("c"),), {"c": fingerprint(b.identity_public)})
-    assert store.check_peers((c.peer_key("c"),), {"c": fingerprint(c.identity_public)})
+        store.check_peers((evil,), {}, **tofu)
+    # a pinned fingerprint wins over first use, with or without it
+    for kw in (tofu, {}):
+        with pytest.raises(KeyVerificationError, match="pinned"):
+            store.check_peers((c.peer_key("c"),), {"c": fingerprint(b.identity_public)}, **kw)
+        assert store.check_peers((c.peer_key("c"),), {"c": fingerprint(c.identity_public)}, **kw)
     store.close()
 
 

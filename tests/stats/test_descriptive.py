@@ -113,7 +113,9 @@ def test_count_small_missing_cell_is_refused(clinic_sites):
     clinic_sites["h2"].loc[0:1, "age"] = np.nan  # 2 missing at one site
     with pytest.raises(PolicyError, match="min_cell_count") as err:
         Simulation(clinic_sites).run(Count(columns=("age",)))
-    assert err.value.rule == "min_cell_count" and err.value.site == "h2"
+    assert (
+        err.value.rule == "min_cell_count" and err.value.site is None
+    )  # data-dependent: the site is not named
 
 
 # --------------------------------------------------------------------------- histogram
@@ -137,7 +139,9 @@ def test_histogram_site_with_small_bin_is_refused(clinic_sites):
     algo = Histogram(column="age", edges=(0.0, 60.0, 100.0, 120.0), suppress_below=0)
     with pytest.raises(PolicyError, match="min_cell_count") as err:
         Simulation(clinic_sites).run(algo)
-    assert err.value.rule == "min_cell_count" and err.value.site == "h1"
+    assert (
+        err.value.rule == "min_cell_count" and err.value.site is None
+    )  # data-dependent: the site is not named
     # the same study passes where the nodes allow cells of 1
     res = Simulation(clinic_sites, policy=Policy(min_cell_count=1)).run(algo)
     assert res.counts[2] == 3
@@ -195,7 +199,9 @@ def test_crosstab_suppresses_small_pooled_cells(clinic_sites):
     )
     with pytest.raises(PolicyError, match="min_cell_count") as err:
         Simulation(clinic_sites).run(algo)
-    assert err.value.rule == "min_cell_count" and err.value.site == "h0"
+    assert (
+        err.value.rule == "min_cell_count" and err.value.site is None
+    )  # data-dependent: the site is not named
     res = Simulation(clinic_sites, policy=Policy(min_cell_count=1)).run(algo)
     small = res.suppressed[1]
     assert small.any() and np.isnan(res.counts[1][small]).all()

@@ -103,7 +103,9 @@ def test_tcga_39_covariates_refused_by_canada(tcga):
     algo = LinearRegression(outcome="T", covariates=tcga.covariates)
     with pytest.raises(PolicyError, match="max_params_per_sample") as err:
         Simulation(tcga.sites("train")).run(algo)
-    assert err.value.rule == "max_params_per_sample" and err.value.site == "Canada"
+    assert (
+        err.value.rule == "max_params_per_sample" and err.value.site is None
+    )  # data-dependent: the site is not named
 
 
 def test_ols_dropna_matches_statsmodels_missing_drop(toy_sites):

@@ -138,7 +138,9 @@ def test_tcga_39_covariates_refused_by_canada(tcga):
     algo = LogisticRegression(outcome="E", covariates=tcga.covariates, penalty=1.0)
     with pytest.raises(PolicyError, match="max_params_per_sample") as err:
         Simulation(tcga.sites("train")).run(algo)
-    assert err.value.rule == "max_params_per_sample" and err.value.site == "Canada"
+    assert (
+        err.value.rule == "max_params_per_sample" and err.value.site is None
+    )  # data-dependent: the site is not named
 
 
 def test_site_with_one_class(toy_sites):

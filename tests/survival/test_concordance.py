@@ -18,7 +18,7 @@ from consortia.survival.concordance import (
     harrell_pair_counts,
 )
 
-OPEN = Policy(min_cell_count=1)
+OPEN = Policy(min_cell_count=1, allow_per_site=True)  # these tests ask for per-site C
 COVS = ("x1", "x2", "x3")
 BETA = (0.7, -0.4, 0.35)
 
@@ -127,7 +127,9 @@ def test_tcga_brca_test_set_with_a_ridge_cox_model(shared_data) -> None:
         sites=tuple(sites),
         exact_times=True,
     )
-    res = Simulation(sites, policy=Policy(min_cell_count=1, min_cohort_size=10)).run(algo)
+    res = Simulation(
+        sites, policy=Policy(min_cell_count=1, min_cohort_size=10, allow_per_site=True)
+    ).run(algo)
     ref = reference(sites, covs, beta)
     assert abs(res.c_index - ref) <= res.error_bound + 1e-12
     assert res.error_bound <= 1e-4  # refinement resolves the cross-site ties of score bins
@@ -266,7 +268,9 @@ def test_random_small_cohorts_with_tied_times(seed: int) -> None:
         )
         for i, n in enumerate(rng.integers(15, 60, 3))
     }
-    res = Simulation(sites, policy=Policy(min_cell_count=1, min_cohort_size=1)).run(
+    res = Simulation(
+        sites, policy=Policy(min_cell_count=1, min_cohort_size=1, allow_per_site=True)
+    ).run(
         Concordance(
             time="T",
             event="E",
@@ -279,3 +283,19 @@ def test_random_small_cohorts_with_tied_times(seed: int) -> None:
     ref = reference(sites, ("x1", "x2"), (0.5, -1.0))
     assert res.error_bound == 0.0
     assert res.c_index == pytest.approx(ref, rel=1e-12)
+
+
+def test_per_site_concordance_is_refused_unless_the_owner_allows_it() -> None:
+    sites = risk_sites()
+    algo = Concordance(
+        time="T",
+        event="E",
+        covariates=COVS,
+        coefficients=BETA,
+        time_grid=day_grid(1500),
+        score_bins=64,
+        sites=tuple(sites),
+    )
+    with pytest.raises(PolicyError, match="allow_per_site") as err:
+        Simulation(sites, policy=Policy(min_cell_count=1)).run(algo)
+    assert err.value.rule == "allow_per_site"

@@ -48,6 +48,7 @@ from consortia.demo.studies import (
 from consortia.errors import ConsortiaError, ValidationError
 from consortia.hub import HubProcess
 from consortia.node import DatasetConfig, NodeConfig, NodeProcess
+from consortia.node.identity import mutual_pins
 from consortia.sdk import RemoteFederation, connect
 
 __all__ = [
@@ -197,6 +198,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _write_nodes(data: DemoData, root: Path, hub_url: str) -> dict[str, Path]:
     """Write each node's data file and TOML configuration; return name -> TOML path."""
     out = {}
+    # every owner pins the others' identity fingerprints (no trust on first use)
+    pins = mutual_pins({name: root / "nodes" / name / "state" for name in data.sites})
     for name, frame in data.sites.items():
         folder = root / "nodes" / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -212,6 +215,7 @@ def _write_nodes(data: DemoData, root: Path, hub_url: str) -> dict[str, Path]:
                 ),
             ),
             poll_wait=20.0,
+            peers=pins[name],
         )
         out[name] = cfg.write(folder / "node.toml")
     return out

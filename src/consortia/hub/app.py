@@ -453,7 +453,15 @@ def create_app(settings: HubSettings) -> FastAPI:
         study_id: str, round_index: int, attempt: int, body: RefusalRequest, who: Node
     ) -> dict[str, Any]:
         """Report that this node's policy refused the task (the study fails naming the rule)."""
-        return studies.refuse(who.name, study_id, round_index, attempt, body.rule, body.message)
+        return studies.refuse(
+            who.name,
+            study_id,
+            round_index,
+            attempt,
+            body.rule,
+            body.message,
+            anonymous=body.anonymous,
+        )
 
     # ---------------------------------------------------------------- studies
 

@@ -284,9 +284,21 @@ class RoundHandling:
         self._bump(live.members, live.id)
 
     def refuse(
-        self, node: str, study_id: str, round_index: int, attempt: int, rule: str, message: str
+        self,
+        node: str,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        rule: str,
+        message: str,
+        *,
+        anonymous: bool = False,
     ) -> dict[str, Any]:
-        """A node's policy (or privacy layer) refused the task: the study fails naming the rule."""
+        """A node's policy (or privacy layer) refused the task: the study fails naming the rule.
+
+        With ``anonymous`` (a rule that depends on the data), the study's reason does not
+        name the site; the hub's audit log keeps it.
+        """
         with self.lock:
             live = self._live_for(node, study_id)
             if live is None:
@@ -297,10 +309,16 @@ class RoundHandling:
             with Session(self.engine) as s:
                 study = s.get(StudyRow, study_id)
                 assert study is not None
-                study.error_site, study.error_detail = node, message
-                reason = f"site {node!r}: policy rule {rule!r} refused the release: {message}"
+                study.error_site, study.error_detail = (None if anonymous else node), message
+                where = "one of the sites" if anonymous else f"site {node!r}"
+                reason = f"{where}: policy rule {rule!r} refused the release: {message}"
                 self._fail(s, study, reason, rule)
                 s.commit()
+            self._later(
+                f"node:{node}",
+                "study.refused",
+                {"study": study_id, "round": round_index, "rule": rule, "anonymous": anonymous},
+            )
             self._flush_audit()
             return {"status": "failed"}
 

@@ -92,6 +92,8 @@ class RefusalRequest(_Strict):
 
     rule: str = Field(min_length=1, max_length=64)
     message: str = Field(max_length=2000)
+    anonymous: bool = False
+    """True when the rule depends on the data: the researcher is not told which site refused."""
 
 
 class CatalogueRequest(_Strict):

@@ -148,6 +148,7 @@ class NodeAgent:
                 policies=policies,
                 identity=self.identity,
                 ledger=self.store.ledger,
+                releases=self.store.releases,
             )
         return self._worker
 
@@ -251,7 +252,11 @@ class NodeAgent:
                 time.sleep(delay)
         return None
 
-    def _refuse(self, task: Task, rule: str, message: str) -> None:
+    def pins(self) -> dict[str, str]:
+        """The peers this node's owner trusts: ``[peers]`` merged with the CLI's pins."""
+        return {**self.store.pins.all(), **self._pinned}
+
+    def _refuse(self, task: Task, rule: str, message: str, *, anonymous: bool = False) -> None:
         self.store.audit.append(
             f"node:{self.config.name}",
             "refusal",
@@ -265,7 +270,8 @@ class NodeAgent:
                 "rule": rule,
             },
         )
-        body = json.dumps({"rule": rule, "message": message[:2000]}).encode()
+        refusal = {"rule": rule, "message": message[:2000], "anonymous": anonymous}
+        body = json.dumps(refusal).encode()
         self._post(self._path(task, "refusal"), body)
 
     def handle(self, msg: Mapping[str, Any], *, follow: float | None = None) -> list[dict]:
@@ -284,12 +290,25 @@ class NodeAgent:
         actor = f"node:{self.config.name}"
         reveal = msg.get("kind") == "reveal"
         refusal: tuple[str, str] | None = None
+        anonymous = False
         # the task's ledger change and its audit entry commit together, before anything leaves
         with self.store.ledger.deferred():
             try:
-                trusted = self.store.check_peers(task.participants, self._pinned)
-                if any(self._trusted.get(k) != v for k, v in trusted.items()):
-                    self._trusted.update(trusted)
+                trusted = self.store.check_peers(
+                    task.participants,
+                    self.pins(),
+                    trust_on_first_use=self.config.trust_on_first_use,
+                )
+                changed = False
+                for p in task.participants:  # pins may change while the node runs
+                    want = trusted.get(p.site)
+                    if self._trusted.get(p.site) != want:
+                        changed = True
+                        if want is None:
+                            self._trusted.pop(p.site, None)
+                        else:
+                            self._trusted[p.site] = want
+                if changed:
                     worker.set_trusted(self._trusted)
                 if reveal:
                     seed = worker.reveal(task)
@@ -297,6 +316,7 @@ class NodeAgent:
                     masked = worker.contribute(task)
             except PolicyError as err:
                 refusal = (err.rule, err.detail)
+                anonymous = err.site is None  # a data-dependent rule: the site is not named
             except ConsortiaError as err:
                 refusal = (type(err).__name__, str(err))
             else:
@@ -306,7 +326,7 @@ class NodeAgent:
                 else:
                     self.store.record(actor, "release", self._release(worker, task, masked))
         if refusal is not None:
-            self._refuse(task, *refusal)
+            self._refuse(task, *refusal, anonymous=anonymous)
             return []
         if reveal:
             body = json.dumps({"seed": seed.hex()}).encode()

@@ -10,8 +10,10 @@ Example (every path may be relative to the TOML file's folder)::
     poll_wait = 20                          # long-poll seconds (optional)
     fsync = true                            # fsync the ledger and audit log on every write
 
-    [peers]                                 # optional: pinned identity fingerprints
-    hospital-b = "3f1c...64 hex..."         # (else trust on first use, remembered)
+    trust_on_first_use = false              # default: only pinned peers are trusted
+
+    [peers]                                 # the peers this owner trusts: pinned identity
+    hospital-b = "3f1c...64 hex..."         # fingerprints (or `consortia node peers add`)
 
     [datasets.cohort]
     path = "/data/cohort.csv"               # CSV, TSV or Parquet
@@ -64,6 +66,7 @@ class NodeConfig:
     peers: Mapping[str, str] = field(default_factory=dict)
     poll_wait: float = 20.0
     fsync: bool = True
+    trust_on_first_use: bool = False
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
@@ -74,6 +77,7 @@ class NodeConfig:
             f"data_dir = {_q(str(self.data_dir))}",
             f"poll_wait = {self.poll_wait}",
             f"fsync = {_toml_value(self.fsync)}",
+            f"trust_on_first_use = {_toml_value(self.trust_on_first_use)}",
             "",
         ]
         if self.peers:
@@ -148,7 +152,15 @@ def load_config(path: str | Path) -> NodeConfig:
     node = raw.get("node")
     if not isinstance(node, dict):
         raise ValidationError(f"{path} needs a [node] table")
-    unknown = set(node) - {"name", "hub", "ca", "data_dir", "poll_wait", "fsync"}
+    unknown = set(node) - {
+        "name",
+        "hub",
+        "ca",
+        "data_dir",
+        "poll_wait",
+        "fsync",
+        "trust_on_first_use",
+    }
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
     for key in ("name", "hub", "data_dir"):
@@ -189,6 +201,9 @@ def load_config(path: str | Path) -> NodeConfig:
     fsync = node.get("fsync", True)
     if not isinstance(fsync, bool):
         raise ValidationError("[node] fsync must be true or false")
+    tofu = node.get("trust_on_first_use", False)
+    if not isinstance(tofu, bool):
+        raise ValidationError("[node] trust_on_first_use must be true or false")
     return NodeConfig(
         name=node["name"],
         hub=hub,
@@ -198,4 +213,5 @@ def load_config(path: str | Path) -> NodeConfig:
         peers={str(k): v.lower() for k, v in peers.items()},
         poll_wait=float(poll),
         fsync=fsync,
+        trust_on_first_use=tofu,
     )

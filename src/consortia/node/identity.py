@@ -9,7 +9,7 @@ from pathlib import Path
 from consortia.errors import ValidationError
 from consortia.privacy.keys import SiteIdentity
 
-__all__ = ["fingerprint", "load_identity", "read_private", "write_private"]
+__all__ = ["fingerprint", "load_identity", "mutual_pins", "read_private", "write_private"]
 
 
 def fingerprint(identity_public: bytes) -> str:
@@ -49,3 +49,16 @@ def load_identity(data_dir: Path, *, create: bool = True) -> SiteIdentity:
     ident = SiteIdentity.generate()
     write_private(path, ident.to_bytes())
     return ident
+
+
+def mutual_pins(data_dirs: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """For nodes set up together (a demo, a test): each node's ``[peers]`` pinning the others.
+
+    Creates each node's identity in its data directory if needed.  In a real
+    consortium every owner pins the fingerprints that the other owners sent them
+    (``consortia node peers add``); the hub never decides who is trusted.
+    """
+    fps = {
+        name: fingerprint(load_identity(Path(d)).identity_public) for name, d in data_dirs.items()
+    }
+    return {name: {k: v for k, v in fps.items() if k != name} for name in fps}

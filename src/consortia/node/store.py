@@ -1,4 +1,4 @@
-"""A node's own SQLite database: secure-aggregation ledger, known peers, audit log.
+"""A node's own SQLite database: secure-aggregation ledger, peers, releases, audit log.
 
 The ledger persists every self-mask seed *before* the masked vector that uses it
 leaves the node, and every reveal, so the one-reveal-per-round rule of
@@ -19,6 +19,7 @@ from sqlalchemy import event
 
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, SecureAggregationError
+from consortia.node.releases import PinStore, SqlReleaseLedger
 from consortia.privacy.keys import PeerKey
 from consortia.privacy.secagg import Ledger
 
@@ -217,48 +218,63 @@ class NodeStore:
         self.ledger = SqlLedger(self.engine)
         self._known: dict[str, bytes] = {}  # peers already bound (cache of the peers table)
         self.audit = AuditLog(self.engine, key=audit_key)
+        self.releases = SqlReleaseLedger(self.engine)
+        self.pins = PinStore(self.engine)
 
-    def check_peers(self, peers: tuple[PeerKey, ...], pinned: dict[str, str]) -> dict[str, bytes]:
-        """Bind each peer's identity: pinned fingerprint, else the one first seen (TOFU).
+    def check_peers(
+        self,
+        peers: tuple[PeerKey, ...],
+        pinned: Mapping[str, str],
+        *,
+        trust_on_first_use: bool = False,
+    ) -> dict[str, bytes]:
+        """The identities of the participants this node's owner trusts, by site.
 
-        Returns the trusted identity keys by site; raises
-        :class:`~consortia.errors.KeyVerificationError` on a changed identity.
+        A peer is trusted when its identity matches the fingerprint its owner
+        pinned (``pinned``: the configuration's ``[peers]`` merged with the pins
+        added by ``consortia node peers add``).  With ``trust_on_first_use``, a peer
+        that is not pinned is bound to the identity first seen and trusted after.
+        Any other peer is left out of the result: it may take part in a round but
+        does not count as a trusted site.  Raises
+        :class:`~consortia.errors.KeyVerificationError` when a pinned (or, with
+        trust on first use, known) site presents another identity.
         """
         from consortia.node.identity import fingerprint
 
         known_all = self._known
-        if all(known_all.get(p.site) == p.identity_key and p.site not in pinned for p in peers):
+        if trust_on_first_use and all(
+            known_all.get(p.site) == p.identity_key and p.site not in pinned for p in peers
+        ):
             return {p.site: p.identity_key for p in peers}
         trusted: dict[str, bytes] = {}
+        for peer in peers:
+            if peer.site in pinned:
+                if pinned[peer.site] != fingerprint(peer.identity_key):
+                    raise KeyVerificationError(
+                        f"the identity of site {peer.site!r} does not match its pinned fingerprint"
+                    )
+                trusted[peer.site] = peer.identity_key
+        if not trust_on_first_use:
+            return trusted
         with self.engine.begin() as c:
             for peer in peers:
-                fp = fingerprint(peer.identity_key)
                 if peer.site in pinned:
-                    if pinned[peer.site] != fp:
-                        raise KeyVerificationError(
-                            f"the identity of site {peer.site!r} does not match its pinned "
-                            "fingerprint"
+                    continue
+                known = c.scalar(sa.select(_peers.c.identity_key).where(_peers.c.site == peer.site))
+                if known is None:
+                    c.execute(
+                        _peers.insert().values(
+                            site=peer.site,
+                            identity_key=peer.identity_key.hex(),
+                            first_seen=time.time(),
                         )
-                else:
-                    known = c.scalar(
-                        sa.select(_peers.c.identity_key).where(_peers.c.site == peer.site)
                     )
-                    if known is None:
-                        c.execute(
-                            _peers.insert().values(
-                                site=peer.site,
-                                identity_key=peer.identity_key.hex(),
-                                first_seen=time.time(),
-                            )
-                        )
-                    elif known != peer.identity_key.hex():
-                        raise KeyVerificationError(
-                            f"the identity of site {peer.site!r} changed since it was first seen"
-                        )
+                elif known != peer.identity_key.hex():
+                    raise KeyVerificationError(
+                        f"the identity of site {peer.site!r} changed since it was first seen"
+                    )
                 trusted[peer.site] = peer.identity_key
-        for site, key in trusted.items():
-            if site not in pinned:
-                self._known[site] = key
+                self._known[peer.site] = peer.identity_key
         return trusted
 
     def record(self, actor: str, action: str, details: Mapping[str, Any]) -> None:

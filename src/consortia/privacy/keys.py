@@ -155,8 +155,18 @@ class SiteIdentity:
             ) from None
 
 
-def verify_peers(peers: tuple[PeerKey, ...], trusted: Mapping[str, bytes] | None) -> None:
-    """Verify every peer key; with ``trusted``, each identity must be the enrolled one."""
+def verify_peers(
+    peers: tuple[PeerKey, ...],
+    trusted: Mapping[str, bytes] | None,
+    *,
+    allow_unknown: bool = False,
+) -> None:
+    """Verify every peer key; with ``trusted``, each identity must be the enrolled one.
+
+    With ``allow_unknown``, a site absent from ``trusted`` is accepted on its own
+    signature alone (the caller must not count it as trusted); a site present in
+    ``trusted`` must still present exactly its trusted identity.
+    """
     names = [p.site for p in peers]
     if len(set(names)) != len(names):
         raise KeyVerificationError("the participant list names a site twice")
@@ -164,6 +174,9 @@ def verify_peers(peers: tuple[PeerKey, ...], trusted: Mapping[str, bytes] | None
         expected = None
         if trusted is not None:
             if peer.site not in trusted:
-                raise KeyVerificationError(f"site {peer.site!r} is not a trusted peer")
+                if not allow_unknown:
+                    raise KeyVerificationError(f"site {peer.site!r} is not a trusted peer")
+                peer.verify(None)
+                continue
             expected = trusted[peer.site]
         peer.verify(expected)

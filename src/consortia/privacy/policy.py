@@ -36,10 +36,29 @@ class Policy:
         Smallest number of patients a contribution may be computed from.
     min_cell_count
         Smallest non-zero value allowed in an array declared as counts.
+        Smallest non-zero cell of a count array.  Judged on the released *sum*:
+        a count array that carries differential-privacy noise, or whose cells the
+        algorithm planned at the level of the sum (``Contribution.planned``), is
+        exempt from the per-site check; any other count array is checked at the
+        site (the strict, conservative reading).
     min_sites
-        Smallest number of sites (this one included) a round may have.
+        Smallest number of *trusted* sites (this one included) a round may have.
+        Only peers whose identity this node's owner pinned (or, if the owner turned
+        trust on first use on, first saw) count; the hub cannot enrol sites that
+        count.
     max_params_per_sample
         Largest ratio of model parameters to the contribution's cohort.
+    max_refusals
+        Refusals by data-dependent rules one researcher may receive on the
+        dataset; beyond it, every study of theirs on it is refused.
+    max_studies_per_day
+        New studies one researcher may run on the dataset in any 24 hours.
+    epsilon_budget, delta_budget
+        The differential-privacy budget of each researcher on the dataset
+        (basic composition over studies).
+    allow_per_site
+        Whether releases that put this site's values in a slot of their own (for
+        example per-site concordance) are allowed.
     """
 
     allowed_algorithms: tuple[str, ...] = ("*",)
@@ -47,6 +66,11 @@ class Policy:
     min_cell_count: int = 5
     min_sites: int = 3
     max_params_per_sample: float = 0.33
+    max_refusals: int = 25
+    max_studies_per_day: int = 1000
+    epsilon_budget: float = 10.0
+    delta_budget: float = 1e-4
+    allow_per_site: bool = False
 
     def __post_init__(self) -> None:
         algos = self.allowed_algorithms
@@ -55,13 +79,32 @@ class Policy:
         if not all(isinstance(a, str) and a for a in algos):
             raise ValidationError("Policy.allowed_algorithms must be a list of names")
         object.__setattr__(self, "allowed_algorithms", tuple(algos))
-        for name in ("min_cohort_size", "min_cell_count", "min_sites"):
+        for name in (
+            "min_cohort_size",
+            "min_cell_count",
+            "min_sites",
+            "max_refusals",
+            "max_studies_per_day",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValidationError(f"Policy.{name} must be a non-negative integer")
         ratio = self.max_params_per_sample
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
             raise ValidationError("Policy.max_params_per_sample must be a positive number")
+        for name in ("epsilon_budget", "delta_budget"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not np.isfinite(value)
+                or value < 0
+            ):
+                raise ValidationError(f"Policy.{name} must be a finite number >= 0")
+        if self.delta_budget >= 1:
+            raise ValidationError("Policy.delta_budget must be below 1")
+        if not isinstance(self.allow_per_site, bool):
+            raise ValidationError("Policy.allow_per_site must be true or false")
 
     @classmethod
     def from_mapping(cls, obj: Mapping[str, Any]) -> Policy:
@@ -85,7 +128,7 @@ class Policy:
         return any(fnmatch.fnmatchcase(algorithm, pat) for pat in self.allowed_algorithms)
 
     def check_round(self, algorithm: str, n_sites: int) -> None:
-        """Refuse a round of a disallowed algorithm or with too few sites."""
+        """Refuse a round of a disallowed algorithm or with too few (trusted) sites."""
         if not self.allows(algorithm):
             raise PolicyError(
                 "allowed_algorithms",
@@ -93,7 +136,9 @@ class Policy:
             )
         if n_sites < self.min_sites:
             raise PolicyError(
-                "min_sites", f"a round needs at least {self.min_sites} participating sites"
+                "min_sites",
+                f"a round needs at least {self.min_sites} participating sites that this "
+                "node's owner trusts (pinned identities)",
             )
 
     def check_contribution(self, contribution: Contribution) -> None:
@@ -104,7 +149,20 @@ class Policy:
                 "min_cohort_size",
                 f"a contribution must come from at least {self.min_cohort_size} patients",
             )
-        for name in sorted(contribution.count_arrays):
+        if contribution.per_site and not self.allow_per_site:
+            raise PolicyError(
+                "allow_per_site",
+                "this release would put the site's own values in a slot of their own; "
+                "the data owner does not allow per-site releases",
+            )
+        if contribution.planned and contribution.planned_min < self.min_cell_count:
+            raise PolicyError(
+                "min_cell_count",
+                f"the planned release promises cells of {contribution.planned_min}, "
+                f"below this node's minimum of {self.min_cell_count}",
+            )
+        exempt = contribution.planned | frozenset(k for k, v in contribution.noise.items() if v > 0)
+        for name in sorted(contribution.count_arrays - exempt):
             arr = contribution.arrays[name]
             small = (arr != 0) & (np.abs(arr) < self.min_cell_count)
             if np.any(small):

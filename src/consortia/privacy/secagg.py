@@ -211,6 +211,9 @@ class SecureSite:
         masking key must be signed by the trusted identity of that peer.
     ledger
         Where the one-reveal-per-round records live.
+    allow_unknown
+        Accept peers absent from ``trusted`` on their own signature (they still
+        mask, but a node's policy does not count them as trusted sites).
     """
 
     def __init__(
@@ -220,8 +223,10 @@ class SecureSite:
         *,
         trusted: Mapping[str, bytes] | None = None,
         ledger: Ledger | None = None,
+        allow_unknown: bool = False,
     ) -> None:
         self.site = site
+        self.allow_unknown = allow_unknown
         self.identity = identity
         self.ledger = ledger if ledger is not None else MemoryLedger()
         self._secrets: dict[PeerKey, bytes] = {}
@@ -241,7 +246,7 @@ class SecureSite:
     def verify(self, peers: tuple[PeerKey, ...]) -> None:
         """Verify the peers' signed keys against the trusted identities (cached per key)."""
         if not set(peers) <= self._verified:
-            verify_peers(peers, self._trusted)
+            verify_peers(peers, self._trusted, allow_unknown=self.allow_unknown)
             self._verified.update(peers)
         elif len({p.site for p in peers}) != len(peers):
             verify_peers(peers, self._trusted)  # raises the duplicate-site error

@@ -49,6 +49,16 @@ class Simulation:
         True makes that site drop out of that attempt (and of the rest of the study).
     progress
         Optional callback ``progress(round_index, step)`` called at every round.
+    researcher
+        Who asks (each site's memory of releases, privacy budget and refusals is
+        kept per researcher, as at a node).
+
+    Notes
+    -----
+    Each site remembers what it released across the studies of one
+    ``Simulation`` (as a node does across studies): asking the same query over
+    another set of sites, or over a cohort a few patients different, is refused
+    (see :mod:`consortia.privacy.disclosure`).
 
     Examples
     --------
@@ -67,6 +77,7 @@ class Simulation:
         precision: FixedPoint | None = None,
         fail: FailureHook | None = None,
         progress: Callable[[int, str], None] | None = None,
+        researcher: str = "local",
     ) -> None:
         if not sites:
             raise ValidationError("a Simulation needs at least one site")
@@ -77,6 +88,7 @@ class Simulation:
         self.precision = precision or FixedPoint()
         self.fail = fail
         self.progress = progress
+        self.researcher = researcher
         self.workers: dict[str, SiteWorker] = {}
         for name in names:
             site_policy = policy.get(name, Policy()) if isinstance(policy, Mapping) else policy
@@ -129,6 +141,7 @@ class Simulation:
                     public=rnd.public,
                     participants=tuple(self.workers[s].peer_key for s in alive),
                     frac_bits=self.precision.frac_bits,
+                    researcher=self.researcher,
                 )
                 attempts += 1
                 aggregator = self.aggregator_cls(task.context)

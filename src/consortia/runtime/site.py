@@ -5,10 +5,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from consortia.data.dataset import Dataset, as_dataset
-from consortia.errors import PolicyError, ValidationError
+from consortia.errors import AlgorithmError, PolicyError, ValidationError
+from consortia.privacy.disclosure import (
+    DATA_DEPENDENT_RULES,
+    DisclosureControl,
+    ReleaseLedger,
+    cohort_identities,
+    content_digest,
+    query_digest,
+)
 from consortia.privacy.dp import add_noise
 from consortia.privacy.keys import PeerKey, SiteIdentity
 from consortia.privacy.policy import Policy
@@ -39,10 +48,15 @@ class SiteWorker:
     identity
         The site's private keys (generated if omitted).
     trusted
-        Enrolled identity keys of the peers, by site name; peers' masking keys
-        must be signed by these.
+        Identity keys of the peers that this site's owner trusts, by site name.  A
+        trusted peer must present exactly that identity; other peers may take part
+        in a round (their keys are checked against their own signature) but do not
+        count towards the policy's ``min_sites``.
     ledger
         Secure-aggregation records (in memory if omitted; a node persists them).
+    releases
+        The memory of past releases, privacy spend and refusals (in memory if
+        omitted; a node persists it).  See :mod:`consortia.privacy.disclosure`.
     """
 
     def __init__(
@@ -54,6 +68,7 @@ class SiteWorker:
         identity: SiteIdentity | None = None,
         trusted: Mapping[str, bytes] | None = None,
         ledger: Ledger | None = None,
+        releases: ReleaseLedger | None = None,
     ) -> None:
         self.name = name
         self.datasets = {
@@ -61,8 +76,12 @@ class SiteWorker:
         }
         self._policies = policies if policies is not None else Policy()
         self.identity = identity if identity is not None else SiteIdentity.generate()
-        self.secure = SecureSite(name, self.identity, trusted=trusted, ledger=ledger)
+        self.secure = SecureSite(
+            name, self.identity, trusted=trusted or {}, ledger=ledger, allow_unknown=True
+        )
+        self.disclosure = DisclosureControl(releases)
         self._algorithms: dict[str, Algorithm] = {}
+        self._identities: dict[str, np.ndarray] = {}
 
     @property
     def peer_key(self) -> PeerKey:
@@ -70,8 +89,39 @@ class SiteWorker:
         return self.identity.peer_key(self.name)
 
     def set_trusted(self, trusted: Mapping[str, bytes]) -> None:
-        """Replace the enrolled identity keys of the peers."""
+        """Replace the identity keys of the peers this site's owner trusts."""
         self.secure.trusted = dict(trusted)
+
+    def trusted_sites(self, participants: tuple[PeerKey, ...]) -> frozenset[str]:
+        """The participants that count as trusted sites (this one included)."""
+        trusted = self.secure.trusted or {}
+        return frozenset(
+            p.site
+            for p in participants
+            if (p.site == self.name and p.identity_key == self.identity.identity_public)
+            or trusted.get(p.site) == p.identity_key
+        )
+
+    def _cohort(self, dataset: str, rows: np.ndarray | None) -> np.ndarray:
+        ids = self._identities.get(dataset)
+        if ids is None:
+            ds = self.datasets[dataset]
+            ids = self._identities[dataset] = cohort_identities(ds.frame, ds.id_column)
+        if rows is None:
+            return ids
+        if rows.dtype == bool:
+            if rows.size != ids.size:
+                raise AlgorithmError("Contribution.rows: the boolean mask has the wrong length")
+            return ids[rows]
+        if rows.size and (rows.min() < 0 or rows.max() >= ids.size):
+            raise AlgorithmError("Contribution.rows holds a position outside the dataset")
+        return ids[rows]
+
+    def _attribute(self, err: PolicyError) -> PolicyError:
+        # a rule that depends on the data refuses without saying which site refused
+        if err.rule in DATA_DEPENDENT_RULES:
+            return PolicyError(err.rule, err.detail)
+        return err.with_site(self.name)
 
     def policy_for(self, dataset: str) -> Policy:
         """The policy that governs ``dataset``."""
@@ -100,8 +150,11 @@ class SiteWorker:
         self.secure.verify(task.participants)
         policy = self.policy_for(task.dataset)
         algo = self._algorithm(task)
+        common = {"dataset": task.dataset, "study_id": task.study_id, "researcher": task.researcher}
+        cost = algo.privacy_cost()
         try:
-            policy.check_round(algo.name, len(task.participants))
+            policy.check_round(algo.name, len(self.trusted_sites(task.participants)))
+            self.disclosure.before_compute(policy=policy, cost=cost, **common)
             contribution = algo.local(task.step, task.public, self.datasets[task.dataset])
             if not isinstance(contribution, Contribution):
                 raise ValidationError(
@@ -109,8 +162,21 @@ class SiteWorker:
                     "expected a Contribution"
                 )
             policy.check_contribution(contribution)
+            release = {
+                "query": query_digest(task.algorithm, task.dataset),
+                "content": content_digest(contribution.arrays),
+                "participants": frozenset(p.site for p in task.participants),
+            }
+            cohort = self.disclosure.check_release(
+                policy=policy,
+                cohort=self._cohort(task.dataset, contribution.rows),
+                **release,
+                **common,
+            )
         except PolicyError as err:
-            raise err.with_site(self.name) from None
+            self.disclosure.refused(rule=err.rule, **common)
+            raise self._attribute(err) from None
+        self.disclosure.released(cohort=cohort, cost=cost, **release, **common)
         return contribution
 
     def contribute(self, task: Task) -> MaskedContribution:

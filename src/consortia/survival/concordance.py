@@ -426,7 +426,11 @@ class Concordance(Algorithm):
                 slots[site_code(data.site, self.sites)] = (num, den)
                 arrays["site_pairs"] = slots.ravel()
         return Contribution(
-            arrays, cohort=risk.size, count_arrays=frozenset({"events", "censored"})
+            arrays,
+            cohort=risk.size,
+            count_arrays=frozenset({"events", "censored"}),
+            # per-site pair counts sit in this site's own slot: a per-site release
+            per_site="site_pairs" in arrays,
         )
 
 
