@@ -155,6 +155,14 @@ class RemoteFederation:
         """What the nodes published: node -> dataset -> description (no values)."""
         return self._call("GET", "/v1/catalogue")
 
+    def budget(self) -> list[dict[str, Any]]:
+        """Your remaining differential-privacy budget per node and dataset.
+
+        Each node keeps the budget and reports it after every study that spends
+        some; a node that never ran a noisy study of yours has no row.
+        """
+        return self._call("GET", "/v1/budget")
+
     def nodes(self) -> list[dict[str, Any]]:
         """Enrolled nodes with their identity fingerprints."""
         return self._call("GET", "/v1/nodes")

@@ -158,3 +158,13 @@ def cancel(hub: str, token: str, ca: str | None, study_id: str) -> None:
     with _connect(hub, token, ca) as fed:
         st = fed.cancel(study_id)
         click.echo(f"{study_id}: {st.status}")
+
+
+@command.command("budget")
+@_hub
+@_token
+@_ca
+def budget(hub: str, token: str, ca: str | None) -> None:
+    """Print your remaining differential-privacy budget per node and dataset (JSON)."""
+    with _connect(hub, token, ca) as fed:
+        click.echo(json.dumps(fed.budget(), indent=2))

@@ -31,6 +31,7 @@ from consortia import __version__
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, ValidationError
 from consortia.hub.auth import Principal, create_token, hash_token, new_secret, resolve
+from consortia.hub.budget import add_budget_routes
 from consortia.hub.db import NodeRow, TokenRow, make_engine
 from consortia.hub.fastpath import HOT_PATH, FastPath, bearer_token, wait_param
 from consortia.hub.schemas import (
@@ -162,6 +163,7 @@ def create_app(settings: HubSettings) -> FastAPI:
     Researcher = Annotated[Principal, Depends(role("researcher", "admin"))]
     Node = Annotated[Principal, Depends(role("node"))]
     Enrolment = Annotated[Principal, Depends(role("enrolment"))]
+    add_budget_routes(app, engine, role("node"), role("researcher", "admin"))
 
     def _rejected(request: Request, status: int, reason: str) -> None:
         who = getattr(request.state, "principal", None)

@@ -331,6 +331,7 @@ class NodeAgent:
         if reveal:
             body = json.dumps({"seed": seed.hex()}).encode()
             return _next_tasks(self._post(self._path(task, "reveal"), body, wait=wait))
+        self._report_budget(worker, task)
         r = self._post(
             self._path(task, "contribution"),
             pack_arrays({"masked": masked.data}),
@@ -341,6 +342,18 @@ class NodeAgent:
         if r is not None and r.status_code != 200:
             log.warning("the hub refused a contribution (%s): %s", r.status_code, _detail(r))
         return _next_tasks(r)
+
+    def _report_budget(self, worker: SiteWorker, task: Task) -> None:
+        """Tell the hub what remains of the researcher's privacy budget (DP studies only)."""
+        report = worker.budget(task) if task.round_index == 0 else None
+        if report is None:
+            return
+        try:
+            r = self._client.put("/v1/node/budget", json=report, headers=self._auth())
+            if r.status_code != 200:
+                log.warning("the hub refused a budget report (%s)", r.status_code)
+        except httpx.TransportError as exc:
+            log.warning("could not report the privacy budget to the hub: %s", exc)
 
     def _release(self, worker: SiteWorker, task: Task, masked: Any) -> dict[str, Any]:
         """The audit details of a release: names and shapes, never values."""

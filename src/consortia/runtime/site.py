@@ -179,6 +179,21 @@ class SiteWorker:
         self.disclosure.released(cohort=cohort, cost=cost, **release, **common)
         return contribution
 
+    def budget(self, task: Task) -> dict[str, float | str] | None:
+        """The researcher's privacy spend and caps on the task's dataset (None: exact study)."""
+        if self._algorithm(task).privacy_cost() == (0.0, 0.0):
+            return None
+        policy = self.policy_for(task.dataset)
+        eps, dlt = self.disclosure.ledger.spent(task.researcher, task.dataset)
+        return {
+            "researcher": task.researcher,
+            "dataset": task.dataset,
+            "epsilon_spent": eps,
+            "epsilon_cap": float(policy.epsilon_budget),
+            "delta_spent": dlt,
+            "delta_cap": float(policy.delta_budget),
+        }
+
     def contribute(self, task: Task) -> MaskedContribution:
         """Answer a task: policy, compute, encode and mask.  Only the masked vector leaves."""
         contribution = self.compute(task)

@@ -1,0 +1,85 @@
+"""Privacy budgets as the nodes report them: a researcher asks what remains.
+
+The budget itself lives at each node (:mod:`consortia.privacy.disclosure`); the
+hub never decides it.  After every study that spends budget, a node reports the
+researcher's spend and cap per dataset; a researcher reads only their own rows.
+"""
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from consortia.hub.db import Base
+
+__all__ = ["BudgetReport", "add_budget_routes"]
+
+
+class BudgetRow(Base):
+    """The latest budget report of one node for one (researcher, dataset)."""
+
+    __tablename__ = "node_budgets"
+    node = sa.orm.mapped_column(sa.String(128), primary_key=True)
+    researcher = sa.orm.mapped_column(sa.String(256), primary_key=True)
+    dataset = sa.orm.mapped_column(sa.String(256), primary_key=True)
+    epsilon_spent = sa.orm.mapped_column(sa.Float, nullable=False)
+    epsilon_cap = sa.orm.mapped_column(sa.Float, nullable=False)
+    delta_spent = sa.orm.mapped_column(sa.Float, nullable=False)
+    delta_cap = sa.orm.mapped_column(sa.Float, nullable=False)
+    updated_at = sa.orm.mapped_column(sa.Float, nullable=False)
+
+
+class BudgetReport(BaseModel):
+    """A node's report of one researcher's privacy spend on one dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    researcher: str = Field(min_length=1, max_length=256)
+    dataset: str = Field(min_length=1, max_length=256)
+    epsilon_spent: float = Field(ge=0, allow_inf_nan=False)
+    epsilon_cap: float = Field(ge=0, allow_inf_nan=False)
+    delta_spent: float = Field(ge=0, le=1, allow_inf_nan=False)
+    delta_cap: float = Field(ge=0, le=1, allow_inf_nan=False)
+
+
+def add_budget_routes(app: FastAPI, engine: sa.Engine, node_dep: Any, researcher_dep: Any) -> None:
+    """Add ``PUT /v1/node/budget`` (nodes) and ``GET /v1/budget`` (researchers) to ``app``."""
+    BudgetRow.__table__.create(engine, checkfirst=True)
+
+    @app.put("/v1/node/budget", tags=["node"])
+    def report(body: BudgetReport, who: Any = Depends(node_dep)) -> dict[str, str]:  # noqa: B008
+        """Record this node's latest report of a researcher's spend on a dataset."""
+        with Session(engine) as s:
+            row = s.get(BudgetRow, (who.name, body.researcher, body.dataset))
+            if row is None:
+                row = BudgetRow(node=who.name, researcher=body.researcher, dataset=body.dataset)
+                s.add(row)
+            for k, v in body.model_dump().items():
+                setattr(row, k, v)
+            row.updated_at = time.time()
+            s.commit()
+        return {"status": "recorded"}
+
+    @app.get("/v1/budget", tags=["researcher"])
+    def budget(who: Any = Depends(researcher_dep)) -> list[dict[str, Any]]:  # noqa: B008
+        """The caller's remaining privacy budget at each node and dataset that reported one."""
+        with Session(engine) as s:
+            rows = s.scalars(
+                sa.select(BudgetRow)
+                .where(BudgetRow.researcher == who.name)
+                .order_by(BudgetRow.node, BudgetRow.dataset)
+            ).all()
+            return [
+                {
+                    "node": r.node,
+                    "dataset": r.dataset,
+                    "epsilon_spent": r.epsilon_spent,
+                    "epsilon_remaining": max(r.epsilon_cap - r.epsilon_spent, 0.0),
+                    "delta_spent": r.delta_spent,
+                    "delta_remaining": max(r.delta_cap - r.delta_spent, 0.0),
+                }
+                for r in rows
+            ]

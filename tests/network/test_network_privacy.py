@@ -1,0 +1,68 @@
+"""Privacy attacks over real HTTP: a hub that enrols fake sites, refusals that must not
+name the site, between real hub and node processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from netutil import start_federation
+
+from consortia.errors import PolicyError
+from consortia.node import DatasetConfig, NodeConfig, NodeProcess
+from consortia.privacy.policy import Policy
+from consortia.stats import Histogram, Mean
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fedp(hub_db, tmp_path_factory):
+    f = start_federation(tmp_path_factory.mktemp("fedp"), hub_db, restricted=False)
+    yield f
+    f.stop()
+
+
+def test_fake_sites_enrolled_by_the_hub_do_not_count(fedp, tmp_path):
+    """The hub's operator enrols two nodes holding zeros to isolate site0's sums."""
+    fakes = []
+    try:
+        for i in range(2):
+            csv = tmp_path / f"fake{i}.csv"
+            pd.DataFrame({"x1": np.zeros(40), "y": np.ones(40)}).to_csv(csv, index=False)
+            cfg = NodeConfig(
+                name=f"fake{i}",
+                hub=fedp.hub.url,
+                data_dir=tmp_path / f"fake{i}",
+                datasets=(DatasetConfig(name="data", path=csv, policy=Policy(min_sites=1)),),
+                poll_wait=5,
+                trust_on_first_use=True,  # the attacker's own nodes trust anyone
+            )
+            token = fedp.hub.create_token("enrolment", cfg.name)
+            fakes.append(
+                NodeProcess(cfg.write(tmp_path / f"fake{i}.toml"), enrol_token=token).start()
+            )
+        for f in fakes:
+            f.wait_ready(60)
+        with pytest.raises(PolicyError, match="min_sites") as err:
+            fedp.fed.run(Mean(columns=("x1",)), dataset="data", nodes=["site0", "fake0", "fake1"])
+        assert err.value.site == "site0"
+        # among three sites that trust each other, the fakes' presence changes nothing
+        got = fedp.fed.run(Mean(columns=("y",)), dataset="data", timeout=60)
+        honest = fedp.sites()
+        n = sum(len(d.frame) for d in honest.values())
+        assert got.n == n + 80
+    finally:
+        for f in fakes:
+            f.kill()
+
+
+def test_a_refusal_that_depends_on_the_data_does_not_name_the_site(fedp):
+    sites = fedp.sites()
+    values = np.sort(np.concatenate([d.frame["x1"].to_numpy() for d in sites.values()]))
+    edge = float((values[-1] + values[-2]) / 2)  # exactly one patient above the edge
+    algo = Histogram(column="x1", edges=(float(values[0]) - 1, edge, float(values[-1]) + 1))
+    with pytest.raises(PolicyError, match="min_cell_count") as err:
+        fedp.fed.run(algo, dataset="data", timeout=60)
+    assert err.value.site is None
+    assert not any(name in str(err.value) for name in sites)
