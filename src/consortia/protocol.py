@@ -146,6 +146,12 @@ class Contribution:
         The smallest non-zero cell that the plan guarantees in the released sum of
         the ``planned`` arrays; the node refuses a plan that promises less than its
         ``min_cell_count``.
+    bins
+        Column name -> the public bin edges (or time-grid points) on which exact
+        count arrays of this contribution are binned.  The node keeps, per cohort
+        and column, the first grid it released on and refuses later exact
+        releases on a grid that is not a subset of it (two overlapping grids
+        difference into cells nobody judged).  Noisy releases are exempt.
     per_site
         True when the arrays put this site's values in a slot of their own (so
         the "sum" reveals them): refused unless the node's policy allows
@@ -160,6 +166,7 @@ class Contribution:
     noise: Mapping[str, float] = field(default_factory=dict)
     planned: frozenset[str] = frozenset()
     planned_min: int = 0
+    bins: Mapping[str, Any] = field(default_factory=dict)
     per_site: bool = False
 
     def __post_init__(self) -> None:
@@ -213,6 +220,12 @@ class Contribution:
         if planned and self.planned_min < 1:
             raise ValidationError("planned count arrays need planned_min >= 1")
         object.__setattr__(self, "per_site", bool(self.per_site))
+        bins = {}
+        for col, edges in dict(self.bins).items():
+            if not isinstance(col, str) or not col:
+                raise ValidationError("Contribution.bins maps column names to bin edges")
+            bins[col] = _as_float_array(col, edges, what="bins").ravel()
+        object.__setattr__(self, "bins", MappingProxyType(bins))
 
 
 Coordination = Generator[Round, Sums, Any]

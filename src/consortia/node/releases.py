@@ -70,6 +70,14 @@ _refusals = sa.Table(
     sa.Column("rule", sa.String(64), nullable=False),
     sa.Column("time", sa.Float, nullable=False),
 )
+_grids = sa.Table(
+    "reference_grids",
+    _meta,
+    sa.Column("dataset", sa.String(256), primary_key=True),
+    sa.Column("cohort", sa.String(64), primary_key=True),
+    sa.Column("column", sa.String(256), primary_key=True),
+    sa.Column("grid", sa.LargeBinary, nullable=False),
+)
 _pins = sa.Table(
     "pins",
     _meta,
@@ -161,6 +169,26 @@ class SqlReleaseLedger(ReleaseLedger):
                             participants=parts,
                         )
                     )
+
+    def grid(self, dataset, cohort, column):
+        with self.engine.connect() as c:
+            blob = c.scalar(
+                sa.select(_grids.c.grid).where(
+                    _grids.c.dataset == dataset,
+                    _grids.c.cohort == cohort,
+                    _grids.c.column == column,
+                )
+            )
+        return None if blob is None else np.frombuffer(zlib.decompress(blob), dtype=np.float64)
+
+    def set_grid(self, dataset, cohort, column, grid):
+        if self.grid(dataset, cohort, column) is not None:
+            return
+        blob = zlib.compress(np.ascontiguousarray(grid, dtype=np.float64).tobytes(), 1)
+        with self.engine.begin() as c:
+            c.execute(
+                _grids.insert().values(dataset=dataset, cohort=cohort, column=column, grid=blob)
+            )
 
     def studies_since(self, researcher, dataset, since):
         with self.engine.connect() as c:

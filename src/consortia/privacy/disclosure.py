@@ -24,6 +24,15 @@ leaves the node:
     whose cohorts differ by a few patients reveal those patients.  Equal cohorts
     (``|C Δ C'| = 0``) are allowed.  This covers ``dropna``, filters, subsets and
     groups alike, whatever the algorithm, since it compares the rows actually used.
+``grid_differencing``
+    Exact counts binned on a public grid (a survival time grid, histogram edges;
+    ``Contribution.bins``) are judged cell by cell when released; two releases on
+    the same cohort with *different* grids would difference into cells nobody
+    judged (a one-point Kaplan-Meier grid moved step by step finds each event
+    time).  The node keeps, per cohort and column, the first grid an exact
+    release used (the *reference grid*) and refuses a later exact release on that
+    cohort whose grid is not a subset of it (a coarsening of a released grid
+    reveals nothing new).  Noisy releases (declared DP noise) are exempt.
 ``privacy_budget``
     A study whose :meth:`~consortia.protocol.Algorithm.privacy_cost` would take the
     researcher's spend on this dataset over the owner's cap is refused before it
@@ -146,6 +155,14 @@ class ReleaseLedger(abc.ABC):
         """Remember one release."""
 
     @abc.abstractmethod
+    def grid(self, dataset: str, cohort: str, column: str) -> np.ndarray | None:
+        """The reference grid of ``column`` on a cohort, if one was released."""
+
+    @abc.abstractmethod
+    def set_grid(self, dataset: str, cohort: str, column: str, grid: np.ndarray) -> None:
+        """Remember the reference grid of ``column`` on a cohort (first one wins)."""
+
+    @abc.abstractmethod
     def studies_since(self, researcher: str, dataset: str, since: float) -> set[str]:
         """The studies of ``researcher`` on ``dataset`` that released since ``since``."""
 
@@ -181,6 +198,13 @@ class MemoryReleaseLedger(ReleaseLedger):
         self._releases: list[ReleaseRecord] = []
         self._charges: dict[tuple[str, str], tuple[str, float, float]] = {}
         self._refusals: dict[tuple[str, str], int] = {}
+        self._grids: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def grid(self, dataset, cohort, column):
+        return self._grids.get((dataset, cohort, column))
+
+    def set_grid(self, dataset, cohort, column, grid):
+        self._grids.setdefault((dataset, cohort, column), np.asarray(grid, dtype=np.float64))
 
     def conflicting(self, dataset, keys, study_id, participants):
         for key in keys:
@@ -296,8 +320,9 @@ class DisclosureControl:
         content: str,
         participants: frozenset[str],
         cohort: np.ndarray,
+        bins: Mapping[str, np.ndarray] | None = None,
     ) -> str:
-        """Participant and cohort differencing; returns the cohort's digest."""
+        """Participant, cohort and grid differencing; returns the cohort's digest."""
         if self.ledger.conflicting(dataset, (query, content), study_id, participants):
             raise PolicyError(
                 "repeated_query",
@@ -319,6 +344,14 @@ class DisclosureControl:
                     )
             self.ledger.add_cohort(dataset, digest, ids)
             self._known_cohorts[(dataset, digest)] = True
+        for column, grid in (bins or {}).items():
+            ref = self.ledger.grid(dataset, digest, column)
+            if ref is not None and not np.isin(np.asarray(grid, dtype=np.float64), ref).all():
+                raise PolicyError(
+                    "grid_differencing",
+                    f"exact counts on {column!r} were already released on this cohort over "
+                    "another grid; use a subset of that grid (a coarsening) or a noisy release",
+                )
         return digest
 
     def released(
@@ -332,8 +365,11 @@ class DisclosureControl:
         participants: frozenset[str],
         cohort: str,
         cost: tuple[float, float],
+        bins: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Remember a release that passed every rule (and charge its study once)."""
+        for column, grid in (bins or {}).items():
+            self.ledger.set_grid(dataset, cohort, column, np.asarray(grid, dtype=np.float64))
         eps, dlt = (float(c) for c in cost)
         if (eps > 0 or dlt > 0) and not self.ledger.charged(study_id, dataset):
             self.ledger.charge(study_id, researcher, dataset, eps, dlt)

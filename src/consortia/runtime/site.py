@@ -167,16 +167,22 @@ class SiteWorker:
                 "content": content_digest(contribution.arrays),
                 "participants": frozenset(p.site for p in task.participants),
             }
+            # exact binned counts are tied to their grid; noisy ones are not
+            exact = contribution.count_arrays - frozenset(
+                k for k, v in contribution.noise.items() if v > 0
+            )
+            bins = dict(contribution.bins) if exact else {}
             cohort = self.disclosure.check_release(
                 policy=policy,
                 cohort=self._cohort(task.dataset, contribution.rows),
+                bins=bins,
                 **release,
                 **common,
             )
         except PolicyError as err:
             self.disclosure.refused(rule=err.rule, **common)
             raise self._attribute(err) from None
-        self.disclosure.released(cohort=cohort, cost=cost, **release, **common)
+        self.disclosure.released(cohort=cohort, cost=cost, bins=bins, **release, **common)
         return contribution
 
     def budget(self, task: Task) -> dict[str, float | str] | None:
