@@ -119,7 +119,7 @@ class DPCountResult:
                 "ci_low": np.maximum(raw - self.margin, 0.0),
                 "ci_high": raw + self.margin,
             },
-            index=pd.Index(["rows", *self.columns], name="count"),
+            index=pd.Index(["rows", *self.columns], name="released"),
         )
 
 
