@@ -7,6 +7,11 @@ Gaussian noise before the secure sum (:mod:`consortia.privacy.dp`), so only the
 noisy sum is ever seen.  The whole study costs ``(epsilon, delta)`` at each site's
 dataset (:meth:`~consortia.protocol.Algorithm.privacy_cost`).
 
+:class:`DPCount`, :class:`DPHistogram` and :class:`DPCrossTab` live here;
+:class:`DPMean` lives in :mod:`consortia.stats.dp_mean` and is re-exported.  Each
+exposes ``sensitivity``, ``cell_sensitivity()``, ``sigma`` and ``noise()``, so that
+a node can check the noise a contribution declares against its ``privacy_cost()``.
+
 Calibration
 -----------
 Neighbouring datasets differ by **one patient added or removed** at one site.  An

@@ -199,8 +199,8 @@ class DPMean(DPAlgorithm):
             margin = Z95 * sd + step / 2
             ci = np.clip(mean - margin, lo, hi), np.clip(mean + margin, lo, hi)
         else:
-            mean = sd = np.full(len(self.columns), np.nan)
-            ci = (mean, mean)
+            mean, sd = np.full(len(self.columns), np.nan), np.full(len(self.columns), np.nan)
+            ci = (mean.copy(), mean.copy())
         return DPMeanResult(
             columns=self.columns,
             mean=mean,
