@@ -182,7 +182,7 @@ def test_dp_mean_is_accurate_with_a_large_budget(toy_sites):
 
 
 def _release(algo, frame):
-    c = algo.local(algo_step(algo), {}, as_dataset(frame))
+    c = algo.local(STEPS[algo.name], {}, as_dataset(frame))
     scale = algo.cell_sensitivity()
     assert set(c.noise) == set(scale) and not c.count_arrays
     for a, s in scale.items():
@@ -191,10 +191,12 @@ def _release(algo, frame):
     return np.concatenate([np.ravel(c.arrays[a]) / s for a, s in scale.items()])
 
 
-def algo_step(algo):
-    return {"stats.dp_count": "count", "stats.dp_histogram": "histogram"}.get(
-        algo.name, {"stats.dp_mean": "sums", "stats.dp_crosstab": "table"}.get(algo.name)
-    )
+STEPS = {
+    "stats.dp_count": "count",
+    "stats.dp_histogram": "histogram",
+    "stats.dp_mean": "sums",
+    "stats.dp_crosstab": "table",
+}
 
 
 SENS_ALGOS = [
