@@ -17,6 +17,16 @@ from consortia.stats.descriptive import (
     Variance,
     VarianceResult,
 )
+from consortia.stats.dp import (
+    DPCount,
+    DPCountResult,
+    DPCrossTab,
+    DPCrossTabResult,
+    DPHistogram,
+    DPHistogramResult,
+    DPMean,
+    DPMeanResult,
+)
 from consortia.stats.linear import LinearRegression, LinearRegressionResult
 from consortia.stats.logistic import LogisticRegression, LogisticRegressionResult
 
@@ -25,6 +35,14 @@ __all__ = [
     "CountResult",
     "CrossTab",
     "CrossTabResult",
+    "DPCount",
+    "DPCountResult",
+    "DPCrossTab",
+    "DPCrossTabResult",
+    "DPHistogram",
+    "DPHistogramResult",
+    "DPMean",
+    "DPMeanResult",
     "Histogram",
     "HistogramResult",
     "LinearRegression",

@@ -10,7 +10,16 @@ import pandas as pd
 
 from consortia.errors import SchemaError, ValidationError
 
-__all__ = ["check_columns_param", "numeric_columns", "numeric_rows"]
+__all__ = [
+    "category_codes",
+    "check_bool",
+    "check_categories",
+    "check_columns_param",
+    "check_edges",
+    "numeric_columns",
+    "numeric_rows",
+    "used_rows",
+]
 
 
 def numeric_columns(
@@ -57,10 +66,15 @@ def numeric_columns(
     return x
 
 
-def numeric_rows(frame: pd.DataFrame, columns: Sequence[str], *, dropna: bool) -> np.ndarray:
+def numeric_rows(
+    frame: pd.DataFrame, columns: Sequence[str], *, dropna: bool, return_mask: bool = False
+) -> Any:
     """Numeric matrix of ``columns``; with ``dropna`` rows holding a NaN are dropped.
 
-    Infinite values are always refused.
+    Infinite values are always refused.  With ``return_mask`` the result is the pair
+    ``(x, kept)`` where ``kept`` is the boolean mask of the frame's rows that ``x``
+    holds (all True without ``dropna``); :func:`used_rows` turns it into
+    :attr:`Contribution.rows <consortia.protocol.Contribution.rows>`.
 
     Raises
     ------
@@ -69,13 +83,82 @@ def numeric_rows(frame: pd.DataFrame, columns: Sequence[str], *, dropna: bool) -
         missing value while ``dropna`` is False.
     """
     x = numeric_columns(frame, columns, allow_nan=dropna)
+    kept = np.ones(len(x), dtype=bool)
     if dropna:
         inf = np.isinf(x)
         if inf.any():
             col = columns[int(np.where(inf.any(axis=0))[0][0])]
             raise SchemaError(f"column {col!r} contains infinite values")
-        x = x[~np.isnan(x).any(axis=1)]
-    return x
+        kept = ~np.isnan(x).any(axis=1)
+        if not kept.all():
+            x = x[kept]
+    return (x, kept) if return_mask else x
+
+
+def used_rows(kept: np.ndarray) -> np.ndarray | None:
+    """``Contribution.rows`` for a mask of used rows: their positions, or None when all are used."""
+    kept = np.asarray(kept, dtype=bool)
+    return None if kept.all() else np.flatnonzero(kept)
+
+
+def check_bool(value: Any, param: str) -> None:
+    """Raise :class:`ValidationError` naming ``param`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{param} must be True or False")
+
+
+def check_categories(value: Any, param: str) -> tuple:
+    """Normalise a declared (public) list of categories, or raise naming ``param``."""
+    if isinstance(value, str):
+        raise ValidationError(f"{param} must be a sequence of categories, not one string")
+    try:
+        cats = tuple(value)
+    except TypeError:
+        raise ValidationError(f"{param} must be a sequence of categories") from None
+    if not cats:
+        raise ValidationError(f"{param} must declare at least one category")
+    for c in cats:
+        if not isinstance(c, (str, int, float, bool)) or (isinstance(c, float) and np.isnan(c)):
+            raise ValidationError(f"{param} must hold strings, numbers or booleans (not NaN)")
+    if len(set(cats)) != len(cats):
+        raise ValidationError(f"{param} declares a category more than once")
+    return cats
+
+
+def category_codes(frame: pd.DataFrame, col: str, cats: Sequence, *, dropna: bool) -> np.ndarray:
+    """Category codes of ``col`` (-1 for a missing value, kept only with ``dropna``).
+
+    Raises
+    ------
+    SchemaError
+        If the column is missing, holds a missing value while ``dropna`` is False, or
+        holds a value outside ``cats`` (never echoed).
+    """
+    if col not in frame.columns:
+        raise SchemaError(f"column(s) {[col]} not found in the site's data")
+    series = frame[col]
+    na = series.isna().to_numpy()
+    if na.any() and not dropna:
+        raise SchemaError(
+            f"column {col!r} contains missing values (drop them, or pass dropna=True)"
+        )
+    codes = np.asarray(pd.Categorical(series, categories=list(cats)).codes, dtype=np.int64)
+    if np.any((codes < 0) & ~na):
+        raise SchemaError(f"column {col!r} holds values outside its declared categories")
+    return codes
+
+
+def check_edges(value: Any, param: str = "edges") -> tuple[float, ...]:
+    """Normalise public histogram bin edges (finite, strictly increasing, at least two)."""
+    try:
+        edges = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{param} must be a sequence of numbers") from None
+    if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
+        raise ValidationError(f"{param} must hold at least two finite numbers")
+    if not np.all(np.diff(edges) > 0):
+        raise ValidationError(f"{param} must be strictly increasing")
+    return tuple(float(e) for e in edges)
 
 
 def check_columns_param(value: Any, *, param: str, allow_empty: bool = False) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ result, the cells whose pooled count is non-zero but below ``suppress_below``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,15 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, SchemaError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.stats._glm import join, split
-from consortia.stats._validate import check_columns_param, numeric_rows
+from consortia.stats._validate import (
+    category_codes,
+    check_bool,
+    check_categories,
+    check_columns_param,
+    check_edges,
+    numeric_rows,
+    used_rows,
+)
 
 __all__ = [
     "Count",
@@ -36,11 +44,6 @@ __all__ = [
     "Variance",
     "VarianceResult",
 ]
-
-
-def _check_bool(value: Any, param: str) -> None:
-    if not isinstance(value, bool):
-        raise ValidationError(f"{param} must be True or False")
 
 
 def _check_threshold(value: Any) -> None:
@@ -164,7 +167,7 @@ class Mean(Algorithm):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", check_columns_param(self.columns, param="columns"))
-        _check_bool(self.dropna, "dropna")
+        check_bool(self.dropna, "dropna")
 
     def coordinate(self) -> Coordination:
         sums = yield Round("moments")
@@ -176,8 +179,12 @@ class Mean(Algorithm):
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
         if step != "moments":
             raise _step_error(self, step)
-        x = numeric_rows(data.frame, self.columns, dropna=self.dropna)
-        return Contribution({"n": [len(x)], **split("total", x.sum(axis=0))}, cohort=len(x))
+        x, kept = numeric_rows(data.frame, self.columns, dropna=self.dropna, return_mask=True)
+        return Contribution(
+            {"n": [len(x)], **split("total", x.sum(axis=0))},
+            cohort=len(x),
+            rows=used_rows(kept),
+        )
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,7 @@ class Variance(Algorithm):
         object.__setattr__(self, "columns", check_columns_param(self.columns, param="columns"))
         if isinstance(self.ddof, bool) or not isinstance(self.ddof, int) or self.ddof < 0:
             raise ValidationError("ddof must be a non-negative integer")
-        _check_bool(self.dropna, "dropna")
+        check_bool(self.dropna, "dropna")
 
     def coordinate(self) -> Coordination:
         sums = yield Round("moments")
@@ -264,7 +271,7 @@ class Variance(Algorithm):
         return VarianceResult(self.columns, mean, variance, n, self.ddof)
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        x = numeric_rows(data.frame, self.columns, dropna=self.dropna)
+        x, kept = numeric_rows(data.frame, self.columns, dropna=self.dropna, return_mask=True)
         if step == "moments":
             arrays = {"n": [len(x)], **split("total", x.sum(axis=0))}
         elif step == "centred":
@@ -272,7 +279,7 @@ class Variance(Algorithm):
             arrays = {**split("dev", d.sum(axis=0)), **split("dev_sq", (d * d).sum(axis=0))}
         else:
             raise _step_error(self, step)
-        return Contribution(arrays, cohort=len(x))
+        return Contribution(arrays, cohort=len(x), rows=used_rows(kept))
 
 
 # --------------------------------------------------------------------------- histogram
@@ -344,17 +351,9 @@ class Histogram(Algorithm):
     def __post_init__(self) -> None:
         if not isinstance(self.column, str) or not self.column:
             raise ValidationError("column must be a column name (a non-empty string)")
-        try:
-            edges = np.asarray(self.edges, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValidationError("edges must be a sequence of numbers") from None
-        if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
-            raise ValidationError("edges must hold at least two finite numbers")
-        if not np.all(np.diff(edges) > 0):
-            raise ValidationError("edges must be strictly increasing")
-        object.__setattr__(self, "edges", tuple(float(e) for e in edges))
+        object.__setattr__(self, "edges", check_edges(self.edges))
         _check_threshold(self.suppress_below)
-        _check_bool(self.dropna, "dropna")
+        check_bool(self.dropna, "dropna")
 
     def coordinate(self) -> Coordination:
         sums = yield Round("histogram")
@@ -375,7 +374,8 @@ class Histogram(Algorithm):
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
         if step != "histogram":
             raise _step_error(self, step)
-        x = numeric_rows(data.frame, (self.column,), dropna=self.dropna)[:, 0]
+        x, kept = numeric_rows(data.frame, (self.column,), dropna=self.dropna, return_mask=True)
+        x = x[:, 0]
         edges = np.asarray(self.edges)
         counts, _ = np.histogram(x, bins=edges)
         arrays = {
@@ -383,7 +383,9 @@ class Histogram(Algorithm):
             "underflow": [float(np.sum(x < edges[0]))],
             "overflow": [float(np.sum(x > edges[-1]))],
         }
-        return Contribution(arrays, cohort=len(x), count_arrays=frozenset(arrays))
+        return Contribution(
+            arrays, cohort=len(x), count_arrays=frozenset(arrays), rows=used_rows(kept)
+        )
 
 
 # --------------------------------------------------------------------------- cross-tab
@@ -426,37 +428,6 @@ class CrossTabResult:
         )
 
 
-def _check_categories(value: Any, param: str) -> tuple:
-    if isinstance(value, str):
-        raise ValidationError(f"{param} must be a sequence of categories, not one string")
-    try:
-        cats = tuple(value)
-    except TypeError:
-        raise ValidationError(f"{param} must be a sequence of categories") from None
-    if not cats:
-        raise ValidationError(f"{param} must declare at least one category")
-    for c in cats:
-        if not isinstance(c, (str, int, float, bool)) or (isinstance(c, float) and np.isnan(c)):
-            raise ValidationError(f"{param} must hold strings, numbers or booleans (not NaN)")
-    if len(set(cats)) != len(cats):
-        raise ValidationError(f"{param} declares a category more than once")
-    return cats
-
-
-def _codes(frame: pd.DataFrame, col: str, cats: Sequence, *, dropna: bool) -> np.ndarray:
-    """Category codes of ``col`` (-1 for a missing value, kept only with ``dropna``)."""
-    series = frame[col]
-    na = series.isna().to_numpy()
-    if na.any() and not dropna:
-        raise SchemaError(
-            f"column {col!r} contains missing values (drop them, or pass dropna=True)"
-        )
-    codes = np.asarray(pd.Categorical(series, categories=list(cats)).codes, dtype=np.int64)
-    if np.any((codes < 0) & ~na):
-        raise SchemaError(f"column {col!r} holds values outside its declared categories")
-    return codes
-
-
 @register
 @dataclass(frozen=True, kw_only=True)
 class CrossTab(Algorithm):
@@ -497,9 +468,9 @@ class CrossTab(Algorithm):
         if self.row == self.column:
             raise ValidationError("row and column must be two different columns")
         for param in ("row_categories", "column_categories"):
-            object.__setattr__(self, param, _check_categories(getattr(self, param), param))
+            object.__setattr__(self, param, check_categories(getattr(self, param), param))
         _check_threshold(self.suppress_below)
-        _check_bool(self.dropna, "dropna")
+        check_bool(self.dropna, "dropna")
 
     def coordinate(self) -> Coordination:
         sums = yield Round("table")
@@ -521,12 +492,15 @@ class CrossTab(Algorithm):
         absent = [c for c in (self.row, self.column) if c not in frame.columns]
         if absent:
             raise SchemaError(f"column(s) {absent} not found in the site's data")
-        r = _codes(frame, self.row, self.row_categories, dropna=self.dropna)
-        c = _codes(frame, self.column, self.column_categories, dropna=self.dropna)
+        r = category_codes(frame, self.row, self.row_categories, dropna=self.dropna)
+        c = category_codes(frame, self.column, self.column_categories, dropna=self.dropna)
         keep = (r >= 0) & (c >= 0)
         nr, nc = len(self.row_categories), len(self.column_categories)
         flat = np.bincount(r[keep] * nc + c[keep], minlength=nr * nc)
         counts = flat.reshape(nr, nc).astype(np.float64)
         return Contribution(
-            {"counts": counts}, cohort=int(keep.sum()), count_arrays=frozenset({"counts"})
+            {"counts": counts},
+            cohort=int(keep.sum()),
+            count_arrays=frozenset({"counts"}),
+            rows=used_rows(keep),
         )

@@ -13,7 +13,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.stats._glm import Standardizer, check_rank, join, moments, site_rows, split
-from consortia.stats._validate import check_columns_param, numeric_rows
+from consortia.stats._validate import check_columns_param, numeric_rows, used_rows
 
 __all__ = ["LinearRegression", "LinearRegressionResult"]
 
@@ -131,11 +131,13 @@ class LinearRegression(Algorithm):
         """Names of the fitted coefficients."""
         return ("Intercept", *self.covariates)
 
-    def _read(self, data: Dataset) -> np.ndarray:
-        # columns: outcome first, then covariates
-        x = numeric_rows(data.frame, (self.outcome, *self.covariates), dropna=self.dropna)
+    def _read(self, data: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
+        # columns: outcome first, then covariates; and the rows used (None: all)
+        x, kept = numeric_rows(
+            data.frame, (self.outcome, *self.covariates), dropna=self.dropna, return_mask=True
+        )
         x.setflags(write=False)
-        return x
+        return x, used_rows(kept)
 
     def coordinate(self) -> Coordination:
         sums = yield Round("moments")
@@ -189,7 +191,7 @@ class LinearRegression(Algorithm):
         )
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        x = site_rows(self, data, self._read)
+        x, rows = site_rows(self, data, self._read)
         k = len(self.terms)
         if step == "moments":
             arrays = moments(x)
@@ -199,4 +201,4 @@ class LinearRegression(Algorithm):
             arrays = split("gram", design.T @ design)
         else:
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
-        return Contribution(arrays, cohort=len(x), n_parameters=k)
+        return Contribution(arrays, cohort=len(x), n_parameters=k, rows=rows)

@@ -14,7 +14,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ConvergenceError, SchemaError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.stats._glm import Standardizer, check_rank, join, site_rows, split
-from consortia.stats._validate import check_columns_param, numeric_rows
+from consortia.stats._validate import check_columns_param, numeric_rows, used_rows
 
 __all__ = ["LogisticRegression", "LogisticRegressionResult"]
 
@@ -293,16 +293,19 @@ class LogisticRegression(Algorithm):
 
     # ------------------------------------------------------------------ site side
 
-    def _read(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        x = numeric_rows(data.frame, (self.outcome, *self.covariates), dropna=self.dropna)
+    def _read(self, data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        # outcome, covariates and the rows used (None: all)
+        x, kept = numeric_rows(
+            data.frame, (self.outcome, *self.covariates), dropna=self.dropna, return_mask=True
+        )
         x.setflags(write=False)
         y = x[:, 0]
         if not np.all((y == 0) | (y == 1)):
             raise SchemaError(f"outcome {self.outcome!r} must hold only 0 and 1")
-        return y, x[:, 1:]
+        return y, x[:, 1:], used_rows(kept)
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        y, x = site_rows(self, data, self._read)
+        y, x, rows = site_rows(self, data, self._read)
         k = len(self.terms)
         if step == "moments":
             design = np.column_stack([np.ones(len(y)), y, x])
@@ -323,7 +326,7 @@ class LogisticRegression(Algorithm):
             }
         else:
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
-        return Contribution(arrays, cohort=len(y), n_parameters=k)
+        return Contribution(arrays, cohort=len(y), n_parameters=k, rows=rows)
 
 
 def _number(v: object) -> bool:
