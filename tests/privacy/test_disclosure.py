@@ -215,3 +215,15 @@ def test_ledger_is_shared_by_the_rules():
             cohort=ids[:-1],
             **{**kw, "query": "q2", "content": "c2"},
         )
+
+
+def test_histograms_with_shifted_edges_are_refused_on_the_same_cohort():
+    """Two exact histograms whose edges differ would difference into an unjudged cell."""
+    from consortia.stats import Histogram
+
+    fed = _Federation(_sites(), policy=Policy(min_cell_count=1))
+    fed.run(Histogram(column="age", edges=(0.0, 60.0, 200.0)))
+    with pytest.raises(PolicyError, match="grid_differencing"):
+        fed.run(Histogram(column="age", edges=(0.0, 60.5, 200.0)))
+    # a coarsening of the released edges reveals nothing new
+    assert fed.run(Histogram(column="age", edges=(0.0, 200.0))).n == 240

@@ -384,7 +384,11 @@ class Histogram(Algorithm):
             "overflow": [float(np.sum(x > edges[-1]))],
         }
         return Contribution(
-            arrays, cohort=len(x), count_arrays=frozenset(arrays), rows=used_rows(kept)
+            arrays,
+            cohort=len(x),
+            count_arrays=frozenset(arrays),
+            rows=used_rows(kept),
+            bins={self.column: edges},  # shifted edges on the same cohort difference
         )
 
 
