@@ -9,6 +9,8 @@ Example (every path may be relative to the TOML file's folder)::
     data_dir = "state"                      # keys, credential, SQLite (ledger, audit, peers)
     poll_wait = 20                          # long-poll seconds (optional)
     fsync = true                            # fsync the ledger and audit log on every write
+    approval = "manual"                     # each new study waits for the owner (default "auto")
+    auto_approve = ["stats.count", "stats.mean"]  # algorithm-name patterns approved at once
 
     [peers]                                 # optional: pinned identity fingerprints
     hospital-b = "3f1c...64 hex..."         # (else trust on first use, remembered)
@@ -37,7 +39,10 @@ from typing import Any
 from consortia.errors import ValidationError
 from consortia.privacy.policy import Policy
 
-__all__ = ["DatasetConfig", "NodeConfig", "load_config"]
+__all__ = ["APPROVAL_MODES", "DatasetConfig", "NodeConfig", "load_config"]
+
+APPROVAL_MODES = ("auto", "manual")
+"""``auto``: every study runs at once; ``manual``: each new study waits for the owner."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class NodeConfig:
     peers: Mapping[str, str] = field(default_factory=dict)
     poll_wait: float = 20.0
     fsync: bool = True
+    approval: str = "auto"  # see consortia.node.approvals
+    auto_approve: tuple[str, ...] = ()
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
@@ -74,6 +81,8 @@ class NodeConfig:
             f"data_dir = {_q(str(self.data_dir))}",
             f"poll_wait = {self.poll_wait}",
             f"fsync = {_toml_value(self.fsync)}",
+            f"approval = {_q(self.approval)}",
+            f"auto_approve = {_toml_value(list(self.auto_approve))}",
             "",
         ]
         if self.peers:
@@ -148,7 +157,16 @@ def load_config(path: str | Path) -> NodeConfig:
     node = raw.get("node")
     if not isinstance(node, dict):
         raise ValidationError(f"{path} needs a [node] table")
-    unknown = set(node) - {"name", "hub", "ca", "data_dir", "poll_wait", "fsync"}
+    unknown = set(node) - {
+        "name",
+        "hub",
+        "ca",
+        "data_dir",
+        "poll_wait",
+        "fsync",
+        "approval",
+        "auto_approve",
+    }
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
     for key in ("name", "hub", "data_dir"):
@@ -189,6 +207,16 @@ def load_config(path: str | Path) -> NodeConfig:
     fsync = node.get("fsync", True)
     if not isinstance(fsync, bool):
         raise ValidationError("[node] fsync must be true or false")
+    approval = node.get("approval", "auto")
+    if approval not in APPROVAL_MODES:
+        raise ValidationError(f"[node] approval must be one of {list(APPROVAL_MODES)}")
+    auto_approve = node.get("auto_approve", [])
+    if not isinstance(auto_approve, list) or not all(
+        isinstance(p, str) and p for p in auto_approve
+    ):
+        raise ValidationError(
+            "[node] auto_approve must be a list of algorithm-name patterns (strings)"
+        )
     return NodeConfig(
         name=node["name"],
         hub=hub,
@@ -198,4 +226,6 @@ def load_config(path: str | Path) -> NodeConfig:
         peers={str(k): v.lower() for k, v in peers.items()},
         poll_wait=float(poll),
         fsync=fsync,
+        approval=approval,
+        auto_approve=tuple(auto_approve),
     )
