@@ -169,3 +169,27 @@ def test_only_the_open_attempt_of_a_participant_can_wait(world):
     with pytest.raises(HubError) as err:
         hub.await_approval("site0", "no-such-study", 0, 0, DIGEST)
     assert err.value.status == 404
+
+
+def test_the_pending_endpoint_needs_a_node_and_a_digest(hub_url):
+    from fastapi.testclient import TestClient
+
+    from consortia.hub import HubSettings, bootstrap_token, create_app
+    from consortia.privacy.keys import SiteIdentity
+
+    with TestClient(create_app(HubSettings(db=hub_url, approval_timeout=5.0))) as c:
+        path = "/v1/node/studies/s1/rounds/0/attempts/0/pending"
+        assert c.post(path, json={"digest": DIGEST}).status_code == 401
+        researcher = bootstrap_token(hub_url, "researcher", "alice")
+        r = c.post(path, json={"digest": DIGEST}, headers={"Authorization": f"Bearer {researcher}"})
+        assert r.status_code == 403
+        enrol = bootstrap_token(hub_url, "enrolment", "hosp-a")
+        body = {"name": "hosp-a", "peer_key": SiteIdentity.generate().peer_key("hosp-a").to_json()}
+        cred = c.post("/v1/enrol", json=body, headers={"Authorization": f"Bearer {enrol}"})
+        node = {"Authorization": f"Bearer {cred.json()['credential']}"}
+        assert c.post(path, json={"digest": "xyz"}, headers=node).status_code == 422
+        r = c.post(path, json={"digest": DIGEST}, headers=node)
+        assert r.status_code == 404 and "no task of this node" in r.json()["detail"]
+        template = "/v1/node/studies/{study_id}/rounds/{round_index}/attempts/{attempt}/pending"
+        assert template in c.get("/openapi.json").json()["paths"]
+        assert c.app.state.studies.approval_timeout == 5.0
