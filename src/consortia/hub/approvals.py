@@ -23,13 +23,16 @@ and uses its state (``_live``, ``lock``, ``engine``) and helpers (``_live_for``,
 
 # no ``from __future__ import annotations``: FastAPI reads the route's annotations at runtime
 
+import threading
 import time
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from consortia.audit import AuditLog
 from consortia.hub.db import StudyRow
 from consortia.hub.queries import HubError
 from consortia.hub.state import LiveStudy
@@ -52,13 +55,17 @@ class ApprovalHandling:
     """Nodes waiting for their owner's approval, per running study (mixed into the engine)."""
 
     approval_timeout: float
+    engine: Engine
+    audit: AuditLog
+    lock: threading.RLock
+    _live: dict[str, LiveStudy]
 
     def await_approval(
         self, node: str, study_id: str, round_index: int, attempt: int, digest: str
     ) -> dict[str, Any]:
         """Mark ``node`` as waiting for its owner in the open attempt (idempotent)."""
-        with self.lock:  # type: ignore[attr-defined]
-            live: LiveStudy | None = self._live_for(node, study_id)  # type: ignore[attr-defined]
+        with self.lock:
+            live: LiveStudy | None = self._live_for(node, study_id)
             if live is None:
                 return {"status": "not running"}
             rnd = live.round
@@ -72,15 +79,15 @@ class ApprovalHandling:
                 raise HubError(409, "this attempt is not waiting for this node's contribution")
             if node not in live.waiting:
                 live.waiting[node] = time.monotonic() + self.approval_timeout
-                with Session(self.engine) as s:  # type: ignore[attr-defined]
-                    self._set_task(s, live, node, "waiting_approval")  # type: ignore[attr-defined]
+                with Session(self.engine) as s:
+                    self._set_task(s, live, node, "waiting_approval")
                     s.commit()
-                self.audit.append(  # type: ignore[attr-defined]
+                self.audit.append(
                     f"node:{node}",
                     "study.waiting_approval",
                     {"study": study_id, "round": round_index, "digest": digest},
                 )
-                self._bump((), study_id)  # type: ignore[attr-defined]
+                self._bump((), study_id)
             return {"status": "waiting", "approval_timeout": self.approval_timeout}
 
     def _hold_for_approval(
@@ -100,7 +107,7 @@ class ApprovalHandling:
         if expired:
             study.error_site = expired[0]
             reason = f"node {expired[0]}'s owner did not approve within {self.approval_timeout:g} s"
-            self._fail(s, study, reason, "approval_timeout")  # type: ignore[attr-defined]
+            self._fail(s, study, reason, "approval_timeout")
             return None
         others = [n for n in missing if n not in live.waiting]
         if others:
