@@ -58,9 +58,13 @@ class StudyStatus:
     participants
         Nodes taking part (survivors after exclusions).
     error, error_rule
-        Why the study failed, and the policy rule that refused, when one did.
+        Why the study failed, and the policy rule that refused, when one did
+        (``owner_denied``: a node's data owner denied it; ``approval_timeout``: an
+        owner did not decide in time).
     raw
         The hub's full answer.
+    waiting_approval
+        Nodes whose data owner has not yet approved the study (it waits for them).
     """
 
     id: str
@@ -73,6 +77,7 @@ class StudyStatus:
     error: str | None
     error_rule: str | None
     raw: dict[str, Any]
+    waiting_approval: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> StudyStatus:
@@ -88,6 +93,7 @@ class StudyStatus:
             error=obj.get("error"),
             error_rule=obj.get("error_rule"),
             raw=obj,
+            waiting_approval=tuple(cur.get("waiting_approval", ())),
         )
 
     @property
@@ -244,7 +250,10 @@ class RemoteFederation:
             st = StudyStatus.from_json(raw)
             cur = raw.get("current")
             if progress is not None and cur is not None:
-                key = (int(cur["round_index"]), cur.get("step"))
+                step = str(cur.get("step"))
+                if st.waiting_approval:
+                    step += f" (waiting for the owner of {', '.join(st.waiting_approval)})"
+                key = (int(cur["round_index"]), step)
                 if key != seen:
                     seen = key
                     progress(key[0], str(key[1]))

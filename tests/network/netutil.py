@@ -7,11 +7,14 @@ PostgreSQL database created for it (and dropped after).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -122,11 +125,21 @@ def start_federation(
     node_timeout: float = 20.0,
     max_payload: int = 2**20,
     restricted: bool = True,
+    approval_timeout: float = 24 * 3600.0,
+    node_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Federation:
-    """Start a hub and ``n_nodes`` node processes, each holding ``data`` (and ``restricted``)."""
+    """Start a hub and ``n_nodes`` node processes, each holding ``data`` (and ``restricted``).
+
+    ``node_options`` maps a node name to NodeConfig fields that replace the defaults
+    (for example ``{"site2": {"approval": "manual"}}``).
+    """
     root.mkdir(parents=True, exist_ok=True)
     hub = HubProcess(
-        db, node_timeout=node_timeout, max_payload=max_payload, log=root / "hub.log"
+        db,
+        node_timeout=node_timeout,
+        max_payload=max_payload,
+        approval_timeout=approval_timeout,
+        log=root / "hub.log",
     ).start()
     nodes, configs = {}, {}
     pins = mutual_pins({f"site{i}": root / f"site{i}" for i in range(n_nodes)})
@@ -158,6 +171,7 @@ def start_federation(
                 poll_wait=10,
                 peers=pins[name],
             )
+            cfg = dataclasses.replace(cfg, **dict((node_options or {}).get(name, {})))
             configs[name] = cfg
             token = hub.create_token("enrolment", name)
             nodes[name] = NodeProcess(

@@ -26,6 +26,8 @@ def test_round_trip_and_relative_paths(tmp_path):
         peers={"hospital-b": "ab" * 32},
         poll_wait=7.5,
         fsync=False,
+        approval="manual",
+        auto_approve=("stats.count", "stats.mean"),
         datasets=(
             DatasetConfig(
                 name="cohort",
@@ -51,6 +53,7 @@ def test_round_trip_and_relative_paths(tmp_path):
     assert got.data_dir == tmp_path / "state" and got.hub == "http://127.0.0.1:1"
     assert got.datasets[0].path == tmp_path / "data" / "d.csv"
     assert got.datasets[0].policy == Policy() and got.fsync is True
+    assert got.approval == "auto" and got.auto_approve == ()  # today's behaviour
 
 
 @pytest.mark.parametrize(
@@ -75,6 +78,16 @@ def test_round_trip_and_relative_paths(tmp_path):
         (
             "[node]\nname='a'\nhub='http://h'\ndata_dir='s'\npoll_wait=0\n[datasets.d]\npath='x'\n",
             "poll_wait",
+        ),
+        (
+            "[node]\nname='a'\nhub='http://h'\ndata_dir='s'\napproval='maybe'\n"
+            "[datasets.d]\npath='x'\n",
+            r"\[node\] approval must be one of",
+        ),
+        (
+            "[node]\nname='a'\nhub='http://h'\ndata_dir='s'\nauto_approve='stats.*'\n"
+            "[datasets.d]\npath='x'\n",
+            r"\[node\] auto_approve must be a list",
         ),
         ("[node\n", "not valid TOML"),
     ],

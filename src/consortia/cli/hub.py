@@ -47,6 +47,12 @@ def command() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="HMAC key of the audit log.",
 )
+@click.option(
+    "--approval-timeout",
+    default=24 * 3600.0,
+    show_default=True,
+    help="Seconds a study waits for a node owner's approval before it fails.",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def start(
     db: str,
@@ -59,6 +65,7 @@ def start(
     reveal_timeout: float,
     max_payload: int,
     audit_key_file: str | None,
+    approval_timeout: float,
     log_level: str,
 ) -> None:
     """Serve the hub until interrupted (HTTPS unless --insecure-http on loopback)."""
@@ -72,6 +79,7 @@ def start(
                 reveal_timeout=reveal_timeout,
                 max_payload=max_payload,
                 audit_key_file=audit_key_file,
+                approval_timeout=approval_timeout,
             ),
             host=host,
             port=port,

@@ -1,14 +1,23 @@
-"""``consortia node``: enrol a node with a hub and run it."""
+"""``consortia node``: enrol a node with a hub, run it, and decide its owner approvals."""
 
 from __future__ import annotations
 
+import getpass
+import json
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from consortia.errors import ConsortiaError
+
+if TYPE_CHECKING:
+    from consortia.node.approvals import ApprovalRequest, Approvals
 
 _CONFIG = click.option(
     "--config",
@@ -83,6 +92,142 @@ def start(config: Path, log_level: str) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------------- approvals
+
+
+@command.group("approvals")
+def approvals() -> None:
+    """Owner approvals: studies waiting for this node's data owner (approval = "manual")."""
+
+
+@contextmanager
+def _approvals(config: Path) -> Iterator[Approvals]:
+    from consortia.node import load_config
+    from consortia.node.approvals import Approvals
+    from consortia.node.store import NodeStore
+
+    try:
+        cfg = load_config(config)
+        store = NodeStore(cfg.data_dir, fsync=cfg.fsync)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        yield Approvals(store.engine, store.audit, mode=cfg.approval, auto_approve=cfg.auto_approve)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+
+
+def _owner() -> str:
+    try:
+        return f"owner:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment
+        return "owner"
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _describe(req: ApprovalRequest) -> str:
+    d = req.details
+    lines = [
+        f"study:        {req.study_id}",
+        f"digest:       {req.digest}",
+        f"status:       {req.status}",
+        f"requested:    {_when(req.created_at)}",
+    ]
+    if req.status != "pending":
+        lines.append(f"decided:      {_when(req.decided_at)} by {req.decided_by}")
+    if req.reason:
+        lines.append(f"reason:       {req.reason}")
+    lines += [
+        f"researcher:   {req.researcher}",
+        f"dataset:      {req.dataset}",
+        f"algorithm:    {req.algorithm.get('name')}",
+        "parameters:   " + json.dumps(req.algorithm.get("params", {}), sort_keys=True),
+        f"participants: {', '.join(d.get('participants') or [])}",
+    ]
+    cost = d.get("privacy_cost")
+    if cost is not None:
+        lines.append(f"privacy cost: epsilon={cost['epsilon']:g}, delta={cost['delta']:g}")
+    arrays = d.get("arrays")
+    where = f"round {d.get('round')}, step {d.get('step')!r}"
+    lines.append(f"would release ({where}), summed securely across the participants:")
+    if arrays is None:
+        lines.append(f"  ({d.get('arrays_note')})")
+    else:
+        lines += [f"  {name}: shape {tuple(shape)}" for name, shape in arrays.items()]
+    lines.append("policy:")
+    lines += [f"  {k} = {json.dumps(v)}" for k, v in (d.get("policy") or {}).items()]
+    return "\n".join(lines)
+
+
+@approvals.command("list")
+@_CONFIG
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "denied", "all"]),
+    default="all",
+    show_default=True,
+)
+def approvals_list(config: Path, status: str) -> None:
+    """List approval requests: study, status, algorithm, dataset, researcher, digest."""
+    with _approvals(config) as ap:
+        rows = ap.list(None if status == "all" else status)  # type: ignore[arg-type]
+    if not rows:
+        click.echo("no approval requests")
+        return
+    for r in rows:
+        click.echo(
+            f"{r.study_id}  {r.status:<8}  {r.algorithm.get('name')}  {r.dataset}  "
+            f"{r.researcher}  {r.digest[:12]}  {_when(r.created_at)}"
+        )
+
+
+@approvals.command("show")
+@_CONFIG
+@click.argument("study")
+@click.option("--digest", help="The request's digest (or its start), if the study has several.")
+@click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
+def approvals_show(config: Path, study: str, digest: str | None, as_json: bool) -> None:
+    """Show what a study would release: algorithm, parameters, arrays, policy, privacy cost.
+
+    STUDY is a study id or a unique start of one.
+    """
+    with _approvals(config) as ap:
+        req = ap.find(study, digest)
+    click.echo(json.dumps(req.to_json(), indent=2) if as_json else _describe(req))
+
+
+@approvals.command("approve")
+@_CONFIG
+@click.argument("study")
+@click.option(
+    "--digest", help="Approve only if the request's digest starts with this (what you reviewed)."
+)
+def approvals_approve(config: Path, study: str, digest: str | None) -> None:
+    """Approve a pending study (bound to its specification's digest)."""
+    with _approvals(config) as ap:
+        req = ap.approve(study, actor=_owner(), digest=digest)
+    click.echo(f"approved study {req.study_id} (digest {req.digest})")
+
+
+@approvals.command("deny")
+@_CONFIG
+@click.argument("study")
+@click.option("--digest", help="Deny only if the request's digest starts with this.")
+@click.option("--reason", help="Why (kept in the node's audit log; not sent to the hub).")
+def approvals_deny(config: Path, study: str, digest: str | None, reason: str | None) -> None:
+    """Deny a pending study: the node refuses it with rule owner_denied."""
+    with _approvals(config) as ap:
+        req = ap.deny(study, actor=_owner(), digest=digest, reason=reason)
+    click.echo(f"denied study {req.study_id} (digest {req.digest})")
 
 
 # ---------------------------------------------------------------------- trusted peers

@@ -30,6 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from consortia import __version__
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, ValidationError
+from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, approval_router
 from consortia.hub.auth import Principal, create_token, hash_token, new_secret, resolve
 from consortia.hub.budget import add_budget_routes
 from consortia.hub.db import NodeRow, TokenRow, make_engine
@@ -70,6 +71,9 @@ class HubSettings:
         number of nodes).
     audit_key_file
         Optional file holding the audit HMAC key.
+    approval_timeout
+        Seconds a study waits for a node's data owner to approve it before it fails
+        (nodes with ``approval = "manual"``; see :mod:`consortia.hub.approvals`).
     """
 
     db: str
@@ -78,6 +82,7 @@ class HubSettings:
     max_payload: int = 256 * 2**20
     max_concurrent_uploads: int = 2
     audit_key_file: str | None = None
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -98,6 +103,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         reveal_timeout=settings.reveal_timeout,
         max_payload=settings.max_payload,
         audit=audit,
+        approval_timeout=settings.approval_timeout,
     )
 
     @asynccontextmanager
@@ -464,6 +470,8 @@ def create_app(settings: HubSettings) -> FastAPI:
             body.message,
             anonymous=body.anonymous,
         )
+
+    app.include_router(approval_router(studies, Node))
 
     # ---------------------------------------------------------------- studies
 

@@ -36,7 +36,7 @@ class HubProcess(ChildProcess):
         TCP port (a free one if omitted).
     host
         Interface to bind (plain HTTP is allowed on loopback only).
-    node_timeout, reveal_timeout, max_payload
+    node_timeout, reveal_timeout, max_payload, approval_timeout
         See :class:`~consortia.hub.app.HubSettings`.
     tls_cert, tls_key, ca
         Serve HTTPS with this chain and key; ``ca`` is what clients should trust.
@@ -61,6 +61,7 @@ class HubProcess(ChildProcess):
         node_timeout: float = 30.0,
         reveal_timeout: float = 120.0,
         max_payload: int = 256 * 2**20,
+        approval_timeout: float = 24 * 3600.0,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
         ca: str | Path | None = None,
@@ -73,6 +74,7 @@ class HubProcess(ChildProcess):
         self.node_timeout = node_timeout
         self.reveal_timeout = reveal_timeout
         self.max_payload = max_payload
+        self.approval_timeout = approval_timeout
         self.tls_cert, self.tls_key, self.ca = tls_cert, tls_key, ca
         super().__init__(log=log, process_group=process_group)
 
@@ -100,6 +102,8 @@ class HubProcess(ChildProcess):
             str(self.reveal_timeout),
             "--max-payload",
             str(self.max_payload),
+            "--approval-timeout",
+            str(self.approval_timeout),
         ]
         if self.tls_cert:
             cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]

@@ -73,6 +73,7 @@ class StudyQueries:
                     "attempt": rnd.attempt,
                     "phase": rnd.phase,
                     "received": sorted(rnd.received),
+                    "waiting_approval": sorted(live.waiting),
                 }
         return out
 

@@ -169,6 +169,7 @@ class RoundHandling:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 raise
             rnd.received, rnd.layout, rnd.phase = received, layout_json, phase
+            live.waiting.pop(node, None)  # its owner approved
             if phase == "reveal":
                 live.deadline = time.monotonic() + self.reveal_timeout
                 self._bump(rnd.participants)

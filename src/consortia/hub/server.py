@@ -11,6 +11,7 @@ import uvicorn
 
 from consortia.errors import ValidationError
 from consortia.hub.app import HubSettings, create_app
+from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT
 
 __all__ = ["is_loopback", "main", "serve"]
 
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--reveal-timeout", type=float, default=120.0)
     p.add_argument("--max-payload", type=int, default=256 * 2**20)
     p.add_argument("--audit-key-file")
+    p.add_argument("--approval-timeout", type=float, default=DEFAULT_APPROVAL_TIMEOUT)
     p.add_argument("--log-level", default="warning")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper())
@@ -102,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reveal_timeout=a.reveal_timeout,
             max_payload=a.max_payload,
             audit_key_file=a.audit_key_file,
+            approval_timeout=a.approval_timeout,
         ),
         host=a.host,
         port=a.port,

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
 from consortia.errors import ConsortiaError
+from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, ApprovalHandling
 from consortia.hub.db import (
     DatasetRow,
     NodeRow,
@@ -61,7 +62,7 @@ __all__ = ["HubError", "StudyEngine"]
 log = logging.getLogger("consortia.hub")
 
 
-class StudyEngine(StudyQueries, RoundHandling):
+class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
     """Studies, rounds and tasks of one hub, over one SQLAlchemy engine.
 
     Parameters
@@ -79,6 +80,9 @@ class StudyEngine(StudyQueries, RoundHandling):
         Largest accepted contribution, in bytes.
     audit
         The hub's audit log (created on ``engine`` if omitted).
+    approval_timeout
+        Seconds a study waits for a node's data owner to approve it before it fails
+        (see :mod:`consortia.hub.approvals`).
     """
 
     def __init__(
@@ -89,8 +93,10 @@ class StudyEngine(StudyQueries, RoundHandling):
         reveal_timeout: float = 120.0,
         max_payload: int = 256 * 2**20,
         audit: AuditLog | None = None,
+        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
     ) -> None:
         self.engine = engine
+        self.approval_timeout = float(approval_timeout)
         self.node_timeout = float(node_timeout)
         self.reveal_timeout = float(reveal_timeout)
         self.max_payload = int(max_payload)
@@ -245,7 +251,10 @@ class StudyEngine(StudyQueries, RoundHandling):
     def _close_tasks(self, s: Session, study_id: str, state: str) -> None:
         s.execute(
             update(TASKS)
-            .where(TASKS.c.study_id == study_id, TASKS.c.state.in_(("pending", "contributed")))
+            .where(
+                TASKS.c.study_id == study_id,
+                TASKS.c.state.in_(("pending", "contributed", "waiting_approval")),
+            )
             .values(state=state, updated_at=time.time())
         )
 
@@ -396,6 +405,7 @@ class StudyEngine(StudyQueries, RoundHandling):
                         "participants": [self._peer_json[n] for n in rnd.participants],
                         "frac_bits": live.frac_bits,
                         "researcher": live.researcher,
+                        "waiting": node in live.waiting,  # for its owner's approval
                     }
                 )
         return out
@@ -407,12 +417,13 @@ class StudyEngine(StudyQueries, RoundHandling):
             with self.changed:
                 version = self._node_version.get(node, 0)
                 tasks = self.tasks_for(node)
-                if tasks:
+                # a task waiting for the node's owner comes back at the end of each poll
+                if not all(t["waiting"] for t in tasks):
                     return tasks
                 while self._node_version.get(node, 0) == version and not self._stop.is_set():
                     left = end - time.monotonic()
                     if left <= 0:
-                        return []
+                        return tasks
                     self.changed.wait(left)
             if self._stop.is_set():
                 return []
@@ -452,7 +463,12 @@ class StudyEngine(StudyQueries, RoundHandling):
                 )
                 s.commit()
                 return
-            missing = sorted(set(rnd.participants) - set(rnd.received))
+            missing = self._hold_for_approval(
+                s, study, live, sorted(set(rnd.participants) - set(rnd.received))
+            )
+            if missing is None:  # nodes wait for their owners (or the study failed)
+                s.commit()
+                return
             survivors = [n for n in rnd.participants if n not in missing]
             if not survivors:
                 self._fail(s, study, "every node dropped out")

@@ -58,6 +58,8 @@ class LiveStudy:
     deadline: float
     agg: SecureAggregator | None = None
     agg_attempt: int = -1
+    # node -> monotonic deadline of its owner's approval (see consortia.hub.approvals)
+    waiting: dict[str, float] = field(default_factory=dict)
 
 
 def restore_aggregator(

@@ -27,6 +27,7 @@ import httpx
 
 from consortia.data import catalogue, load_dataset
 from consortia.errors import ConsortiaError, PolicyError, ProtocolError, ValidationError
+from consortia.node.approvals import Approvals, study_digest
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
 from consortia.node.link import Answer, HubLink
@@ -68,6 +69,12 @@ class NodeAgent:
         self.config = config
         self.identity = load_identity(config.data_dir)
         self.store = NodeStore(config.data_dir, fsync=config.fsync)
+        self.approvals = Approvals(
+            self.store.engine,
+            self.store.audit,
+            mode=config.approval,
+            auto_approve=config.auto_approve,
+        )
         self._stop = threading.Event()
         verify = _verify(config)
         self._client = httpx.Client(
@@ -289,6 +296,9 @@ class NodeAgent:
         worker = self.worker()
         actor = f"node:{self.config.name}"
         reveal = msg.get("kind") == "reveal"
+        # owner approval (airlock): a study the owner has not approved is not computed
+        if not reveal and self.approvals.required and not self._approved(worker, task, msg):
+            return []
         refusal: tuple[str, str] | None = None
         anonymous = False
         # the task's ledger change and its audit entry commit together, before anything leaves
@@ -354,6 +364,29 @@ class NodeAgent:
                 log.warning("the hub refused a budget report (%s)", r.status_code)
         except httpx.TransportError as exc:
             log.warning("could not report the privacy budget to the hub: %s", exc)
+
+    def _approved(self, worker: SiteWorker, task: Task, msg: Mapping[str, Any]) -> bool:
+        """Whether the owner approved ``task``'s study; else refuse (denied) or wait.
+
+        A first request is recorded once (see :mod:`consortia.node.approvals`); while
+        it is pending the hub is told that the study waits for this node's owner (again
+        only when its task does not already say so, for example after a hub restart).
+        """
+        try:
+            status = self.approvals.admit(task, worker, actor=f"node:{self.config.name}")
+        except ConsortiaError as err:
+            self._refuse(task, type(err).__name__, str(err))
+            return False
+        if status == "approved":
+            return True
+        if status == "denied":
+            self._refuse(task, "owner_denied", "the data owner did not approve this study")
+        elif not msg.get("waiting"):
+            digest = study_digest(task.algorithm, task.dataset, task.researcher)
+            r = self._post(self._path(task, "pending"), json.dumps({"digest": digest}).encode())
+            if r is not None and r.status_code != 200:
+                log.warning("the hub refused a pending notice (%s): %s", r.status_code, _detail(r))
+        return False
 
     def _release(self, worker: SiteWorker, task: Task, masked: Any) -> dict[str, Any]:
         """The audit details of a release: names and shapes, never values."""

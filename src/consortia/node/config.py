@@ -9,6 +9,8 @@ Example (every path may be relative to the TOML file's folder)::
     data_dir = "state"                      # keys, credential, SQLite (ledger, audit, peers)
     poll_wait = 20                          # long-poll seconds (optional)
     fsync = true                            # fsync the ledger and audit log on every write
+    approval = "manual"                     # each new study waits for the owner (default "auto")
+    auto_approve = ["stats.count", "stats.mean"]  # algorithm-name patterns approved at once
 
     trust_on_first_use = false              # default: only pinned peers are trusted
 
@@ -39,7 +41,10 @@ from typing import Any
 from consortia.errors import ValidationError
 from consortia.privacy.policy import Policy
 
-__all__ = ["DatasetConfig", "NodeConfig", "load_config"]
+__all__ = ["APPROVAL_MODES", "DatasetConfig", "NodeConfig", "load_config"]
+
+APPROVAL_MODES = ("auto", "manual")
+"""``auto``: every study runs at once; ``manual``: each new study waits for the owner."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class NodeConfig:
     poll_wait: float = 20.0
     fsync: bool = True
     trust_on_first_use: bool = False
+    approval: str = "auto"  # see consortia.node.approvals
+    auto_approve: tuple[str, ...] = ()
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
@@ -78,6 +85,8 @@ class NodeConfig:
             f"poll_wait = {self.poll_wait}",
             f"fsync = {_toml_value(self.fsync)}",
             f"trust_on_first_use = {_toml_value(self.trust_on_first_use)}",
+            f"approval = {_q(self.approval)}",
+            f"auto_approve = {_toml_value(list(self.auto_approve))}",
             "",
         ]
         if self.peers:
@@ -160,6 +169,8 @@ def load_config(path: str | Path) -> NodeConfig:
         "poll_wait",
         "fsync",
         "trust_on_first_use",
+        "approval",
+        "auto_approve",
     }
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
@@ -204,6 +215,16 @@ def load_config(path: str | Path) -> NodeConfig:
     tofu = node.get("trust_on_first_use", False)
     if not isinstance(tofu, bool):
         raise ValidationError("[node] trust_on_first_use must be true or false")
+    approval = node.get("approval", "auto")
+    if approval not in APPROVAL_MODES:
+        raise ValidationError(f"[node] approval must be one of {list(APPROVAL_MODES)}")
+    auto_approve = node.get("auto_approve", [])
+    if not isinstance(auto_approve, list) or not all(
+        isinstance(p, str) and p for p in auto_approve
+    ):
+        raise ValidationError(
+            "[node] auto_approve must be a list of algorithm-name patterns (strings)"
+        )
     return NodeConfig(
         name=node["name"],
         hub=hub,
@@ -214,4 +235,6 @@ def load_config(path: str | Path) -> NodeConfig:
         poll_wait=float(poll),
         fsync=fsync,
         trust_on_first_use=tofu,
+        approval=approval,
+        auto_approve=tuple(auto_approve),
     )
