@@ -395,10 +395,20 @@ def test_bad_values_name_the_column(column, value, message):
         fit(sites, time_grid=tuple(float(t) for t in range(0, 400)), weights="w")
 
 
-def test_times_beyond_the_grid_and_unknown_strata_are_refused():
+def test_times_beyond_the_grid_are_censored_and_unknown_strata_refused():
     sites = make_sites(28)
-    with pytest.raises(SchemaError, match="beyond the last grid point"):
-        fit(sites, time_grid=(0.0, 1.0, 2.0))
+    grid = grid_of(sites)
+    short = grid[: len(grid) // 2]
+    res = fit(sites, time_grid=short)
+    clipped = {}
+    for name, df in sites.items():
+        df = df.copy()
+        beyond = df["T"] > short[-1]
+        df.loc[beyond, "T"] = short[-1]
+        df.loc[beyond, "E"] = 0
+        clipped[name] = df
+    ref = fit(clipped, time_grid=short)
+    np.testing.assert_allclose(res.coef, ref.coef, rtol=1e-10)
     with pytest.raises(SchemaError, match="'g'.*declared levels"):
         fit(sites, time_grid=grid_of(sites), strata="g", strata_levels=("a",))
 

@@ -11,7 +11,12 @@ from lifelines.utils import median_survival_times
 from consortia import Policy, Simulation
 from consortia.data.tcga import load_tcga_brca
 from consortia.errors import AlgorithmError, PolicyError, SchemaError, ValidationError
-from consortia.survival._grid import day_grid, regular_grid, round_up_to_grid
+from consortia.survival._grid import (
+    administrative_censoring,
+    day_grid,
+    regular_grid,
+    round_up_to_grid,
+)
 from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve
 
 OPEN = Policy(min_cell_count=1)
@@ -197,7 +202,6 @@ def test_empty_group_is_a_clear_error() -> None:
         ("T", -3.0, "time column 'T' contains negative times"),
         ("E", 2, "event column 'E' must hold 0 \\(censored\\) or 1 \\(event\\)"),
         ("E", np.nan, "event column 'E' must hold 0"),
-        ("T", 701.0, "column 'T' has times beyond the last grid point \\(700\\)"),
         ("arm", "other", "column 'arm' holds values outside its declared levels"),
     ],
 )
@@ -210,6 +214,18 @@ def test_bad_values_are_refused_naming_the_column(column: str, value: object, me
     algo = KaplanMeier(time="T", event="E", time_grid=day_grid(700), group="arm", groups=("a", "b"))
     with pytest.raises(SchemaError, match=message):
         Simulation(sites, policy=OPEN).run(algo)
+
+
+def test_time_beyond_the_grid_is_censored_at_its_end() -> None:
+    sites = day_sites()
+    sites["site1"]["T"] = sites["site1"]["T"].astype(float)
+    sites["site1"].loc[3, ["T", "E"]] = (900.0, 1)
+    km = Simulation(sites, policy=OPEN).run(
+        KaplanMeier(time="T", event="E", time_grid=day_grid(700))
+    )
+    df = pooled(sites)
+    t, e = administrative_censoring(df["T"], df["E"], 700.0)
+    assert_matches_lifelines(km["all"], pd.Series(t), pd.Series(e))
 
 
 def test_bad_parameters() -> None:

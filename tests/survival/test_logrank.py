@@ -221,11 +221,16 @@ def test_empty_group_is_a_clear_error() -> None:
 
 def test_bad_values_and_parameters() -> None:
     sites = week_sites()
-    sites["site0"].loc[0, "T"] = 500.0
-    with pytest.raises(SchemaError, match="column 'T' has times beyond the last grid point"):
-        Simulation(sites, policy=OPEN).run(
-            LogRank(time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID)
-        )
+    sites["site0"]["T"] = sites["site0"]["T"].astype(float)
+    sites["site0"].loc[0, ["T", "E"]] = (500.0, 1)  # beyond the grid: censored at its end
+    beyond = Simulation(sites, policy=OPEN).run(
+        LogRank(time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID)
+    )
+    sites["site0"].loc[0, ["T", "E"]] = (GRID[-1], 0)
+    at_end = Simulation(sites, policy=OPEN).run(
+        LogRank(time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID)
+    )
+    assert beyond.chi2 == pytest.approx(at_end.chi2, rel=1e-12)
     sites = week_sites()
     sites["site2"].loc[1, "sex"] = None
     with pytest.raises(SchemaError, match="column 'sex' contains missing values"):

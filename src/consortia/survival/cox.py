@@ -67,7 +67,7 @@ from consortia.protocol import Algorithm, Contribution, Coordination, Round, reg
 from consortia.stats._validate import numeric_columns
 from consortia.survival import _cox_math as cm
 from consortia.survival._cox_result import CoxPHResult
-from consortia.survival._grid import grid_index, validate_grid
+from consortia.survival._grid import grid_map, validate_grid
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
 __all__ = ["CoxPH", "CoxPHResult"]
@@ -218,7 +218,8 @@ class CoxPH(Algorithm):
         else:
             codes = level_codes(frame, self.strata, self.strata_levels or ())
         if self.time_grid is not None:
-            t = np.asarray(self.time_grid)[grid_index(t, self.time_grid, column=self.time)]
+            idx, e = grid_map(t, e, self.time_grid, column=self.time)
+            t = np.asarray(self.time_grid)[idx]
         return _Rows(t=t, e=e, x=x, w=w, codes=codes)
 
     # ------------------------------------------------------------------ site side

@@ -26,7 +26,7 @@ from scipy.stats import norm
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import grid_counts, grid_index, validate_grid
+from consortia.survival._grid import grid_counts, grid_map, validate_grid
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
 __all__ = ["KaplanMeier", "KaplanMeierCurve", "KaplanMeierResult", "product_limit"]
@@ -328,7 +328,7 @@ class KaplanMeier(Algorithm):
         frame = data.frame
         t, e = survival_columns(frame, self.time, self.event)
         grid = np.asarray(self.time_grid)
-        idx = grid_index(t, grid, column=self.time, exact=self.exact_times)
+        idx, e = grid_map(t, e, grid, column=self.time, exact=self.exact_times)
         if self.group is None:
             codes, n_codes = None, 1
         else:

@@ -33,7 +33,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import grid_counts, grid_index, validate_grid
+from consortia.survival._grid import grid_counts, grid_map, validate_grid
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
 __all__ = [
@@ -292,7 +292,7 @@ class LogRank(Algorithm):
         frame = data.frame
         t, e = survival_columns(frame, self.time, self.event)
         grid = np.asarray(self.time_grid)
-        idx = grid_index(t, grid, column=self.time, exact=self.exact_times)
+        idx, e = grid_map(t, e, grid, column=self.time, exact=self.exact_times)
         n_groups = len(self.groups)
         stratum = np.zeros(len(t), dtype=np.int64)
         if self.strata is not None:
