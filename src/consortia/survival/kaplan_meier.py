@@ -179,9 +179,7 @@ def spread_bin(
     return ni, di, ci
 
 
-def bin_factor(
-    n: float, d: float, c: float, censor_weights: np.ndarray | None = None
-) -> float:
+def bin_factor(n: float, d: float, c: float, censor_weights: np.ndarray | None = None) -> float:
     """Survival factor over one bin from its exact counts (see :func:`life_table`).
 
     Without ``censor_weights``: the actuarial factor ``1 - d / (n - c / 2)``.
@@ -259,9 +257,7 @@ def life_table(
     curve = product_limit(timeline, eff, d, label=label, alpha=alpha)
     low, high = np.cumprod(lo), np.cumprod(hi)
     bound = np.maximum(curve.survival - low, high - curve.survival)
-    return dataclasses.replace(
-        curve, n_at_risk=n, n_censored=c, error_bound=np.maximum(bound, 0.0)
-    )
+    return dataclasses.replace(curve, n_at_risk=n, n_censored=c, error_bound=np.maximum(bound, 0.0))
 
 
 def product_limit(
