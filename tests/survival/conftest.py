@@ -38,8 +38,8 @@ def _policy_judges_planned_arrays_on_the_sum() -> bool:
     return True
 
 
-@pytest.fixture(autouse=True)
-def planned_arrays_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def apply_planned_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``Policy`` judge planned (and noisy) arrays as documented, if it does not yet."""
     if _policy_judges_planned_arrays_on_the_sum():
         return
     original = Policy.check_contribution
@@ -61,3 +61,8 @@ def planned_arrays_policy(monkeypatch: pytest.MonkeyPatch) -> None:
         original(self, contribution)
 
     monkeypatch.setattr(Policy, "check_contribution", check_contribution)
+
+
+@pytest.fixture(autouse=True)
+def planned_arrays_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_planned_contract(monkeypatch)
