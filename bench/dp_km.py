@@ -135,7 +135,8 @@ def main() -> None:
             print(f"  lifelines exact S:   {np.round(ref, 4).tolist()}")
             print(f"  |dS|:                {np.round(err, 4).tolist()}")
             print(f"  stated bound:        {np.round(curve.error_bound, 4).tolist()}")
-            print(f"  noise sigma per cell {res.plan.sigma:.2f}; privacy cost {algo.privacy_cost()}")
+            cost = algo.privacy_cost()
+            print(f"  noise sigma per cell {res.plan.sigma:.2f}; privacy cost {cost}")
     if args.runs > 1:
         print(f"{args.runs} runs: worst max |dS| {worst:.4f}, worst stated bound {bound_worst:.4f}")
     print(
