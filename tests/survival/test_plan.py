@@ -167,3 +167,16 @@ def test_within_bin_weights_are_shares_of_the_noisy_censorings() -> None:
     w = within_bin_weights(np.array([2, 5]), np.array([3.0, -1.0, 2.0, 2.0, 0.0, 9.0]))
     assert [x.tolist() for x in w] == [[1.0, 0.0], [0.5, 0.5, 0.0]]
     assert within_bin_weights(np.array([2]), np.array([-1.0, -2.0]))[0].tolist() == [0.5, 0.5]
+
+
+def test_the_rule_uses_the_noise_actually_added() -> None:
+    # each site's share of the noise has variance >= 1: with many sites and a large
+    # epsilon the sum carries more noise than sigma, and the thresholds follow it
+    s = settings(plan_epsilon=8.0)
+    assert s.sigma < 1.0
+    many = s.for_sites({"plan_sites": np.array([6.0])})
+    assert many.noise_sd == pytest.approx(math.sqrt(6.0))
+    assert many.bin_threshold(1) == pytest.approx(5 + Z_CELL * math.sqrt(6.0))
+    assert settings().for_sites({"plan_sites": [3.0]}).noise_sd == settings().sigma
+    with pytest.raises(PolicyError, match="number of sites"):
+        s.for_sites({})

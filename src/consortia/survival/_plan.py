@@ -21,7 +21,13 @@ Two rounds
    histograms together (one group, one cell, event or censoring), so the L2
    sensitivity of the release is 1: ``sigma = sigma_for(plan_epsilon,
    plan_delta)`` (:func:`~consortia.privacy.dp.sigma_for`), declared as the
-   algorithm's :meth:`~consortia.protocol.Algorithm.privacy_cost`.
+   algorithm's :meth:`~consortia.protocol.Algorithm.privacy_cost`.  The
+   sites also release an exact ``1`` each (``plan_sites``: the number of
+   participants), because the runtime floors each site's share of the noise at
+   variance 1: the rule below uses the noise actually added,
+   ``sqrt(max(sigma**2, n_sites))`` (the same as ``sigma`` unless
+   ``plan_epsilon`` is large).  Colluding sites that subtract their own shares
+   leave less noise; the plan does not account for that.
 2. **counts** (exact).  The coordinator merges consecutive fine cells into bins
    (:func:`make_plan`) and broadcasts the bin ends with the noisy histograms;
    each node re-checks that the bins respect the noisy counts
@@ -60,6 +66,7 @@ functions of those sums.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,6 +108,7 @@ class PlanSettings:
     epsilon: float
     delta: float
     k: int
+    n_sites: int = 1
 
     @cached_property
     def fine_edges(self) -> np.ndarray:
@@ -114,13 +122,35 @@ class PlanSettings:
 
         return sigma_for(self.epsilon, self.delta, sensitivity=1.0)
 
+    @property
+    def noise_sd(self) -> float:
+        """The standard deviation of a cell's noise with ``n_sites`` participants.
+
+        ``sigma``, or more when each site's share is floored at
+        :data:`~consortia.privacy.dp.MIN_SHARE_VARIANCE` (large ``plan_epsilon``,
+        many sites): the rule must use the noise actually added.
+        """
+        from consortia.privacy.dp import MIN_SHARE_VARIANCE
+
+        return math.sqrt(max(self.sigma**2, self.n_sites * MIN_SHARE_VARIANCE))
+
     def bin_threshold(self, m: int | np.ndarray) -> np.ndarray:
         """Noisy events a bin of ``m`` fine cells needs."""
-        return self.k + Z_CELL * self.sigma * np.sqrt(m)
+        return self.k + Z_CELL * self.noise_sd * np.sqrt(m)
 
     def end_threshold(self, n_cells: int | np.ndarray) -> np.ndarray:
         """Noisy patients after a fine edge the grid's end needs, summed over ``n_cells`` cells."""
-        return self.k + Z_CELL * self.sigma * np.sqrt(n_cells)
+        return self.k + Z_CELL * self.noise_sd * np.sqrt(n_cells)
+
+    def for_sites(self, sums: Mapping[str, np.ndarray]) -> PlanSettings:
+        """These settings for the number of sites counted in ``plan_sites``."""
+        try:
+            n = round(float(np.asarray(sums["plan_sites"]).ravel()[0]))
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise _refuse("the planned grid's number of sites is missing") from None
+        if n < 1:
+            raise _refuse("the planned grid's number of sites is not positive")
+        return dataclasses.replace(self, n_sites=n)
 
 
 def check_plan_params(
@@ -207,6 +237,7 @@ def plan_contribution(
         {
             "plan_events": ev_hist.astype(np.float64),
             "plan_censored": cens_hist.astype(np.float64),
+            "plan_sites": np.ones(1),  # exact: the sum counts the participating sites
         },
         cohort=t.size,
         noise={"plan_events": settings.sigma, "plan_censored": settings.sigma},
@@ -284,7 +315,8 @@ class GridPlan:
     noisy_events, noisy_censored
         The noisy histograms, shapes ``(groups, cells)`` and ``(groups, cells + 1)``.
     sigma
-        Their noise standard deviation (per cell).
+        Their noise standard deviation (per cell; ``sigma_for(epsilon, delta)``,
+        or more where each site's share of the noise is floored at variance 1).
     epsilon, delta
         The privacy cost of the plan round.
     min_cell
@@ -374,6 +406,7 @@ def make_plan(
         Per group the bin ends as fine-edge indices, and the public arrays that
         the counts round broadcasts (the noisy histograms and the ends).
     """
+    settings = settings.for_sites(sums)
     f = settings.cells
     events = np.rint(np.asarray(sums["plan_events"], np.float64)).reshape(n_groups, f)
     censored = np.rint(np.asarray(sums["plan_censored"], np.float64)).reshape(n_groups, f + 1)
@@ -384,18 +417,23 @@ def make_plan(
         for g in range(n_groups):
             what = "" if labels is None or n_groups == 1 else f" of group {labels[g]!r}"
             ends.append(_plan_one(events[g : g + 1], censored[g : g + 1], settings, what))
-    return ends, plan_public(events, censored, ends)
+    return ends, plan_public(events, censored, ends, settings.n_sites)
 
 
 def plan_public(
-    events: np.ndarray, censored: np.ndarray, ends: list[np.ndarray]
+    events: np.ndarray, censored: np.ndarray, ends: list[np.ndarray], n_sites: int
 ) -> dict[str, np.ndarray]:
-    """Public arrays of the counts round: noisy histograms and bin ends (``-1`` padded)."""
+    """Public arrays of the counts round: noisy histograms, sites, bin ends (``-1`` padded)."""
     width = max(e.size for e in ends)
     padded = np.full((len(ends), width), -1.0)
     for g, e in enumerate(ends):
         padded[g, : e.size] = e
-    return {"plan_events": events, "plan_censored": censored, "plan_ends": padded}
+    return {
+        "plan_events": events,
+        "plan_censored": censored,
+        "plan_sites": np.array([float(n_sites)]),
+        "plan_ends": padded,
+    }
 
 
 def _refuse(msg: str) -> PolicyError:
@@ -425,6 +463,7 @@ def verify_plan(
         breaks the rule.
     """
     f = settings.cells
+    settings = settings.for_sites(public)
     try:
         events = np.asarray(public["plan_events"], np.float64).reshape(n_groups, f)
         censored = np.asarray(public["plan_censored"], np.float64).reshape(n_groups, f + 1)
@@ -470,7 +509,7 @@ def grid_plan(
         fine_edges=settings.fine_edges,
         noisy_events=np.asarray(public["plan_events"], np.float64),
         noisy_censored=np.asarray(public["plan_censored"], np.float64),
-        sigma=settings.sigma,
+        sigma=settings.for_sites(public).noise_sd,
         epsilon=settings.epsilon,
         delta=settings.delta,
         min_cell=settings.k,
