@@ -4,7 +4,7 @@
   ``Policy()`` (min_cell_count=5, min_cohort_size=10, min_sites=3).
 * First, for contrast: explicit yearly and 90-day grids (each site's per-time
   counts judged by the per-site small-cell rule) -- refused.
-* Then ``KaplanMeier(horizon=5000, plan_cells=20, plan_epsilon=1.0)``: a noisy
+* Then ``KaplanMeier(horizon=4000, plan_cells=8, plan_epsilon=1.0)``: a noisy
   plan round (distributed discrete Gaussian noise, (1.0, 1e-6)-DP) places bins of
   at least 5 events in the pooled sum (probability >= 0.999 per cell), then the
   exact secure sums on those bins are released and the life-table curve with
@@ -40,7 +40,7 @@ from consortia.errors import PolicyError
 from consortia.protocol import Contribution
 from consortia.survival import KaplanMeier, regular_grid
 
-HORIZON, CELLS, EPSILON, DELTA, K = 5000.0, 20, 1.0, 1e-6, 5
+HORIZON, CELLS, EPSILON, DELTA, K = 4000.0, 8, 1.0, 1e-6, 5
 
 
 def data_dir() -> Path:
@@ -141,7 +141,7 @@ def main() -> None:
         print(f"{args.runs} runs: worst max |dS| {worst:.4f}, worst stated bound {bound_worst:.4f}")
     print(
         f"dp_km sites={len(sites)} refused={refused} max_abs_dS={worst:.4f} "
-        f"epsilon={EPSILON:g} cells_below_k={below}"
+        f"epsilon={EPSILON:.1f} cells_below_k={below}"
     )
 
 

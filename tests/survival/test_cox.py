@@ -496,7 +496,7 @@ def test_planned_grid_tcga_brca_regions(shared_data):
     tcga = load_tcga_brca(shared_data / "tcga_brca")
     covs = ("age_at_index", "treatment_or_therapy_yes", "ajcc_staging_system_edition_6th")
     res = Simulation(tcga.sites()).run(
-        CoxPH(time="T", event="E", covariates=covs, horizon=5000, plan_cells=20, plan_epsilon=1.0)
+        CoxPH(time="T", event="E", covariates=covs, horizon=4000, plan_cells=8, plan_epsilon=1.0)
     )
     assert res.converged and res.cells_below_k == 0
     grid = res.plan.grids[0]

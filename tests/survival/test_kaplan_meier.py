@@ -347,7 +347,7 @@ def test_planned_grid_tcga_brca_regions(shared_data) -> None:
     sites = {k: v.assign(treated=v["treatment_or_therapy_yes"]) for k, v in tcga.sites().items()}
     data = tcga.pooled()
     res = Simulation(sites).run(
-        KaplanMeier(time="T", event="E", horizon=5000, plan_cells=20, plan_epsilon=1.0)
+        KaplanMeier(time="T", event="E", horizon=4000, plan_cells=8, plan_epsilon=1.0)
     )
     assert res.cells_below_k == 0
     worst = check_planned_curve(res["all"], data["T"], data["E"])

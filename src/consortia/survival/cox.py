@@ -11,6 +11,13 @@ Newton-Raphson in which every round the sites release sums only.  Two modes:
   counts: they fall under the node's minimum-cell rule, so an exact day-grid
   model needs the data owners to allow small cells (``min_cell_count=1``), or a
   coarser grid (exact for the times rounded up to it).
+* **Pooled on a planned grid** (``horizon`` instead of ``time_grid``): a first,
+  differentially private ``plan`` round places bins holding at least
+  ``min_cell`` events in the pooled sum (:mod:`consortia.survival._plan`), so
+  the model runs under the default policy; events of a bin are tied at its end
+  and a patient censored within a bin counts with half its weight in that
+  bin's risk set (actuarial convention).  An approximation of the exact model:
+  its error is measured in the tests (docs/survival.md).
 * **Stratified by site** (``stratify_by_site=True``): each site evaluates its
   own partial likelihood, gradient and Hessian, and only their sums travel: no
   grid, no per-time arrays, no per-time counts.  The privacy-friendly mode.
@@ -38,6 +45,11 @@ Rounds and what they release
 3. ``score`` (only with ``robust=True``): the sum of the outer products of the
    site's patients' score residuals.  In pooled mode the hub first broadcasts
    the pooled risk-set means and Breslow hazard increments per event time.
+
+With a planned grid a ``plan`` round (noisy event and censoring histograms)
+comes first, and every later round carries the plan so that each site
+re-checks the grid (:func:`~consortia.survival._plan.verify_plan`); the event
+counts per bin are declared ``planned`` count arrays.
 
 Disclosure notes: the hub learns the pooled per-time sums (at the first
 Newton round, ``S0`` is the pooled number at risk over the total, not a
