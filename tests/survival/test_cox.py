@@ -514,3 +514,22 @@ def test_planned_grid_parameters():
         CoxPH(time="T", event="E", covariates=COLS, horizon=10, time_grid=(0.0, 1.0))
     algo = CoxPH(time="T", event="E", covariates=COLS, horizon=10)
     assert algorithm_from_spec(algo.spec()) == algo
+
+
+def test_nodes_refuse_a_fine_grid_disguised_as_planned():
+    from dataclasses import dataclass
+
+    from consortia.protocol import Round
+    from consortia.survival._plan import make_plan
+
+    @dataclass(frozen=True, kw_only=True)
+    class FineGrid(CoxPH):
+        def coordinate(self):
+            sums = yield Round("plan")
+            _, public = make_plan(sums, self._plan, 1, shared=True)
+            public["plan_ends"] = np.arange(1.0, self.plan_cells + 1)[None]
+            yield Round("summary", public)
+
+    algo = FineGrid(time="T", event="E", covariates=COLS, horizon=60, plan_cells=15)
+    with pytest.raises(PolicyError, match="planned_grid"):
+        Simulation(tied_cohort()).run(algo)

@@ -410,3 +410,14 @@ def test_planned_grid_parameters() -> None:
 
     assert algorithm_from_spec(json.loads(json.dumps(spec))) == algo
     assert KaplanMeier(time="T", event="E", time_grid=(0.0, 1.0)).privacy_cost() == (0.0, 0.0)
+
+
+def test_a_node_refuses_a_plan_promising_less_than_its_minimum_cell() -> None:
+    strict = Policy(min_cell_count=10)
+    algo = KaplanMeier(time="T", event="E", horizon=60, plan_cells=20, plan_epsilon=1.0)
+    with pytest.raises(PolicyError, match="min_cell_count"):
+        Simulation(tied_sites(), policy=strict).run(algo)  # the plan promises 5
+    res = Simulation(tied_sites(), policy=strict).run(
+        KaplanMeier(time="T", event="E", horizon=60, plan_cells=20, plan_epsilon=1.0, min_cell=10)
+    )
+    assert res.cells_below_k == 0 and np.all(res["all"].n_events >= 10)
