@@ -93,3 +93,17 @@ def test_regular_day_and_quantile_grids() -> None:
         regular_grid(10, 0)
     with pytest.raises(ValidationError, match="n_points"):
         quantile_grid([1.0, 2.0], 0)
+
+
+def test_exact_counts_declare_their_grid_where_the_protocol_can() -> None:
+    import dataclasses
+
+    from consortia.protocol import Contribution
+    from consortia.survival._grid import binned_on
+
+    kwargs = binned_on("T", np.array([0, 10, 20]))
+    if "bins" in {f.name for f in dataclasses.fields(Contribution)}:
+        assert kwargs == {"bins": {"T": (0.0, 10.0, 20.0)}}
+        assert Contribution({"a": [5.0]}, cohort=20, **kwargs).bins["T"] == (0.0, 10.0, 20.0)
+    else:  # a protocol without Contribution.bins: nothing to declare
+        assert kwargs == {}

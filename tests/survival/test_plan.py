@@ -131,7 +131,7 @@ def test_node_accepts_the_plan_and_refuses_a_tampered_one() -> None:
     ends, public = make_plan(noiseless_sums(t, e, g, 2, s), s, 2, shared=True)
     grids = verify_plan(public, s, 2, shared=True)
     assert np.array_equal(grids[0], s.fine_edges[ends[0]])
-    contribution = planned_contribution(t, e, g, grids, s)
+    contribution = planned_contribution(t, e, g, grids, s, column="T")
     assert contribution.planned == {"events", "at_risk"} and contribution.planned_min == 5
 
     def refused(pub, match):

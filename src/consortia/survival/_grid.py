@@ -40,14 +40,18 @@ as a published reference cohort: never from a site's private times).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from consortia.errors import SchemaError, ValidationError
+from consortia.protocol import Contribution
 
 __all__ = [
     "administrative_censoring",
+    "binned_on",
     "day_grid",
     "grid_counts",
     "grid_index",
@@ -197,6 +201,20 @@ def administrative_censoring(
     e = np.asarray(events)
     beyond = t > end
     return np.where(beyond, float(end), t), np.where(beyond, 0, e).astype(np.int64)
+
+
+def binned_on(column: str, grid: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Keyword arguments of a :class:`~consortia.protocol.Contribution` binned on ``grid``.
+
+    Exact counts on a time grid are tied to it: the node keeps the first grid an
+    exact release on a cohort used and refuses a later one on another grid (two
+    grids difference into cells nobody judged), through ``Contribution.bins``.
+    Returns ``{"bins": {column: grid}}``, or nothing where the protocol predates
+    that declaration.
+    """
+    if "bins" not in {f.name for f in dataclasses.fields(Contribution)}:
+        return {}
+    return {"bins": {column: tuple(float(x) for x in np.asarray(grid, dtype=np.float64))}}
 
 
 def round_up_to_grid(

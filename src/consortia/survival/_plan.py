@@ -286,8 +286,16 @@ def planned_contribution(
     codes: np.ndarray | None,
     grids: list[np.ndarray],
     settings: PlanSettings,
+    *,
+    column: str,
 ) -> Contribution:
-    """A site's release on verified planned grids (planned count arrays)."""
+    """A site's release on verified planned grids (planned count arrays).
+
+    The counts are exact, so they declare their grid (all groups' bin ends) for
+    the node's grid-differencing rule (:func:`~consortia.survival._grid.binned_on`).
+    """
+    from consortia.survival._grid import binned_on
+
     ev, risk = planned_counts(times, events, codes, grids)
     return Contribution(
         {"events": ev.ravel(), "at_risk": risk.ravel()},
@@ -295,6 +303,7 @@ def planned_contribution(
         count_arrays=frozenset({"events", "at_risk"}),
         planned=frozenset({"events", "at_risk"}),
         planned_min=settings.k,
+        **binned_on(column, np.unique(np.concatenate(grids))),
     )
 
 

@@ -79,7 +79,7 @@ from consortia.protocol import Algorithm, Contribution, Coordination, Round, reg
 from consortia.stats._validate import numeric_columns
 from consortia.survival import _cox_math as cm
 from consortia.survival._cox_result import CoxPHResult
-from consortia.survival._grid import grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_map, validate_grid
 from consortia.survival._plan import (
     PlanSettings,
     cells_below,
@@ -376,6 +376,7 @@ class CoxPH(Algorithm):
             if self.weights is not None:
                 arrays.update(split("events_w", np.bincount(flat, we, minlength=size)))
             counts = frozenset({"events"})
+        binned = binned_on(self.time, grid) if counts else {}
         if self._plan is not None:
             return Contribution(
                 arrays,
@@ -383,8 +384,9 @@ class CoxPH(Algorithm):
                 count_arrays=counts,
                 planned=counts,
                 planned_min=self._plan.k,
+                **binned,
             )
-        return Contribution(arrays, cohort=n, count_arrays=counts)
+        return Contribution(arrays, cohort=n, count_arrays=counts, **binned)
 
     def _local_event_times(self, rows: _Rows) -> tuple[np.ndarray, ...]:
         ev = rows.e == 1

@@ -34,7 +34,7 @@ from scipy.stats import norm
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import grid_counts, grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
 from consortia.survival._plan import (
     GridPlan,
     cells_below,
@@ -553,7 +553,7 @@ class KaplanMeier(Algorithm):
             if step == "plan":
                 return plan_contribution(t, e, codes, n_codes, self._plan)
             grids = verify_plan(public, self._plan, n_codes, shared=False)
-            return planned_contribution(t, e, codes, grids, self._plan)
+            return planned_contribution(t, e, codes, grids, self._plan, column=self.time)
         grid = np.asarray(self.time_grid)
         idx, e = grid_map(t, e, grid, column=self.time, exact=self.exact_times)
         events, at_risk = grid_counts(idx, e, grid.size, codes, n_codes)
@@ -561,4 +561,5 @@ class KaplanMeier(Algorithm):
             {"events": events.ravel(), "at_risk": at_risk.ravel()},
             cohort=len(t),
             count_arrays=frozenset({"events", "at_risk"}),
+            **binned_on(self.time, grid),
         )

@@ -42,7 +42,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import grid_counts, grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
 from consortia.survival._plan import (
     GridPlan,
     cells_below,
@@ -435,6 +435,7 @@ class LogRank(Algorithm):
                 {"events": events.ravel(), "at_risk": at_risk.ravel()},
                 cohort=len(t),
                 count_arrays=frozenset({"events", "at_risk"}),
+                **binned_on(self.time, grid),
             )
         shape = (self._n_strata, n_groups, grid.size)
         comp = logrank_components(events.reshape(shape), at_risk.reshape(shape))
@@ -462,4 +463,4 @@ class LogRank(Algorithm):
         if step == "plan":
             return plan_contribution(t, e, codes, n_groups, self._plan)
         grids = verify_plan(public, self._plan, n_groups, shared=True)
-        return planned_contribution(t, e, codes, grids, self._plan)
+        return planned_contribution(t, e, codes, grids, self._plan, column=self.time)
