@@ -104,6 +104,7 @@ def test_exact_counts_declare_their_grid_where_the_protocol_can() -> None:
     kwargs = binned_on("T", np.array([0, 10, 20]))
     if "bins" in {f.name for f in dataclasses.fields(Contribution)}:
         assert kwargs == {"bins": {"T": (0.0, 10.0, 20.0)}}
-        assert Contribution({"a": [5.0]}, cohort=20, **kwargs).bins["T"] == (0.0, 10.0, 20.0)
+        declared = Contribution({"a": [5.0]}, cohort=20, **kwargs).bins["T"]
+        np.testing.assert_array_equal(declared, [0.0, 10.0, 20.0])
     else:  # a protocol without Contribution.bins: nothing to declare
         assert kwargs == {}
