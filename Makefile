@@ -34,6 +34,7 @@ bench: setup          ## every benchmark (each prints its figures; none is a tes
 	$(PY) bench/secure_sum.py
 	$(PY) bench/glm_overhead.py
 	$(PY) bench/tcga_cox.py
+	$(PY) bench/dp_km.py
 	$(PY) bench/round_latency.py
 
 clean:

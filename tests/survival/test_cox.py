@@ -395,10 +395,20 @@ def test_bad_values_name_the_column(column, value, message):
         fit(sites, time_grid=tuple(float(t) for t in range(0, 400)), weights="w")
 
 
-def test_times_beyond_the_grid_and_unknown_strata_are_refused():
+def test_times_beyond_the_grid_are_censored_and_unknown_strata_refused():
     sites = make_sites(28)
-    with pytest.raises(SchemaError, match="beyond the last grid point"):
-        fit(sites, time_grid=(0.0, 1.0, 2.0))
+    grid = grid_of(sites)
+    short = grid[: len(grid) // 2]
+    res = fit(sites, time_grid=short)
+    clipped = {}
+    for name, df in sites.items():
+        df = df.copy()
+        beyond = df["T"] > short[-1]
+        df.loc[beyond, "T"] = short[-1]
+        df.loc[beyond, "E"] = 0
+        clipped[name] = df
+    ref = fit(clipped, time_grid=short)
+    np.testing.assert_allclose(res.coef, ref.coef, rtol=1e-10)
     with pytest.raises(SchemaError, match="'g'.*declared levels"):
         fit(sites, time_grid=grid_of(sites), strata="g", strata_levels=("a",))
 
@@ -440,3 +450,86 @@ def test_precision_beyond_the_fixed_point_resolution():
     ref = lifelines_fit(pooled(sites))
     assert rel(res.coef, ref.params_) < 1e-8
     assert rel(res.se, ref.standard_errors_) < 1e-8
+
+
+# --------------------------------------------------------------------------- planned grids
+
+
+def tied_cohort(seed: int = 0, sizes=(400, 300, 350)) -> dict[str, pd.DataFrame]:
+    """Whole-month times (many ties), the three covariates of COLS, site-free baseline."""
+    rng = np.random.default_rng(seed)
+    sites = {}
+    for s, n in enumerate(sizes):
+        x = rng.normal(size=(n, 3)) * [1.0, 2.0, 0.5] + [0.0, 5.0, 1.0]
+        x[:, 0] = rng.random(n) < 0.4
+        lp = x @ np.array([0.7, -0.2, 0.4])
+        t = np.ceil(rng.exponential(60 * np.exp(-lp)))
+        c = np.ceil(rng.uniform(6, 80, n))
+        df = pd.DataFrame(x, columns=list(COLS))
+        df["T"], df["E"] = np.minimum(t, c), (t <= c).astype(int)
+        sites[f"s{s}"] = df
+    return sites
+
+
+def censored_at(df: pd.DataFrame, end: float) -> pd.DataFrame:
+    return df.assign(E=np.where(df["T"] > end, 0, df["E"]), T=np.minimum(df["T"], end))
+
+
+def test_planned_grid_under_the_default_policy():
+    sites = tied_cohort()
+    algo = CoxPH(time="T", event="E", covariates=COLS, horizon=60, plan_cells=15, plan_epsilon=1.0)
+    assert algo.privacy_cost() == (1.0, 1e-6)
+    res = Simulation(sites).run(algo)  # the DEFAULT policy
+    assert res.converged and res.cells_below_k == 0
+    grid = res.plan.grids[0]
+    ref = lifelines_fit(censored_at(pooled(sites), grid[-1]))
+    z = np.abs(res.coef - ref.params_.to_numpy()) / ref.standard_errors_.to_numpy()
+    print(f"planned Cox, synthetic: {grid.size} bins, max |dcoef| / se = {z.max():.3f}")
+    assert z.max() <= 0.5
+    assert res.n == len(pooled(sites))
+    assert res.baseline_hazard.index.isin(grid).all()
+
+
+def test_planned_grid_tcga_brca_regions(shared_data):
+    from consortia.data.tcga import load_tcga_brca
+
+    tcga = load_tcga_brca(shared_data / "tcga_brca")
+    covs = ("age_at_index", "treatment_or_therapy_yes", "ajcc_staging_system_edition_6th")
+    res = Simulation(tcga.sites()).run(
+        CoxPH(time="T", event="E", covariates=covs, horizon=4000, plan_cells=8, plan_epsilon=1.0)
+    )
+    assert res.converged and res.cells_below_k == 0
+    grid = res.plan.grids[0]
+    ref = lifelines_fit(censored_at(tcga.pooled(), grid[-1]), cols=covs)
+    z = np.abs(res.coef - ref.params_.to_numpy()) / ref.standard_errors_.to_numpy()
+    print(f"planned Cox, TCGA-BRCA: bins {grid.tolist()}, max |dcoef| / se = {z.max():.3f}")
+    assert z.max() <= 1.0
+
+
+def test_planned_grid_parameters():
+    for extra in ({"stratify_by_site": True}, {"robust": True}):
+        with pytest.raises(ValidationError, match="pooled, unstratified Cox model"):
+            CoxPH(time="T", event="E", covariates=COLS, horizon=10, **extra)
+    with pytest.raises(ValidationError, match="either time_grid .* or horizon"):
+        CoxPH(time="T", event="E", covariates=COLS, horizon=10, time_grid=(0.0, 1.0))
+    algo = CoxPH(time="T", event="E", covariates=COLS, horizon=10)
+    assert algorithm_from_spec(algo.spec()) == algo
+
+
+def test_nodes_refuse_a_fine_grid_disguised_as_planned():
+    from dataclasses import dataclass
+
+    from consortia.protocol import Round
+    from consortia.survival._plan import make_plan
+
+    @dataclass(frozen=True, kw_only=True)
+    class FineGrid(CoxPH):
+        def coordinate(self):
+            sums = yield Round("plan")
+            _, public = make_plan(sums, self._plan, 1, shared=True)
+            public["plan_ends"] = np.arange(1.0, self.plan_cells + 1)[None]
+            yield Round("summary", public)
+
+    algo = FineGrid(time="T", event="E", covariates=COLS, horizon=60, plan_cells=15)
+    with pytest.raises(PolicyError, match="planned_grid"):
+        Simulation(tied_cohort()).run(algo)

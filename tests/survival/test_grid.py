@@ -7,9 +7,11 @@ import pytest
 
 from consortia.errors import SchemaError, ValidationError
 from consortia.survival._grid import (
+    administrative_censoring,
     day_grid,
     grid_counts,
     grid_index,
+    grid_map,
     quantile_grid,
     regular_grid,
     round_up_to_grid,
@@ -49,10 +51,16 @@ def test_grid_index_rounds_up() -> None:
     assert round_up_to_grid([0.5, 19], g).tolist() == [10.0, 20.0]
 
 
-def test_grid_index_refuses_time_beyond_grid_naming_column() -> None:
-    msg = r"column 'T' has times beyond the last grid point \(20\)"
-    with pytest.raises(SchemaError, match=msg):
-        grid_index([3.0, 20.5], [0, 10, 20], column="T")
+def test_time_beyond_grid_is_censored_at_its_end_not_refused() -> None:
+    # a refusal would be an oracle: one-point grids would binary-search a follow-up
+    assert grid_index([3.0, 20.5], [0, 10, 20], column="T").tolist() == [1, 2]
+    idx, e = grid_map([3.0, 20.0, 20.5, 99.0], [1, 1, 1, 0], [0, 10, 20])
+    assert idx.tolist() == [1, 2, 2, 2]
+    assert e.tolist() == [1, 1, 0, 0]  # the event beyond the grid becomes a censoring
+    t, e = administrative_censoring([3.0, 20.0, 20.5], [1, 1, 1], 20.0)
+    assert t.tolist() == [3.0, 20.0, 20.0] and e.tolist() == [1, 1, 0]
+    # exact mode: times beyond the grid are censored, not "off the grid"
+    assert grid_index([2, 7.5], [0, 1, 2], exact=True).tolist() == [2, 2]
 
 
 def test_grid_index_exact_mode_refuses_off_grid_times() -> None:
@@ -85,3 +93,18 @@ def test_regular_day_and_quantile_grids() -> None:
         regular_grid(10, 0)
     with pytest.raises(ValidationError, match="n_points"):
         quantile_grid([1.0, 2.0], 0)
+
+
+def test_exact_counts_declare_their_grid_where_the_protocol_can() -> None:
+    import dataclasses
+
+    from consortia.protocol import Contribution
+    from consortia.survival._grid import binned_on
+
+    kwargs = binned_on("T", np.array([0, 10, 20]))
+    if "bins" in {f.name for f in dataclasses.fields(Contribution)}:
+        assert kwargs == {"bins": {"T": (0.0, 10.0, 20.0)}}
+        declared = Contribution({"a": [5.0]}, cohort=20, **kwargs).bins["T"]
+        np.testing.assert_array_equal(declared, [0.0, 10.0, 20.0])
+    else:  # a protocol without Contribution.bins: nothing to declare
+        assert kwargs == {}

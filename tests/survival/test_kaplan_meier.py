@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,12 @@ from lifelines.utils import median_survival_times
 from consortia import Policy, Simulation
 from consortia.data.tcga import load_tcga_brca
 from consortia.errors import AlgorithmError, PolicyError, SchemaError, ValidationError
-from consortia.survival._grid import day_grid, regular_grid, round_up_to_grid
+from consortia.survival._grid import (
+    administrative_censoring,
+    day_grid,
+    regular_grid,
+    round_up_to_grid,
+)
 from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve
 
 OPEN = Policy(min_cell_count=1)
@@ -197,7 +204,6 @@ def test_empty_group_is_a_clear_error() -> None:
         ("T", -3.0, "time column 'T' contains negative times"),
         ("E", 2, "event column 'E' must hold 0 \\(censored\\) or 1 \\(event\\)"),
         ("E", np.nan, "event column 'E' must hold 0"),
-        ("T", 701.0, "column 'T' has times beyond the last grid point \\(700\\)"),
         ("arm", "other", "column 'arm' holds values outside its declared levels"),
     ],
 )
@@ -210,6 +216,18 @@ def test_bad_values_are_refused_naming_the_column(column: str, value: object, me
     algo = KaplanMeier(time="T", event="E", time_grid=day_grid(700), group="arm", groups=("a", "b"))
     with pytest.raises(SchemaError, match=message):
         Simulation(sites, policy=OPEN).run(algo)
+
+
+def test_time_beyond_the_grid_is_censored_at_its_end() -> None:
+    sites = day_sites()
+    sites["site1"]["T"] = sites["site1"]["T"].astype(float)
+    sites["site1"].loc[3, ["T", "E"]] = (900.0, 1)
+    km = Simulation(sites, policy=OPEN).run(
+        KaplanMeier(time="T", event="E", time_grid=day_grid(700))
+    )
+    df = pooled(sites)
+    t, e = administrative_censoring(df["T"], df["E"], 700.0)
+    assert_matches_lifelines(km["all"], pd.Series(t), pd.Series(e))
 
 
 def test_bad_parameters() -> None:
@@ -247,3 +265,159 @@ def test_random_small_cohorts_with_heavy_ties(seed: int) -> None:
     for g in (0, 1):
         sub = data[data["g"] == g]
         assert_matches_lifelines(res[str(g)], sub["T"], sub["E"])
+
+
+# --------------------------------------------------------------------------- planned grids
+
+
+def tied_sites(seed: int = 0, sizes: tuple[int, ...] = (400, 300, 350)) -> dict[str, pd.DataFrame]:
+    """Whole-month times (many ties), two arms, some follow-up beyond 60 months."""
+    rng = np.random.default_rng(seed)
+    sites = {}
+    for i, n in enumerate(sizes):
+        arm = rng.choice(["a", "b"], n)
+        t = np.ceil(rng.exponential(np.where(arm == "a", 20.0, 32.0)))
+        c = np.ceil(rng.uniform(6, 80, n))
+        sites[f"site{i}"] = pd.DataFrame(
+            {"T": np.minimum(t, c), "E": (t <= c).astype(int), "arm": arm}
+        )
+    return sites
+
+
+def check_planned_curve(
+    curve: KaplanMeierCurve, time: pd.Series, event: pd.Series, k: int = 5
+) -> float:
+    """Released cells >= k; |S - exact pooled KM| <= error_bound at every bin end.
+
+    Returns the largest difference while at least 50 patients are at risk.
+    """
+    assert np.all(curve.n_events >= k) and np.all(curve.n_at_risk >= k)
+    beyond = curve.n_at_risk[-1] - curve.n_events[-1] - curve.n_censored[-1]
+    assert beyond == 0 or beyond >= k
+    exact = KaplanMeierFitter().fit(time, event).survival_function_at_times(curve.timeline)
+    err = np.abs(curve.survival - exact.to_numpy())
+    assert np.all(err <= curve.error_bound + 1e-12)
+    at_risk = (time.to_numpy()[:, None] >= curve.timeline).sum(axis=0)
+    np.testing.assert_array_equal(curve.n_at_risk[at_risk > 0] >= at_risk[at_risk > 0], True)
+    return float(err[at_risk >= 50].max())
+
+
+def test_planned_grid_under_the_default_policy() -> None:
+    sites = tied_sites()
+    data = pooled(sites)
+    with pytest.raises(PolicyError, match="min_cell_count"):  # a monthly grid is refused
+        Simulation(sites).run(KaplanMeier(time="T", event="E", time_grid=regular_grid(80, 1)))
+    algo = KaplanMeier(time="T", event="E", horizon=60, plan_cells=20, plan_epsilon=1.0)
+    assert algo.privacy_cost() == (1.0, 1e-6)
+    res = Simulation(sites).run(algo)  # the DEFAULT policy: judged on the released sum
+    assert res.cells_below_k == 0 and res.plan is not None
+    curve = res["all"]
+    assert curve.timeline.size >= 6 and curve.timeline[-1] <= 60
+    np.testing.assert_array_equal(curve.timeline, res.plan.grids[0])
+    worst = check_planned_curve(curve, data["T"], data["E"])
+    print(f"planned KM, synthetic: {curve.timeline.size} bins, max |dS| {worst:.4f}")
+    assert worst <= 0.01
+    assert curve.n == len(data)
+
+
+def test_planned_grid_per_group() -> None:
+    sites = tied_sites(seed=1)
+    data = pooled(sites)
+    algo = KaplanMeier(
+        time="T",
+        event="E",
+        group="arm",
+        groups=("a", "b"),
+        horizon=60,
+        plan_cells=15,
+        plan_epsilon=1.0,
+    )
+    res = Simulation(sites).run(algo)
+    assert res.cells_below_k == 0
+    for g in ("a", "b"):
+        sub = data[data["arm"] == g]
+        worst = check_planned_curve(res[g], sub["T"], sub["E"])
+        print(f"planned KM, arm {g}: {res[g].timeline.size} bins, max |dS| {worst:.4f}")
+        assert worst <= 0.02
+    assert res.summary.loc["a", "n"] == (data["arm"] == "a").sum()
+
+
+def test_planned_grid_tcga_brca_regions(shared_data) -> None:
+    tcga = load_tcga_brca(shared_data / "tcga_brca")
+    sites = {k: v.assign(treated=v["treatment_or_therapy_yes"]) for k, v in tcga.sites().items()}
+    data = tcga.pooled()
+    res = Simulation(sites).run(
+        KaplanMeier(time="T", event="E", horizon=4000, plan_cells=8, plan_epsilon=1.0)
+    )
+    assert res.cells_below_k == 0
+    worst = check_planned_curve(res["all"], data["T"], data["E"])
+    print(f"planned KM, TCGA-BRCA: bins {res['all'].timeline.tolist()}, max |dS| {worst:.4f}")
+    assert worst <= 0.03
+    by_group = Simulation(sites).run(
+        KaplanMeier(
+            time="T",
+            event="E",
+            group="treated",
+            groups=(0, 1),
+            horizon=5000,
+            plan_cells=10,
+            plan_epsilon=2.0,
+        )
+    )
+    assert by_group.cells_below_k == 0
+    for g in (0, 1):
+        sub = data[data["treatment_or_therapy_yes"] == g]
+        worst = check_planned_curve(by_group[str(g)], sub["T"], sub["E"])
+        print(f"planned KM, TCGA-BRCA treated={g}: max |dS| {worst:.4f}")
+        assert worst <= 0.06
+
+
+def test_nodes_refuse_a_fine_grid_disguised_as_planned() -> None:
+    from dataclasses import dataclass
+
+    from consortia.protocol import Round
+    from consortia.survival._plan import make_plan
+
+    @dataclass(frozen=True, kw_only=True)
+    class FineGrid(KaplanMeier):
+        """A coordinator that broadcasts every fine cell as a bin (same algorithm name)."""
+
+        def coordinate(self):
+            sums = yield Round("plan")
+            _, public = make_plan(sums, self._plan, 1, shared=False)
+            public["plan_ends"] = np.arange(1.0, self.plan_cells + 1)[None]
+            yield Round("counts", public)
+
+    algo = FineGrid(time="T", event="E", horizon=60, plan_cells=20, plan_epsilon=1.0)
+    with pytest.raises(PolicyError, match="planned_grid.*not the plan") as info:
+        Simulation(tied_sites()).run(algo)
+    assert info.value.rule == "planned_grid"
+
+
+def test_planned_grid_parameters() -> None:
+    with pytest.raises(ValidationError, match="time_grid is required, or horizon"):
+        KaplanMeier(time="T", event="E")
+    with pytest.raises(ValidationError, match="either time_grid .* or horizon"):
+        KaplanMeier(time="T", event="E", time_grid=(0.0, 1.0), horizon=10)
+    with pytest.raises(ValidationError, match="exact_times needs an explicit time_grid"):
+        KaplanMeier(time="T", event="E", horizon=10, exact_times=True)
+    with pytest.raises(ValidationError, match="plan_epsilon"):
+        KaplanMeier(time="T", event="E", horizon=10, plan_epsilon=-1)
+    algo = KaplanMeier(time="T", event="E", horizon=10, group="arm", groups=("a", "b"))
+    spec = algo.spec()
+    assert spec["params"]["horizon"] == 10 and spec["params"]["time_grid"] is None
+    from consortia.protocol import algorithm_from_spec
+
+    assert algorithm_from_spec(json.loads(json.dumps(spec))) == algo
+    assert KaplanMeier(time="T", event="E", time_grid=(0.0, 1.0)).privacy_cost() == (0.0, 0.0)
+
+
+def test_a_node_refuses_a_plan_promising_less_than_its_minimum_cell() -> None:
+    strict = Policy(min_cell_count=10)
+    algo = KaplanMeier(time="T", event="E", horizon=60, plan_cells=20, plan_epsilon=1.0)
+    with pytest.raises(PolicyError, match="min_cell_count"):
+        Simulation(tied_sites(), policy=strict).run(algo)  # the plan promises 5
+    res = Simulation(tied_sites(), policy=strict).run(
+        KaplanMeier(time="T", event="E", horizon=60, plan_cells=20, plan_epsilon=1.0, min_cell=10)
+    )
+    assert res.cells_below_k == 0 and np.all(res["all"].n_events >= 10)

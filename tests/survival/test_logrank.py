@@ -221,11 +221,16 @@ def test_empty_group_is_a_clear_error() -> None:
 
 def test_bad_values_and_parameters() -> None:
     sites = week_sites()
-    sites["site0"].loc[0, "T"] = 500.0
-    with pytest.raises(SchemaError, match="column 'T' has times beyond the last grid point"):
-        Simulation(sites, policy=OPEN).run(
-            LogRank(time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID)
-        )
+    sites["site0"]["T"] = sites["site0"]["T"].astype(float)
+    sites["site0"].loc[0, ["T", "E"]] = (500.0, 1)  # beyond the grid: censored at its end
+    beyond = Simulation(sites, policy=OPEN).run(
+        LogRank(time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID)
+    )
+    sites["site0"].loc[0, ["T", "E"]] = (GRID[-1], 0)
+    at_end = Simulation(sites, policy=OPEN).run(
+        LogRank(time="T", event="E", group="arm", groups=(0, 1, 2), time_grid=GRID)
+    )
+    assert beyond.chi2 == pytest.approx(at_end.chi2, rel=1e-12)
     sites = week_sites()
     sites["site2"].loc[1, "sex"] = None
     with pytest.raises(SchemaError, match="column 'sex' contains missing values"):
@@ -280,3 +285,95 @@ def test_random_small_cohorts_with_heavy_ties(seed: int) -> None:
     ref = multivariate_logrank_test(data["T"], data["g"], data["E"])
     assert res.chi2 == pytest.approx(ref.test_statistic, rel=1e-9)
     assert res.p_value == pytest.approx(ref.p_value, rel=1e-8, abs=1e-15)
+
+
+# --------------------------------------------------------------------------- planned grids
+
+
+def tied_sites(seed: int = 0, sizes: tuple[int, ...] = (400, 300, 350)) -> dict[str, pd.DataFrame]:
+    """Whole-month times (many ties), two arms with different hazards."""
+    rng = np.random.default_rng(seed)
+    sites = {}
+    for i, n in enumerate(sizes):
+        arm = rng.integers(0, 2, n)
+        t = np.ceil(rng.exponential(np.where(arm == 0, 20.0, 28.0)))
+        c = np.ceil(rng.uniform(6, 80, n))
+        sites[f"site{i}"] = pd.DataFrame(
+            {"T": np.minimum(t, c), "E": (t <= c).astype(int), "arm": arm}
+        )
+    return sites
+
+
+def lifelines_at_grid_end(data: pd.DataFrame, end: float, group: str) -> float:
+    """lifelines' exact log-rank chi2 on the pooled data censored at the planned grid's end."""
+    t = np.minimum(data["T"], end)
+    e = np.where(data["T"] > end, 0, data["E"])
+    g = data[group].to_numpy() == data[group].min()
+    return logrank_test(t[g], t[~g], e[g], e[~g]).test_statistic
+
+
+def test_planned_grid_under_the_default_policy() -> None:
+    sites = tied_sites()
+    data = pd.concat(sites.values(), ignore_index=True)
+    algo = LogRank(
+        time="T",
+        event="E",
+        group="arm",
+        groups=(0, 1),
+        horizon=60,
+        plan_cells=15,
+        plan_epsilon=1.0,
+    )
+    assert algo.privacy_cost() == (1.0, 1e-6)
+    res = Simulation(sites).run(algo)  # the DEFAULT policy
+    assert res.cells_below_k == 0
+    grid = res.plan.grids[0]
+    ref = lifelines_at_grid_end(data, grid[-1], "arm")
+    rel = abs(res.chi2 - ref) / ref
+    print(f"planned log-rank, synthetic: {grid.size} bins, chi2 {res.chi2:.3f} vs {ref:.3f}")
+    assert rel <= 0.2
+    np.testing.assert_array_equal(res.n, [(data["arm"] == g).sum() for g in (0, 1)])
+    assert res.observed.sum() == (data["E"] * (data["T"] <= grid[-1])).sum()
+
+
+def test_planned_grid_tcga_brca_regions(shared_data) -> None:
+    tcga = load_tcga_brca(shared_data / "tcga_brca")
+    data = tcga.pooled()
+    res = Simulation(tcga.sites()).run(
+        LogRank(
+            time="T",
+            event="E",
+            group="treatment_or_therapy_yes",
+            groups=(0, 1),
+            horizon=4000,
+            plan_cells=10,
+            plan_epsilon=2.0,
+        )
+    )
+    assert res.cells_below_k == 0
+    end = res.plan.grids[0][-1]
+    ref = lifelines_at_grid_end(data, end, "treatment_or_therapy_yes")
+    rel = abs(res.chi2 - ref) / ref
+    print(
+        f"planned log-rank, TCGA-BRCA: bins {res.plan.grids[0].tolist()}, chi2 {res.chi2:.3f}"
+        f" vs {ref:.3f} (rel {rel:.3f})"
+    )
+    assert rel <= 0.3
+    assert res.p_value < 1e-4
+
+
+def test_planned_grid_parameters() -> None:
+    with pytest.raises(ValidationError, match="not with strata, stratify_by_site"):
+        LogRank(
+            time="T",
+            event="E",
+            group="arm",
+            groups=(0, 1),
+            horizon=10,
+            strata="s",
+            strata_levels=("a",),
+        )
+    with pytest.raises(ValidationError, match="not with strata, stratify_by_site"):
+        LogRank(time="T", event="E", group="arm", groups=(0, 1), horizon=10, stratify_by_site=True)
+    with pytest.raises(ValidationError, match="time_grid is required, or horizon"):
+        LogRank(time="T", event="E", group="arm", groups=(0, 1))

@@ -2,11 +2,19 @@
 
 Algorithms in this package register themselves on import; the registry imports
 every public submodule, so adding a module is enough to make its algorithms
-available by name.  Time grids: ``day_grid``, ``regular_grid``, ``quantile_grid``.
+available by name.  Time grids: ``day_grid``, ``regular_grid``, ``quantile_grid``
+(explicit), or ``horizon=...`` to plan one from differentially private counts
+(``consortia.survival._plan``).
 """
 
 from consortia.survival._cox_result import CoxPHResult
-from consortia.survival._grid import day_grid, quantile_grid, regular_grid, round_up_to_grid
+from consortia.survival._grid import (
+    administrative_censoring,
+    day_grid,
+    quantile_grid,
+    regular_grid,
+    round_up_to_grid,
+)
 from consortia.survival.concordance import Concordance, ConcordanceResult
 from consortia.survival.cox import CoxPH
 from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve, KaplanMeierResult
@@ -22,6 +30,7 @@ __all__ = [
     "KaplanMeierResult",
     "LogRank",
     "LogRankResult",
+    "administrative_censoring",
     "day_grid",
     "quantile_grid",
     "regular_grid",

@@ -49,6 +49,10 @@ class CoxPHResult:
         The stratification column, if any.
     stratified_by_site
         Whether each site had its own baseline hazard.
+    plan
+        With a planned grid: the plan (:class:`~consortia.survival._plan.GridPlan`).
+    cells_below_k
+        With a planned grid: released non-zero event cells below ``min_cell``.
     """
 
     covariates: tuple[str, ...]
@@ -70,6 +74,8 @@ class CoxPHResult:
     strata: str | None
     stratified_by_site: bool
     robust: bool
+    plan: Any = None
+    cells_below_k: int = 0
 
     @classmethod
     def build(

@@ -16,31 +16,46 @@ the grid equal the pooled statistics of the data with times rounded up to the
 grid; when every time already lies on the grid (for example integer days on a
 day grid) they equal the pooled statistics of the raw data exactly.
 
-A time beyond the last grid point cannot be mapped and is refused with a
-:class:`~consortia.errors.SchemaError` naming the column; extend the grid.
+Administrative censoring at the grid's end
+------------------------------------------
+A time beyond the last grid point is **administratively censored at the last
+grid point**: the patient counts as at risk up to and including the last grid
+point, and an event beyond it becomes a censoring there (use
+:func:`grid_map`, which maps times *and* event indicators).  Such times are
+never refused: a refusal would let anyone learn a patient's follow-up by
+binary search with one-point grids (each refusal answering "some time lies
+beyond ``g``").  A pooled reference applies the same rule
+(:func:`administrative_censoring`).
 
 Helpers
 -------
 :func:`validate_grid` checks a grid, :func:`grid_index` maps times to grid
-indices, :func:`round_up_to_grid` gives the mapped times (for pooled
-references), :func:`grid_counts` builds the per-grid-point event and at-risk
-counts a site releases, and :func:`day_grid`, :func:`regular_grid` and
+indices, :func:`grid_map` maps times and events (administrative censoring),
+:func:`round_up_to_grid` gives the mapped times (for pooled references),
+:func:`grid_counts` builds the per-grid-point event and at-risk counts a site
+releases, and :func:`day_grid`, :func:`regular_grid` and
 :func:`quantile_grid` build grids (the last one from *public* values only, such
 as a published reference cohort: never from a site's private times).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from consortia.errors import SchemaError, ValidationError
+from consortia.protocol import Contribution
 
 __all__ = [
+    "administrative_censoring",
+    "binned_on",
     "day_grid",
     "grid_counts",
     "grid_index",
+    "grid_map",
     "quantile_grid",
     "regular_grid",
     "round_up_to_grid",
@@ -103,6 +118,10 @@ def grid_index(
 ) -> np.ndarray:
     """Map times to the index of the smallest grid point at or above each time.
 
+    A time beyond the last grid point maps to the last grid point
+    (administrative censoring there: the caller must turn an event beyond the
+    grid into a censoring, see :func:`grid_map`).  It is never refused.
+
     Parameters
     ----------
     times
@@ -113,7 +132,8 @@ def grid_index(
     column
         The name of the time column, used in error messages.
     exact
-        If True, every time must equal a grid point (no rounding allowed).
+        If True, every time up to the last grid point must equal a grid point
+        (no rounding allowed); times beyond the grid are censored at its end.
 
     Returns
     -------
@@ -123,26 +143,78 @@ def grid_index(
     Raises
     ------
     SchemaError
-        If a time is NaN or infinite, lies beyond the last grid point, or (with
-        ``exact``) is not a grid point.  The message names the column and the
-        public last grid point, never a patient's time.
+        If a time is NaN or infinite or (with ``exact``) a time within the grid's
+        range is not a grid point.  The message names the column, never a
+        patient's time.
     """
     g = np.asarray(grid, dtype=np.float64)
     t = np.asarray(times, dtype=np.float64)
     if not np.all(np.isfinite(t)):
         raise SchemaError(f"column {column!r} contains missing or infinite times")
     idx = np.searchsorted(g, t, side="left")
-    if np.any(idx >= g.size):
-        raise SchemaError(
-            f"column {column!r} has times beyond the last grid point ({g[-1]:g}); "
-            "extend the time grid to cover the follow-up"
-        )
-    if exact and np.any(g[idx] != t):
+    beyond = idx >= g.size
+    idx = np.minimum(idx, g.size - 1)
+    if exact and np.any((g[idx] != t) & ~beyond):
         raise SchemaError(
             f"column {column!r} has times that are not points of the time grid "
             "(this analysis requires times on the grid; use a finer grid or allow rounding up)"
         )
     return idx.astype(np.int64)
+
+
+def grid_map(
+    times: Sequence[float] | np.ndarray,
+    events: Sequence[float] | np.ndarray,
+    grid: Sequence[float] | np.ndarray,
+    *,
+    column: str = "time",
+    exact: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid indices and event indicators after administrative censoring at the grid's end.
+
+    Like :func:`grid_index`; in addition an event at a time beyond the last grid
+    point becomes a censoring (indicator 0) at the last grid point.
+
+    Returns
+    -------
+    index, events : numpy.ndarray
+        ``int64`` grid indices and ``int64`` event indicators.
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    idx = grid_index(times, g, column=column, exact=exact)
+    beyond = np.asarray(times, dtype=np.float64) > g[-1]
+    e = np.where(beyond, 0, np.asarray(events)).astype(np.int64)
+    return idx, e
+
+
+def administrative_censoring(
+    times: Sequence[float] | np.ndarray,
+    events: Sequence[float] | np.ndarray,
+    end: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Censor follow-up at ``end``: times above it become ``end`` with no event.
+
+    This is what a grid does to the data (see the module notes); apply it to
+    pooled data to build the reference a grid statistic reproduces.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    e = np.asarray(events)
+    beyond = t > end
+    return np.where(beyond, float(end), t), np.where(beyond, 0, e).astype(np.int64)
+
+
+def binned_on(column: str, grid: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Keyword arguments of a :class:`~consortia.protocol.Contribution` binned on ``grid``.
+
+    Exact counts on a time grid are tied to it: the node keeps the first grid an
+    exact release on a cohort used and refuses a later one on another grid (two
+    grids difference into cells nobody judged), through ``Contribution.bins``.
+    Returns ``{"bins": {column: grid}}``, or nothing where the protocol predates
+    that declaration.
+    """
+    if "bins" not in {f.name for f in dataclasses.fields(Contribution)}:
+        return {}
+    return {"bins": {column: tuple(float(x) for x in np.asarray(grid, dtype=np.float64))}}
 
 
 def round_up_to_grid(
@@ -154,7 +226,9 @@ def round_up_to_grid(
     """Return each time replaced by the smallest grid point at or above it.
 
     This is what a site does to its times before counting; applied to pooled
-    data it gives the reference that grid statistics reproduce exactly.
+    data (with events beyond the grid turned into censorings, see
+    :func:`administrative_censoring`) it gives the reference that grid
+    statistics reproduce exactly.  Times beyond the grid become its last point.
     """
     g = validate_grid(grid)
     return g[grid_index(times, g, column=column)]

@@ -68,7 +68,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.stats._validate import numeric_columns
-from consortia.survival._grid import grid_index, validate_grid
+from consortia.survival._grid import binned_on, grid_map, validate_grid
 from consortia.survival._validate import survival_columns
 from consortia.survival.logrank import site_code
 
@@ -376,7 +376,7 @@ class Concordance(Algorithm):
         t, e = survival_columns(frame, self.time, self.event)
         x = numeric_columns(frame, self.covariates)
         risk = x @ np.asarray(self.coefficients)
-        idx = grid_index(t, np.asarray(self.time_grid), column=self.time, exact=self.exact_times)
+        idx, e = grid_map(t, e, self.time_grid, column=self.time, exact=self.exact_times)
         return idx, e, risk
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
@@ -393,6 +393,7 @@ class Concordance(Algorithm):
                 },
                 cohort=risk.size,
                 count_arrays=frozenset({"events"}),
+                **binned_on(self.time, self.time_grid),
             )
         if step != "cells":
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")

@@ -11,6 +11,13 @@ Newton-Raphson in which every round the sites release sums only.  Two modes:
   counts: they fall under the node's minimum-cell rule, so an exact day-grid
   model needs the data owners to allow small cells (``min_cell_count=1``), or a
   coarser grid (exact for the times rounded up to it).
+* **Pooled on a planned grid** (``horizon`` instead of ``time_grid``): a first,
+  differentially private ``plan`` round places bins holding at least
+  ``min_cell`` events in the pooled sum (:mod:`consortia.survival._plan`), so
+  the model runs under the default policy; events of a bin are tied at its end
+  and a patient censored within a bin counts with half its weight in that
+  bin's risk set (actuarial convention).  An approximation of the exact model:
+  its error is measured in the tests (docs/survival.md).
 * **Stratified by site** (``stratify_by_site=True``): each site evaluates its
   own partial likelihood, gradient and Hessian, and only their sums travel: no
   grid, no per-time arrays, no per-time counts.  The privacy-friendly mode.
@@ -38,6 +45,11 @@ Rounds and what they release
 3. ``score`` (only with ``robust=True``): the sum of the outer products of the
    site's patients' score residuals.  In pooled mode the hub first broadcasts
    the pooled risk-set means and Breslow hazard increments per event time.
+
+With a planned grid a ``plan`` round (noisy event and censoring histograms)
+comes first, and every later round carries the plan so that each site
+re-checks the grid (:func:`~consortia.survival._plan.verify_plan`); the event
+counts per bin are declared ``planned`` count arrays.
 
 Disclosure notes: the hub learns the pooled per-time sums (at the first
 Newton round, ``S0`` is the pooled number at risk over the total, not a
@@ -67,7 +79,16 @@ from consortia.protocol import Algorithm, Contribution, Coordination, Round, reg
 from consortia.stats._validate import numeric_columns
 from consortia.survival import _cox_math as cm
 from consortia.survival._cox_result import CoxPHResult
-from consortia.survival._grid import grid_index, validate_grid
+from consortia.survival._grid import binned_on, grid_map, validate_grid
+from consortia.survival._plan import (
+    PlanSettings,
+    cells_below,
+    check_plan_params,
+    grid_plan,
+    make_plan,
+    plan_contribution,
+    verify_plan,
+)
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
 __all__ = ["CoxPH", "CoxPHResult"]
@@ -101,8 +122,17 @@ class CoxPH(Algorithm):
         ``"efron"`` (lifelines' method) or ``"breslow"``.
     time_grid
         Public, strictly increasing time grid (pooled mode; optional when
-        stratified by site).  Times are rounded up to the grid; with integer-day
-        data and a day grid the model equals the pooled one exactly.
+        stratified by site).  Times are rounded up to the grid (times beyond its
+        last point are censored there); with integer-day data and a day grid the
+        model equals the pooled one exactly.
+    horizon, plan_cells, plan_epsilon, plan_delta, min_cell
+        Instead of ``time_grid`` (pooled, unstratified model only): plan the grid
+        from differentially private counts (:mod:`consortia.survival._plan`) so
+        that every released event cell holds at least ``min_cell`` events.  The
+        events of a bin are tied at its end (Efron or Breslow); a patient
+        censored within a bin counts with half its weight in that bin's risk
+        set (the actuarial convention), fully in earlier ones.  Not with
+        ``robust``.
     stratify_by_site
         Give every site its own baseline hazard: only per-site likelihood,
         gradient and Hessian sums travel (no grid, no per-time counts).
@@ -144,6 +174,11 @@ class CoxPH(Algorithm):
     max_iter: int = 20
     tol: float = 1e-8
     raise_on_failure: bool = True
+    horizon: float | None = None
+    plan_cells: int = 20
+    plan_epsilon: float = 0.5
+    plan_delta: float = 1e-6
+    min_cell: int = 5
 
     def __post_init__(self) -> None:
         if isinstance(self.covariates, str):
@@ -160,14 +195,25 @@ class CoxPH(Algorithm):
             raise ValidationError(f"column(s) {clash} cannot be both a covariate and a role column")
         if self.ties not in _TIES:
             raise ValidationError(f"ties must be one of {_TIES}")
+        plan: PlanSettings | None = None
+        if self.horizon is not None or (self.time_grid is None and not self.stratify_by_site):
+            plan = check_plan_params(
+                time_grid=self.time_grid,
+                horizon=self.horizon,
+                plan_cells=self.plan_cells,
+                plan_epsilon=self.plan_epsilon,
+                plan_delta=self.plan_delta,
+                min_cell=self.min_cell,
+            )
+            if self.stratify_by_site or self.strata is not None or self.robust:
+                raise ValidationError(
+                    "horizon (a planned grid) is for the pooled, unstratified Cox model: not "
+                    "with stratify_by_site, strata or robust"
+                )
+        object.__setattr__(self, "_plan", plan)
         if self.time_grid is not None:
             object.__setattr__(self, "time_grid", tuple(float(g) for g in self.time_grid))
             validate_grid(self.time_grid)
-        elif not self.stratify_by_site:
-            raise ValidationError(
-                "time_grid is required for a pooled (not site-stratified) Cox model: declare a "
-                "public grid (for example integer days), or set stratify_by_site=True"
-            )
         if (self.strata is None) != (self.strata_levels is None):
             raise ValidationError("strata and strata_levels must be given together")
         if self.strata_levels is not None:
@@ -203,7 +249,40 @@ class CoxPH(Algorithm):
     def _n_strata(self) -> int:
         return 1 if self.strata_levels is None else len(self.strata_levels)
 
-    def _rows(self, data: Dataset) -> _Rows:
+    def privacy_cost(self) -> tuple[float, float]:
+        """``(plan_epsilon, plan_delta)`` with a planned grid, else ``(0, 0)``."""
+        if self._plan is None:
+            return (0.0, 0.0)
+        return (self._plan.epsilon, self._plan.delta)
+
+    def _grid(self, public: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The grid of a round: explicit, or the planned one (verified), or none."""
+        if self._plan is None:
+            return None if self.time_grid is None else np.asarray(self.time_grid)
+        return verify_plan(public, self._plan, 1, shared=True)[0]
+
+    @staticmethod
+    def _split_censored(rows: _Rows, grid: np.ndarray, t: np.ndarray) -> _Rows:
+        """Planned grid: a patient censored within a bin becomes two half-weight rows.
+
+        One at the bin's end (at risk at its events), one at the previous bin's
+        end (not at risk at them): half weight in the bin's risk set, full weight
+        before.  Patients followed beyond the grid stay whole, censored at its end.
+        """
+        idx = np.searchsorted(grid, t, side="left")
+        inside = (rows.e == 0) & (idx < grid.size)
+        prev = np.where(idx > 0, grid[np.maximum(idx - 1, 0)], -1.0)
+        half = np.where(inside, 0.5, 1.0) * rows.w
+        keep = np.flatnonzero(inside)
+        return _Rows(
+            t=np.concatenate([rows.t, prev[keep]]),
+            e=np.concatenate([rows.e, np.zeros(keep.size, np.int64)]),
+            x=np.concatenate([rows.x, rows.x[keep]]),
+            w=np.concatenate([half, half[keep]]),
+            codes=np.concatenate([rows.codes, rows.codes[keep]]),
+        )
+
+    def _rows(self, data: Dataset, grid: np.ndarray | None = None) -> _Rows:
         frame = data.frame
         t, e = survival_columns(frame, self.time, self.event)
         x = numeric_columns(frame, self.covariates)
@@ -217,19 +296,28 @@ class CoxPH(Algorithm):
             codes = np.zeros(len(t), dtype=np.int64)
         else:
             codes = level_codes(frame, self.strata, self.strata_levels or ())
-        if self.time_grid is not None:
-            t = np.asarray(self.time_grid)[grid_index(t, self.time_grid, column=self.time)]
+        if grid is not None:
+            idx, e = grid_map(t, e, grid, column=self.time)
+            return _Rows(t=grid[idx], e=e, x=x, w=w, codes=codes)
         return _Rows(t=t, e=e, x=x, w=w, codes=codes)
 
     # ------------------------------------------------------------------ site side
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        rows = self._rows(data)
+        if step == "plan" and self._plan is not None:
+            t, e = survival_columns(data.frame, self.time, self.event)
+            return plan_contribution(t, e, None, 1, self._plan)
+        if step not in ("summary", "newton", "score"):
+            raise ValidationError(f"unknown step {step!r} for {self.name}")
+        grid = self._grid(public)
+        rows = self._rows(data, grid)
         n = len(rows.t)
         if step == "summary":
-            return self._local_summary(rows)
-        if step not in ("newton", "score"):
-            raise ValidationError(f"unknown step {step!r} for {self.name}")
+            return self._local_summary(rows, grid)
+        if self._plan is not None:
+            assert grid is not None
+            raw_t, _ = survival_columns(data.frame, self.time, self.event)
+            rows = self._split_censored(rows, grid, raw_t)
         beta, offset = public["beta"], float(public["offset"][0])
         z = (rows.x - public["mean"]) / public["sd"]
         phi0 = np.exp(z @ beta - offset)
@@ -250,7 +338,8 @@ class CoxPH(Algorithm):
                 meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dw / risk[:, 0], ev_c)
                 arrays.update(split("meat", meat))
         else:
-            ev_t = np.asarray(self.time_grid)[public["event_index"].astype(np.int64)]
+            assert grid is not None
+            ev_t = grid[public["event_index"].astype(np.int64)]
             ev_c = public["event_code"].astype(np.int64)
             bins = cm.last_at_risk(rows.t, rows.codes, ev_t, ev_c)
             if step == "newton":
@@ -267,7 +356,7 @@ class CoxPH(Algorithm):
             arrays.update(split("total", [phi.sum()]))
         return Contribution(arrays, cohort=n, n_parameters=self._p)
 
-    def _local_summary(self, rows: _Rows) -> Contribution:
+    def _local_summary(self, rows: _Rows, grid: np.ndarray | None) -> Contribution:
         n = len(rows.t)
         we = rows.w * rows.e
         arrays: dict[str, np.ndarray] = {"n": np.array([n], float)}
@@ -279,7 +368,7 @@ class CoxPH(Algorithm):
         arrays["n_events"] = np.array([rows.e.sum()], float)
         counts: frozenset[str] = frozenset()
         if not self.stratify_by_site:
-            grid = np.asarray(self.time_grid)
+            assert grid is not None
             gidx = np.searchsorted(grid, rows.t)
             flat = rows.codes * grid.size + gidx
             size = self._n_strata * grid.size
@@ -287,7 +376,17 @@ class CoxPH(Algorithm):
             if self.weights is not None:
                 arrays.update(split("events_w", np.bincount(flat, we, minlength=size)))
             counts = frozenset({"events"})
-        return Contribution(arrays, cohort=n, count_arrays=counts)
+        binned = binned_on(self.time, grid) if counts else {}
+        if self._plan is not None:
+            return Contribution(
+                arrays,
+                cohort=n,
+                count_arrays=counts,
+                planned=counts,
+                planned_min=self._plan.k,
+                **binned,
+            )
+        return Contribution(arrays, cohort=n, count_arrays=counts, **binned)
 
     def _local_event_times(self, rows: _Rows) -> tuple[np.ndarray, ...]:
         ev = rows.e == 1
@@ -303,7 +402,13 @@ class CoxPH(Algorithm):
 
     def coordinate(self) -> Coordination:
         p = self._p
-        sums = yield Round("summary")
+        plan_pub: dict[str, np.ndarray] = {}
+        grid = None if self.time_grid is None else np.asarray(self.time_grid)
+        if self._plan is not None:
+            sums = yield Round("plan")
+            ends, plan_pub = make_plan(sums, self._plan, 1, shared=True)
+            grid = self._plan.fine_edges[ends[0]]
+        sums = yield Round("summary", plan_pub)
         n = int(round(float(sums["n"][0])))
         n_events = int(round(float(sums["n_events"][0])))
         w_sum = float(join(sums, "w_sum")[0])
@@ -325,10 +430,11 @@ class CoxPH(Algorithm):
             )
         dw_total = float(join(sums, "dw_total")[0])
         xe = (join(sums, "xe") - mean * dw_total) / sd
-        pub: dict[str, Any] = {"mean": mean, "sd": sd}
+        pub: dict[str, Any] = {**plan_pub, "mean": mean, "sd": sd}
         grid_info: dict[str, np.ndarray] = {}
+        below = 0
         if not self.stratify_by_site:
-            grid = np.asarray(self.time_grid)
+            assert grid is not None
             events = np.asarray(sums["events"]).reshape(self._n_strata, grid.size)
             events_w = (
                 join(sums, "events_w").reshape(events.shape) if self.weights is not None else events
@@ -337,6 +443,8 @@ class CoxPH(Algorithm):
             d = np.rint(events[codes, idx])
             dw = events_w[codes, idx]
             tie_rows = np.flatnonzero(d >= 2)
+            if self._plan is not None:
+                below = cells_below(events, np.zeros(0), self._plan.k)
             grid_info = {"event_index": idx, "event_code": codes, "d": d, "dw": dw}
             pub.update(event_index=idx, event_code=codes, tie_rows=tie_rows)
         pen = np.broadcast_to(np.asarray(self.penalizer, dtype=float), (p,)) * n
@@ -429,8 +537,9 @@ class CoxPH(Algorithm):
         if not self.stratify_by_site:
             r = last["risk"]
             hazard = grid_info["dw"] / (r[:, 0] * np.exp(last["offset"]))
+            assert grid is not None
             baseline = _baseline_frame(
-                np.asarray(self.time_grid)[grid_info["event_index"]],
+                grid[grid_info["event_index"]],
                 grid_info["event_code"],
                 hazard,
                 self.strata_levels,
@@ -454,6 +563,8 @@ class CoxPH(Algorithm):
             baseline_hazard=baseline,
             strata=self.strata,
             stratified_by_site=self.stratify_by_site,
+            plan=None if self._plan is None else grid_plan(plan_pub, self._plan, [grid]),
+            cells_below_k=below,
         )
 
 

@@ -12,6 +12,14 @@ With times on the grid the result equals lifelines' ``logrank_test`` /
 ``multivariate_logrank_test`` (unstratified) and statsmodels' ``survdiff``
 (stratified) on the pooled data.
 
+With ``horizon`` instead of ``time_grid`` the grid is **planned** from
+differentially private counts (:mod:`consortia.survival._plan`): one grid
+shared by the groups, each bin holding at least ``min_cell`` events of *every*
+group in the released sum.  Within a bin the event and censoring times are
+unknown; the test is computed on the bin's fine cells after spreading each
+group's exact bin counts over them (:func:`planned_components`), an
+approximation whose error against the exact test is measured in the tests.
+
 Strata may be the levels of a column (``strata`` + ``strata_levels``), the
 sites themselves (``stratify_by_site``), or both (every column level within
 every site).  A site stratum lies wholly within one site, so with
@@ -21,6 +29,7 @@ events and covariance, and only their sums travel: no per-time counts at all.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +42,18 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import grid_counts, grid_index, validate_grid
+from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
+from consortia.survival._plan import (
+    GridPlan,
+    cells_below,
+    check_plan_params,
+    grid_plan,
+    make_plan,
+    plan_contribution,
+    planned_contribution,
+    verify_plan,
+    within_bin_weights,
+)
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
 __all__ = [
@@ -68,6 +88,10 @@ class LogRankResult:
         Patients per group.
     n_strata
         Number of strata with at least one patient.
+    plan
+        With a planned grid: the plan and the noisy counts it came from.
+    cells_below_k
+        With a planned grid: released non-zero cells below ``min_cell``.
     """
 
     groups: tuple[str, ...]
@@ -79,6 +103,8 @@ class LogRankResult:
     p_value: float
     n: np.ndarray
     n_strata: int
+    plan: GridPlan | None = None
+    cells_below_k: int = 0
 
     @property
     def test_statistic(self) -> float:
@@ -188,6 +214,54 @@ def logrank_from_counts(
     return logrank_from_components(logrank_components(events, at_risk), groups=groups)
 
 
+def planned_components(
+    events: np.ndarray,
+    at_risk: np.ndarray,
+    ends: np.ndarray,
+    noisy_censored: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Log-rank components from exact counts on a planned grid.
+
+    Parameters
+    ----------
+    events
+        ``(groups, bins)`` events per bin.
+    at_risk
+        ``(groups, bins + 1)`` at risk at each bin's start, then beyond the end.
+    ends
+        The bins' ends as fine-cell indices.
+    noisy_censored
+        ``(groups, cells + 1)``: the plan's public noisy censoring histogram.
+
+    Each group's exact bin counts are spread over the bin's fine cells (its
+    censorings as its noisy histogram says, its events at a constant hazard
+    within the bin: :func:`~consortia.survival.kaplan_meier.spread_bin`); per
+    fine cell the patients censored there count as at risk for half of it
+    (the actuarial convention), and the usual components are summed over the
+    fine cells.  ``n`` is the exact group size.
+    """
+    from consortia.survival.kaplan_meier import spread_bin
+
+    n_groups, b = events.shape
+    width = int(ends[-1])
+    d_fine = np.zeros((n_groups, width))
+    n_fine = np.zeros((n_groups, width))
+    for g in range(n_groups):
+        weights = within_bin_weights(ends, noisy_censored[g])
+        start = 0
+        for j in range(b):
+            stop = int(ends[j])
+            n = at_risk[g, j]
+            c = n - at_risk[g, j + 1] - events[g, j]
+            ni, di, ci = spread_bin(n, events[g, j], c, weights[j])
+            d_fine[g, start:stop] = di
+            n_fine[g, start:stop] = ni - ci / 2
+            start = stop
+    comp = logrank_components(d_fine[None], n_fine[None])
+    comp["n"] = at_risk[:, 0].astype(np.float64)
+    return comp
+
+
 def site_code(site: str | None, sites: tuple[str, ...]) -> int:
     """Index of ``site`` in the declared ``sites``; the site refuses if it is not listed."""
     if site is None or site not in sites:
@@ -211,7 +285,13 @@ class LogRank(Algorithm):
     groups
         Its levels, declared publicly (at least two).
     time_grid
-        The public grid; times are rounded up to it.
+        The public grid; times are rounded up to it (times beyond its last point
+        are censored there).  ``None`` (with ``horizon``) plans the grid.
+    horizon, plan_cells, plan_epsilon, plan_delta, min_cell
+        A planned grid shared by the groups (see
+        :class:`~consortia.survival.kaplan_meier.KaplanMeier` and
+        :mod:`consortia.survival._plan`): each bin holds at least ``min_cell``
+        events of every group.  Not with strata or site strata.
     strata, strata_levels
         Optional stratification column and its declared levels.
     stratify_by_site
@@ -238,16 +318,36 @@ class LogRank(Algorithm):
     event: str
     group: str
     groups: tuple[Any, ...]
-    time_grid: tuple[float, ...]
+    time_grid: tuple[float, ...] | None = None
     strata: str | None = None
     strata_levels: tuple[Any, ...] | None = None
     stratify_by_site: bool = False
     sites: tuple[str, ...] | None = None
     exact_times: bool = False
+    horizon: float | None = None
+    plan_cells: int = 20
+    plan_epsilon: float = 0.5
+    plan_delta: float = 1e-6
+    min_cell: int = 5
 
     def __post_init__(self) -> None:
-        grid = validate_grid(self.time_grid)
-        object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+        plan = check_plan_params(
+            time_grid=self.time_grid,
+            horizon=self.horizon,
+            plan_cells=self.plan_cells,
+            plan_epsilon=self.plan_epsilon,
+            plan_delta=self.plan_delta,
+            min_cell=self.min_cell,
+        )
+        object.__setattr__(self, "_plan", plan)
+        if plan is None:
+            grid = validate_grid(self.time_grid)  # type: ignore[arg-type]
+            object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+        elif self.strata is not None or self.stratify_by_site or self.exact_times:
+            raise ValidationError(
+                "horizon (a planned grid) is for the plain log-rank test: not with strata, "
+                "stratify_by_site or exact_times"
+            )
         groups = check_levels(self.groups, name="groups")
         if len(groups) < 2:
             raise ValidationError("groups must declare at least two levels to compare")
@@ -272,7 +372,33 @@ class LogRank(Algorithm):
         """Strata a site counts in: the column's levels (site strata stay local)."""
         return len(self.strata_levels) if self.strata_levels is not None else 1
 
+    def privacy_cost(self) -> tuple[float, float]:
+        """``(plan_epsilon, plan_delta)`` with a planned grid, else ``(0, 0)``."""
+        if self._plan is None:
+            return (0.0, 0.0)
+        return (self._plan.epsilon, self._plan.delta)
+
+    def _coordinate_planned(self) -> Coordination:
+        settings = self._plan
+        groups = tuple(str(g) for g in self.groups)
+        n_groups = len(groups)
+        sums = yield Round("plan")
+        ends, public = make_plan(sums, settings, n_groups, shared=True, labels=groups)
+        sums = yield Round("counts", public)
+        b = ends[0].size
+        events = np.rint(np.asarray(sums["events"])).reshape(n_groups, b)
+        at_risk = np.rint(np.asarray(sums["at_risk"])).reshape(n_groups, b + 1)
+        comp = planned_components(events, at_risk, ends[0], public["plan_censored"])
+        result = logrank_from_components(comp, groups=groups)
+        return dataclasses.replace(
+            result,
+            plan=grid_plan(public, settings, [settings.fine_edges[ends[0]]]),
+            cells_below_k=cells_below(events, at_risk, settings.k),
+        )
+
     def coordinate(self) -> Coordination:
+        if self._plan is not None:
+            return (yield from self._coordinate_planned())
         groups = tuple(str(g) for g in self.groups)
         if self.stratify_by_site:
             sums = yield Round("site_strata")
@@ -287,12 +413,14 @@ class LogRank(Algorithm):
         return logrank_from_counts(events, at_risk, groups=groups)
 
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
+        if self._plan is not None:
+            return self._local_planned(step, public, data)
         if step != ("site_strata" if self.stratify_by_site else "counts"):
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
         frame = data.frame
         t, e = survival_columns(frame, self.time, self.event)
         grid = np.asarray(self.time_grid)
-        idx = grid_index(t, grid, column=self.time, exact=self.exact_times)
+        idx, e = grid_map(t, e, grid, column=self.time, exact=self.exact_times)
         n_groups = len(self.groups)
         stratum = np.zeros(len(t), dtype=np.int64)
         if self.strata is not None:
@@ -307,6 +435,7 @@ class LogRank(Algorithm):
                 {"events": events.ravel(), "at_risk": at_risk.ravel()},
                 cohort=len(t),
                 count_arrays=frozenset({"events", "at_risk"}),
+                **binned_on(self.time, grid),
             )
         shape = (self._n_strata, n_groups, grid.size)
         comp = logrank_components(events.reshape(shape), at_risk.reshape(shape))
@@ -321,3 +450,17 @@ class LogRank(Algorithm):
             cohort=len(t),
             count_arrays=frozenset({"observed", "n"}),
         )
+
+    def _local_planned(
+        self, step: str, public: Mapping[str, np.ndarray], data: Dataset
+    ) -> Contribution:
+        if step not in ("plan", "counts"):
+            raise AlgorithmError(f"unknown step {step!r} for {self.name}")
+        frame = data.frame
+        t, e = survival_columns(frame, self.time, self.event)
+        codes = level_codes(frame, self.group, self.groups)
+        n_groups = len(self.groups)
+        if step == "plan":
+            return plan_contribution(t, e, codes, n_groups, self._plan)
+        grids = verify_plan(public, self._plan, n_groups, shared=True)
+        return planned_contribution(t, e, codes, grids, self._plan, column=self.time)
