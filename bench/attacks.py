@@ -284,7 +284,8 @@ def main() -> None:
             print(f"honest: {spec.title:45s} {state}")
     finally:
         cluster.stop()
-    print(f"attacks played={played} succeeded={succeeded} honest_studies_ok={honest_ok}/{honest_total}")
+    honest_line = f"honest_studies_ok={honest_ok}/{honest_total}"
+    print(f"attacks played={played} succeeded={succeeded} {honest_line}")
     sys.exit(0)
 
 

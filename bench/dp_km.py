@@ -27,17 +27,15 @@ cells_below_k=<int>``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 from lifelines import KaplanMeierFitter
 
-from consortia import Policy, Simulation
+from consortia import Simulation
 from consortia.data.tcga import load_tcga_brca
 from consortia.errors import PolicyError
-from consortia.protocol import Contribution
 from consortia.survival import KaplanMeier, regular_grid
 
 HORIZON, CELLS, EPSILON, DELTA, K = 4000.0, 8, 1.0, 1e-6, 5
@@ -49,46 +47,10 @@ def data_dir() -> Path:
     return root / "tcga_brca"
 
 
-def policy_judges_planned_arrays() -> bool:
-    """Whether this checkout's Policy skips the per-site rule for planned arrays."""
-    probe = Contribution(
-        {"a": [1.0]}, cohort=1000, count_arrays=frozenset({"a"}),
-        planned=frozenset({"a"}), planned_min=K,
-    )  # fmt: skip
-    try:
-        Policy().check_contribution(probe)
-    except PolicyError:
-        return False
-    return True
-
-
-def apply_planned_contract() -> None:
-    """The documented Contribution contract, for a checkout whose Policy predates it."""
-    original = Policy.check_contribution
-
-    def check(self: Policy, c: Contribution) -> None:
-        if c.planned and c.planned_min < self.min_cell_count:
-            raise PolicyError("min_cell_count", "a planned release promises too small cells")
-        exempt = c.planned | frozenset(c.noise)
-        if exempt:
-            c = dataclasses.replace(
-                c, count_arrays=c.count_arrays - exempt, planned=frozenset(), planned_min=0
-            )
-        original(self, c)
-
-    Policy.check_contribution = check  # type: ignore[method-assign]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="planned studies to run")
     args = parser.parse_args()
-    if not policy_judges_planned_arrays():
-        print(
-            "note: this checkout's Policy does not yet judge planned arrays on the released "
-            "sum; applying the contract documented in consortia.protocol.Contribution"
-        )
-        apply_planned_contract()
     data = load_tcga_brca(data_dir())
     sites = data.sites()
     pooled = data.pooled()

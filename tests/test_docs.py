@@ -40,19 +40,7 @@ def test_first_analysis_example_matches_pooled(capsys):
     assert err < 1e-8
 
 
-def _planned_grid_policy_contract(monkeypatch) -> None:
-    """The planned-array contract of the node policy (see tests/survival/conftest.py)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent / "survival" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_survival_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.apply_planned_contract(monkeypatch)
-
-
 def test_survival_guide_runs_in_order(tmp_path, monkeypatch):
-    _planned_grid_policy_contract(monkeypatch)  # the planned-grid examples use the default policy
     monkeypatch.chdir(tmp_path)  # the plotting example writes to out/
     code = compile(python_blocks("survival.md"), "survival.md", "exec")
     namespace: dict = {}

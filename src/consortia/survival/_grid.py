@@ -40,14 +40,12 @@ as a published reference cohort: never from a site's private times).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from consortia.errors import SchemaError, ValidationError
-from consortia.protocol import Contribution
 
 __all__ = [
     "administrative_censoring",
@@ -209,11 +207,8 @@ def binned_on(column: str, grid: Sequence[float] | np.ndarray) -> dict[str, Any]
     Exact counts on a time grid are tied to it: the node keeps the first grid an
     exact release on a cohort used and refuses a later one on another grid (two
     grids difference into cells nobody judged), through ``Contribution.bins``.
-    Returns ``{"bins": {column: grid}}``, or nothing where the protocol predates
-    that declaration.
+    Returns ``{"bins": {column: grid}}``.
     """
-    if "bins" not in {f.name for f in dataclasses.fields(Contribution)}:
-        return {}
     return {"bins": {column: tuple(float(x) for x in np.asarray(grid, dtype=np.float64))}}
 
 
