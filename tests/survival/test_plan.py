@@ -180,3 +180,40 @@ def test_the_rule_uses_the_noise_actually_added() -> None:
     assert settings().for_sites({"plan_sites": [3.0]}).noise_sd == settings().sigma
     with pytest.raises(PolicyError, match="number of sites"):
         s.for_sites({})
+
+
+def test_one_cohort_one_plan_then_coarsenings_of_it():
+    """KM, log-rank and Cox on one cohort share the first planned grid (default policy)."""
+    from consortia import Simulation
+    from consortia.data.synthetic import synthetic_cohort
+    from consortia.survival import CoxPH, KaplanMeier, LogRank
+
+    cohort = synthetic_cohort(n_sites=3, patients_per_site=300, expression=False, tiles=False)
+    sim = Simulation({k: v.frame for k, v in cohort.sites().items()})
+    groups = ("control", "treatment")
+    km = sim.run(
+        KaplanMeier(time="time", event="event", group="arm", groups=groups, horizon=2920.0)
+    )
+    grid = km.plan.grid
+    assert km.cells_below_k == 0
+    # a fresh plan on fresh noise would put its bin ends elsewhere: refused
+    with pytest.raises(PolicyError, match="grid_differencing"):
+        sim.run(LogRank(time="time", event="event", group="arm", groups=groups, horizon=2000.0))
+    # planning within the released grid is a coarsening of it: allowed
+    lr = sim.run(
+        LogRank(
+            time="time",
+            event="event",
+            group="arm",
+            groups=groups,
+            horizon=grid[-1],
+            plan_cells=grid,
+        )
+    )
+    assert set(lr.plan.grid) <= set(grid)
+    cox = sim.run(
+        CoxPH(time="time", event="event", covariates=("age",), horizon=grid[-1], plan_cells=grid)
+    )
+    assert set(cox.plan.grid) <= set(grid)
+    with pytest.raises(ValidationError, match="must end at horizon"):
+        KaplanMeier(time="time", event="event", horizon=grid[-1] + 1, plan_cells=grid)

@@ -109,10 +109,13 @@ class PlanSettings:
     delta: float
     k: int
     n_sites: int = 1
+    edges: tuple[float, ...] | None = None
 
     @cached_property
     def fine_edges(self) -> np.ndarray:
-        """``0 = f_0 < f_1 < ... < f_cells = horizon`` (equal cells)."""
+        """``0 = f_0 < f_1 < ... < f_cells = horizon`` (equal cells unless ``edges``)."""
+        if self.edges is not None:
+            return np.array((0.0, *self.edges), dtype=np.float64)
         return np.linspace(0.0, self.horizon, self.cells + 1)
 
     @cached_property
@@ -184,8 +187,14 @@ def check_plan_params(
         raise ValidationError("horizon must be a positive number")
     if not math.isfinite(horizon) or horizon <= 0:
         raise ValidationError("horizon must be a positive finite number")
+    edges = None
+    if isinstance(plan_cells, (tuple, list)):
+        edges = _check_edges(plan_cells, float(horizon))
+        plan_cells = len(edges)
     if isinstance(plan_cells, bool) or not isinstance(plan_cells, int):
-        raise ValidationError("plan_cells must be a positive integer")
+        raise ValidationError(
+            "plan_cells must be a positive integer (equal cells) or a sequence of fine edges"
+        )
     if not 1 <= plan_cells <= MAX_PLAN_CELLS:
         raise ValidationError(f"plan_cells must lie between 1 and {MAX_PLAN_CELLS}")
     for label, value in (("plan_epsilon", plan_epsilon), ("plan_delta", plan_delta)):
@@ -203,7 +212,27 @@ def check_plan_params(
         epsilon=float(plan_epsilon),  # type: ignore[arg-type]
         delta=float(plan_delta),  # type: ignore[arg-type]
         k=min_cell,
+        edges=edges,
     )
+
+
+def _check_edges(value: tuple | list, horizon: float) -> tuple[float, ...]:
+    """Fine edges given explicitly: positive, strictly increasing, the last one the horizon.
+
+    Typically the grid an earlier planned study released on the same cohort, so that a
+    second plan is a coarsening of it (the node's grid-differencing rule allows that).
+    """
+    try:
+        edges = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValidationError("plan_cells (fine edges) must be numbers") from None
+    if edges.ndim != 1 or edges.size == 0 or not np.isfinite(edges).all():
+        raise ValidationError("plan_cells (fine edges) must be a non-empty list of finite numbers")
+    if edges[0] <= 0 or (np.diff(edges) <= 0).any():
+        raise ValidationError("plan_cells (fine edges) must be positive and strictly increasing")
+    if edges[-1] != horizon:
+        raise ValidationError("plan_cells (fine edges) must end at horizon")
+    return tuple(float(x) for x in edges)
 
 
 # --------------------------------------------------------------------------- site side
@@ -341,6 +370,15 @@ class GridPlan:
     epsilon: float
     delta: float
     min_cell: int
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """Every bin end released (the union of the groups' grids), for a later plan.
+
+        A later planned study on the same cohort passes it as ``plan_cells`` (with
+        ``horizon=grid[-1]``) so that its grid is a coarsening of this one.
+        """
+        return tuple(float(x) for x in np.unique(np.concatenate(self.grids)))
 
 
 def _grid_end(events: np.ndarray, censored: np.ndarray, settings: PlanSettings) -> int:

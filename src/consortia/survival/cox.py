@@ -175,7 +175,7 @@ class CoxPH(Algorithm):
     tol: float = 1e-8
     raise_on_failure: bool = True
     horizon: float | None = None
-    plan_cells: int = 20
+    plan_cells: int | tuple[float, ...] = 20
     plan_epsilon: float = 0.5
     plan_delta: float = 1e-6
     min_cell: int = 5

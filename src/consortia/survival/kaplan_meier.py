@@ -405,7 +405,11 @@ class KaplanMeier(Algorithm):
         Plan the grid (see :mod:`consortia.survival._plan`): the public end of
         follow-up of interest; the planned grid ends at or before it.
     plan_cells
-        Number of equal fine cells from 0 to ``horizon`` that bins are merged from.
+        Number of equal fine cells from 0 to ``horizon`` that bins are merged from,
+        or the fine edges themselves (ending at ``horizon``): pass the grid an
+        earlier planned study released on the same cohort (``result.plan``'s grid)
+        so that this plan is a coarsening of it, which the node's
+        grid-differencing rule allows (a second plan on fresh noise would not be).
     plan_epsilon, plan_delta
         Differential privacy of the plan round (the study's privacy cost).
     min_cell
@@ -446,7 +450,7 @@ class KaplanMeier(Algorithm):
     alpha: float = 0.05
     exact_times: bool = False
     horizon: float | None = None
-    plan_cells: int = 20
+    plan_cells: int | tuple[float, ...] = 20
     plan_epsilon: float = 0.5
     plan_delta: float = 1e-6
     min_cell: int = 5

@@ -325,7 +325,7 @@ class LogRank(Algorithm):
     sites: tuple[str, ...] | None = None
     exact_times: bool = False
     horizon: float | None = None
-    plan_cells: int = 20
+    plan_cells: int | tuple[float, ...] = 20
     plan_epsilon: float = 0.5
     plan_delta: float = 1e-6
     min_cell: int = 5
