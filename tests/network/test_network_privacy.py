@@ -66,3 +66,20 @@ def test_a_refusal_that_depends_on_the_data_does_not_name_the_site(fedp):
         fedp.fed.run(algo, dataset="data", timeout=60)
     assert err.value.site is None
     assert not any(name in str(err.value) for name in sites)
+
+
+def test_the_privacy_budget_persists_at_the_nodes_and_researchers_can_read_it(fedp):
+    from consortia.stats import DPCount
+
+    algo = DPCount(epsilon=4.0, delta=1e-6)
+    for _ in range(2):
+        res = fedp.fed.run(algo, dataset="data", timeout=60)
+        assert res.n >= 0
+    rows = [r for r in fedp.fed.budget() if r["dataset"] == "data"]
+    assert {r["node"] for r in rows} >= {"site0", "site1", "site2"}
+    for r in rows:
+        assert r["epsilon_spent"] == pytest.approx(8.0)
+        assert r["epsilon_remaining"] == pytest.approx(2.0)
+    # the third would exceed the default cap of 10: refused before anything is computed
+    with pytest.raises(PolicyError, match="privacy_budget"):
+        fedp.fed.run(algo, dataset="data", timeout=60)

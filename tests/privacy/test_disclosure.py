@@ -203,10 +203,13 @@ def test_ledger_is_shared_by_the_rules():
         policy=Policy(), study_id="1", participants=frozenset("ab"), cohort=ids, **kw
     )
     control.released(study_id="1", participants=frozenset("ab"), cohort=d, cost=(0, 0), **kw)
-    with pytest.raises(PolicyError, match="repeated_query"):
-        control.check_release(
-            policy=Policy(), study_id="2", participants=frozenset("abc"), cohort=ids, **kw
-        )
+    control.before_reveal("1", 0, 0)  # the sum of study 1 becomes computable
+    d2 = control.check_release(
+        policy=Policy(), study_id="2", participants=frozenset("abc"), cohort=ids, **kw
+    )
+    control.released(study_id="2", participants=frozenset("abc"), cohort=d2, cost=(0, 0), **kw)
+    with pytest.raises(PolicyError, match="repeated_query"):  # judged when summable
+        control.before_reveal("2", 0, 0)
     with pytest.raises(PolicyError, match="cohort_difference"):
         control.check_release(
             policy=Policy(),
@@ -227,3 +230,21 @@ def test_histograms_with_shifted_edges_are_refused_on_the_same_cohort():
         fed.run(Histogram(column="age", edges=(0.0, 60.5, 200.0)))
     # a coarsening of the released edges reveals nothing new
     assert fed.run(Histogram(column="age", edges=(0.0, 200.0))).n == 240
+
+
+def test_a_dropout_re_run_is_not_participant_differencing():
+    """Attempts that a site dropped out of are never revealed: they do not count."""
+    sites = _sites()
+    first = Simulation(sites, fail=lambda site, r, a: site == "site3" and a == 0)
+    # the same Simulation object keeps each site's memory across studies
+    assert first.run(Mean(columns=("age",))).n == 180  # site3 dropped: re-run among 3
+    assert first.run(Mean(columns=("age",))).n == 180  # the same again: same 3 sites
+
+
+def test_a_hub_faking_a_dropout_meets_the_refusal_at_reveal():
+    sites = _sites()
+    sim = Simulation(sites)
+    assert sim.run(Mean(columns=("age",))).n == 240
+    sim.fail = lambda site, r, a: site == "site3"  # the hub "loses" site3 in the next study
+    with pytest.raises(PolicyError, match="repeated_query"):
+        sim.run(Mean(columns=("age",)))

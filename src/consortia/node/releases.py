@@ -41,6 +41,9 @@ _releases = sa.Table(
     sa.Column("participants", sa.Text, nullable=False),
     sa.Column("cohort", sa.String(64), nullable=False),
     sa.Column("time", sa.Float, nullable=False),
+    sa.Column("round_index", sa.Integer, nullable=False, default=0),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Index("ix_releases_attempt", "study_id", "round_index", "attempt"),
 )
 _cohorts = sa.Table(
     "cohorts",
@@ -138,7 +141,6 @@ class SqlReleaseLedger(ReleaseLedger):
                 )
 
     def record(self, release: ReleaseRecord) -> None:
-        parts = _parts(release.participants)
         with self.engine.begin() as c:
             c.execute(
                 _releases.insert().values(
@@ -147,26 +149,54 @@ class SqlReleaseLedger(ReleaseLedger):
                     researcher=release.researcher,
                     query=release.query,
                     content=release.content,
-                    participants=parts,
+                    participants=_parts(release.participants),
                     cohort=release.cohort,
                     time=release.time,
+                    round_index=release.round_index,
+                    attempt=release.attempt,
                 )
             )
-            for key in {release.query, release.content}:
+
+    def pending(self, study_id, round_index, attempt):
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(_releases).where(
+                    _releases.c.study_id == study_id,
+                    _releases.c.round_index == round_index,
+                    _releases.c.attempt == attempt,
+                )
+            ).all()
+        return [
+            ReleaseRecord(
+                dataset=r.dataset,
+                study_id=r.study_id,
+                researcher=r.researcher,
+                query=r.query,
+                content=r.content,
+                participants=frozenset(json.loads(r.participants)),
+                cohort=r.cohort,
+                time=r.time,
+                round_index=r.round_index,
+                attempt=r.attempt,
+            )
+            for r in rows
+        ]
+
+    def mark_revealed(self, dataset, keys, study_id, participants):
+        parts = _parts(participants)
+        with self.engine.begin() as c:
+            for key in set(keys):
                 seen = c.scalar(
                     sa.select(_release_keys.c.key).where(
-                        _release_keys.c.dataset == release.dataset,
+                        _release_keys.c.dataset == dataset,
                         _release_keys.c.key == key,
-                        _release_keys.c.study_id == release.study_id,
+                        _release_keys.c.study_id == study_id,
                     )
                 )
                 if seen is None:
                     c.execute(
                         _release_keys.insert().values(
-                            dataset=release.dataset,
-                            key=key,
-                            study_id=release.study_id,
-                            participants=parts,
+                            dataset=dataset, key=key, study_id=study_id, participants=parts
                         )
                     )
 

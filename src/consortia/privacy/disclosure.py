@@ -9,11 +9,15 @@ leaves the node:
     A release is identified by two digests: its *query* (the algorithm
     specification and the dataset, the same for every round of a study) and its
     *content* (the exact bytes of the site's un-noised contribution to the round).
-    If an earlier study released the same query, or exactly the same content, with
+    If an earlier study *revealed* the same query, or exactly the same content, with
     a **different set of participating sites**, the release is refused: the
     difference of the two sums would be the sum over the sites that differ
-    (participant differencing).  A repeat over the same sites gives nothing new
-    and is allowed (rate-limited, and charged again if it is noisy).
+    (participant differencing).  The rule is judged again when the node reveals
+    its self-mask seed, the moment the sum becomes computable: an attempt that a
+    site dropped out of is never revealed, so dropouts do not count, and a hub that
+    fakes a dropout to re-run a study without a site meets the refusal.  A repeat
+    over the same sites gives nothing new and is allowed (rate-limited, and charged
+    again if it is noisy).
 ``cohort_difference``
     The cohort of a release is the set of row identities it was computed from
     (patient ids hashed at the node, or row positions when the dataset declares no
@@ -131,6 +135,8 @@ class ReleaseRecord:
     participants: frozenset[str]
     cohort: str
     time: float
+    round_index: int = 0
+    attempt: int = 0
 
 
 class ReleaseLedger(abc.ABC):
@@ -140,7 +146,17 @@ class ReleaseLedger(abc.ABC):
     def conflicting(
         self, dataset: str, keys: tuple[str, ...], study_id: str, participants: frozenset[str]
     ) -> bool:
-        """Whether another study released one of ``keys`` with other participants."""
+        """Whether another study *revealed* one of ``keys`` with other participants."""
+
+    @abc.abstractmethod
+    def mark_revealed(
+        self, dataset: str, keys: tuple[str, ...], study_id: str, participants: frozenset[str]
+    ) -> None:
+        """Remember that ``keys`` were revealed (summed) over ``participants`` in a study."""
+
+    @abc.abstractmethod
+    def pending(self, study_id: str, round_index: int, attempt: int) -> list[ReleaseRecord]:
+        """The releases this node made for one attempt (to judge at its reveal)."""
 
     @abc.abstractmethod
     def cohorts(self, dataset: str) -> list[tuple[str, np.ndarray]]:
@@ -221,9 +237,17 @@ class MemoryReleaseLedger(ReleaseLedger):
 
     def record(self, release):
         self._releases.append(release)
-        for key in (release.query, release.content):
-            studies = self._keys.setdefault((release.dataset, key), {})
-            studies.setdefault(release.study_id, release.participants)
+
+    def mark_revealed(self, dataset, keys, study_id, participants):
+        for key in keys:
+            self._keys.setdefault((dataset, key), {}).setdefault(study_id, participants)
+
+    def pending(self, study_id, round_index, attempt):
+        return [
+            r
+            for r in self._releases
+            if (r.study_id, r.round_index, r.attempt) == (study_id, round_index, attempt)
+        ]
 
     def studies_since(self, researcher, dataset, since):
         return {
@@ -322,13 +346,11 @@ class DisclosureControl:
         cohort: np.ndarray,
         bins: Mapping[str, np.ndarray] | None = None,
     ) -> str:
-        """Participant, cohort and grid differencing; returns the cohort's digest."""
-        if self.ledger.conflicting(dataset, (query, content), study_id, participants):
-            raise PolicyError(
-                "repeated_query",
-                "this query (or a release with identical content) was already answered "
-                "over another set of sites; ask it over the same sites",
-            )
+        """Cohort and grid differencing; returns the cohort's digest.
+
+        Participant differencing is judged at the reveal (:meth:`before_reveal`), when
+        the set of sites whose vectors are summed is final.
+        """
         ids = np.unique(np.asarray(cohort, dtype=np.uint64))
         digest = hashlib.sha256(ids.tobytes()).hexdigest()
         if (dataset, digest) not in self._known_cohorts:
@@ -366,6 +388,8 @@ class DisclosureControl:
         cohort: str,
         cost: tuple[float, float],
         bins: Mapping[str, np.ndarray] | None = None,
+        round_index: int = 0,
+        attempt: int = 0,
     ) -> None:
         """Remember a release that passed every rule (and charge its study once)."""
         for column, grid in (bins or {}).items():
@@ -383,8 +407,24 @@ class DisclosureControl:
                 participants=participants,
                 cohort=cohort,
                 time=self.clock(),
+                round_index=round_index,
+                attempt=attempt,
             )
         )
+
+    def before_reveal(self, study_id: str, round_index: int, attempt: int) -> None:
+        """Judge participant differencing when the attempt's sum becomes computable."""
+        records = self.ledger.pending(study_id, round_index, attempt)
+        for r in records:
+            keys = (r.query, r.content)
+            if self.ledger.conflicting(r.dataset, keys, study_id, r.participants):
+                raise PolicyError(
+                    "repeated_query",
+                    "this query (or a release with identical content) was already answered "
+                    "over another set of sites; ask it over the same sites",
+                )
+        for r in records:
+            self.ledger.mark_revealed(r.dataset, (r.query, r.content), study_id, r.participants)
 
     def refused(self, *, rule: str, dataset: str, study_id: str, researcher: str) -> None:
         """Count a refusal by a data-dependent rule against the researcher."""

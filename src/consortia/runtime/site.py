@@ -182,7 +182,15 @@ class SiteWorker:
         except PolicyError as err:
             self.disclosure.refused(rule=err.rule, **common)
             raise self._attribute(err) from None
-        self.disclosure.released(cohort=cohort, cost=cost, bins=bins, **release, **common)
+        self.disclosure.released(
+            cohort=cohort,
+            cost=cost,
+            bins=bins,
+            round_index=task.round_index,
+            attempt=task.attempt,
+            **release,
+            **common,
+        )
         return contribution
 
     def budget(self, task: Task) -> dict[str, float | str] | None:
@@ -209,5 +217,13 @@ class SiteWorker:
         return self.secure.mask(task.context, arrays)
 
     def reveal(self, task: Task) -> bytes:
-        """Release the self-mask seed of the task's attempt (once every vector is in)."""
+        """Release the self-mask seed of the task's attempt (once every vector is in).
+
+        This is when the attempt's sum becomes computable: the release is judged
+        against what this dataset revealed before over other sets of sites.
+        """
+        try:
+            self.disclosure.before_reveal(task.study_id, task.round_index, task.attempt)
+        except PolicyError as err:
+            raise self._attribute(err) from None
         return self.secure.reveal(task.context)
