@@ -31,10 +31,11 @@ def test_non_finite_study_parameters_are_refused_before_anything_is_committed(
     c, db = client
     node = enrol(c, db, "hosp-a")
     researcher = bootstrap_token(db, "researcher", "alice")
-    params = '{"time": "time", "event": "event", "group": "arm", "groups": [0, %s]}' % literal
-    if algorithm == "survival.kaplan_meier":
-        params = params[:-1] + ', "time_grid": [1.0, 2.0]}'
-    text = '{"algorithm": {"name": "%s", "params": %s}, "dataset": "data"}' % (algorithm, params)
+    grid = ', "time_grid": [1.0, 2.0]' if algorithm == "survival.kaplan_meier" else ""
+    params = '{"time": "time", "event": "event", "group": "arm", "groups": [0, LIT]GRID}'
+    params = params.replace("LIT", literal).replace("GRID", grid)
+    text = '{"algorithm": {"name": "ALG", "params": PARAMS}, "dataset": "data"}'
+    text = text.replace("ALG", algorithm).replace("PARAMS", params)
     r = _submit_raw(c, researcher, text)
     assert r.status_code == 422, r.text
     assert "groups" in r.json()["detail"] and "finite" in r.json()["detail"]
