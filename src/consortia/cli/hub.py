@@ -43,6 +43,12 @@ def command() -> None:
     "--max-payload", default=256 * 2**20, show_default=True, help="Largest contribution (bytes)."
 )
 @click.option(
+    "--max-json-body",
+    default=2**20,
+    show_default=True,
+    help="Largest body of any request but a contribution (bytes).",
+)
+@click.option(
     "--audit-key-file",
     type=click.Path(exists=True, dir_okay=False),
     help="HMAC key of the audit log.",
@@ -58,6 +64,7 @@ def start(
     node_timeout: float,
     reveal_timeout: float,
     max_payload: int,
+    max_json_body: int,
     audit_key_file: str | None,
     log_level: str,
 ) -> None:
@@ -71,6 +78,7 @@ def start(
                 node_timeout=node_timeout,
                 reveal_timeout=reveal_timeout,
                 max_payload=max_payload,
+                max_json_body=max_json_body,
                 audit_key_file=audit_key_file,
             ),
             host=host,

@@ -10,9 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consortia.errors import ValidationError
-from consortia.hub.db import NodeRow, TokenRow
+from consortia.hub.db import NodeRow, TokenRow, make_engine
 
-__all__ = ["ROLES", "Principal", "create_token", "hash_token", "new_secret", "resolve"]
+__all__ = [
+    "ROLES",
+    "Principal",
+    "bootstrap_token",
+    "create_token",
+    "hash_token",
+    "new_secret",
+    "resolve",
+]
 
 ROLES = ("admin", "researcher", "enrolment")
 _PREFIX = {"admin": "cad_", "researcher": "cre_", "enrolment": "cen_", "node": "cno_"}
@@ -62,3 +70,18 @@ def resolve(session: Session, token: str | None) -> Principal | None:
     if node is not None:
         return Principal("node", node.name)
     return None
+
+
+def bootstrap_token(db: str, role: str, name: str) -> str:
+    """Create a token directly in the hub database (no server needed); return it."""
+    from consortia.audit import AuditLog
+
+    engine = make_engine(db)
+    try:
+        with Session(engine) as s:
+            token = create_token(s, role, name)
+            s.commit()
+        AuditLog(engine).append("operator", "token.create", {"role": role, "name": name})
+        return token
+    finally:
+        engine.dispose()

@@ -19,6 +19,7 @@ Tables
 
 from __future__ import annotations
 
+import os
 import time
 
 from sqlalchemy import (
@@ -33,7 +34,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -170,12 +171,14 @@ class TaskRow(Base):
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url`` and the hub's tables.
 
-    A bare path (no ``://``) is taken as a SQLite file.  SQLite files are put in
-    WAL mode with ``synchronous=NORMAL``: a committed transaction survives a
+    A bare path (no ``://``) is taken as a SQLite file; a new SQLite file is created
+    readable by its owner only (0600; SQLite gives its WAL files the same mode).
+    SQLite files are put in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a
     crash of the hub process (``kill -9``).
     """
     if "://" not in url:
         url = f"sqlite:///{url}"
+    _create_private(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
@@ -196,3 +199,18 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
     return engine
+
+
+def _create_private(url: str) -> None:
+    """Create a SQLite database file that does not exist yet with mode 0600."""
+    parsed = make_url(url)
+    path = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not path or path == ":memory:":
+        return
+    if path.startswith("file:"):  # a URI filename: left to SQLite
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
