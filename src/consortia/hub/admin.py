@@ -1,6 +1,5 @@
 """The hub's admin endpoints: tokens, enrolled nodes, the audit log and nodes' audit heads."""
 
-
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
@@ -9,6 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
+from consortia.hub.anchors import node_heads
 from consortia.hub.auth import create_token
 from consortia.hub.db import NodeRow
 from consortia.hub.schemas import TokenRequest, TokenResponse
@@ -43,6 +43,12 @@ def add_admin_routes(app: FastAPI, engine: Engine, audit: AuditLog, admin: Any) 
                 }
                 for n in s.scalars(select(NodeRow).order_by(NodeRow.name))
             ]
+
+    @app.get("/v1/nodes/{node}/audit-heads", tags=["admin"])
+    def audit_heads(node: str, who: Admin) -> list[dict[str, Any]]:
+        """The heads (``seq``, ``hash``) of a node's audit log anchored at the hub, oldest
+        first: ``consortia audit verify --hub`` checks the node's log against them."""
+        return node_heads(engine, node)
 
     @app.get("/v1/audit", tags=["admin"])
     def audit_entries(

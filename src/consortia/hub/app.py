@@ -33,6 +33,7 @@ from consortia import __version__
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, ValidationError
 from consortia.hub.admin import add_admin_routes
+from consortia.hub.anchors import HEAD_HEADER, anchor_head, parse_head
 from consortia.hub.auth import Principal, bootstrap_token, hash_token, new_secret, resolve
 from consortia.hub.checks import MAX_INDEX
 from consortia.hub.db import NodeRow, TokenRow, make_engine
@@ -303,14 +304,15 @@ def create_app(settings: HubSettings) -> FastAPI:
             raise HubError(400, "the X-Consortia-Layout header is not JSON") from None
         except RecursionError:
             raise HubError(400, "the X-Consortia-Layout header is nested too deeply") from None
+        head = parse_head(request.headers.get(HEAD_HEADER))
         args = (who.name, study_id, round_index, attempt, layout)
         if length is not None and int(length) <= _SMALL_BODY:
             # a small body needs no upload slot: store it and wait, in one thread hop
             body = await read_body(request, length, settings.max_payload)
-            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait)
+            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait, head)
         async with request.app.state.upload_slots:
             body = await read_body(request, length, settings.max_payload)
-            out = await anyio.to_thread.run_sync(studies.contribute, *args, body)
+            out = await anyio.to_thread.run_sync(contribute_and_wait, *args, body, 0.0, head)
         del body  # not kept while the answer waits for the next task
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
@@ -324,8 +326,11 @@ def create_app(settings: HubSettings) -> FastAPI:
         layout: Any,
         body: bytearray,
         wait: float,
+        head: tuple[int, str] | None,
     ) -> dict[str, Any]:
         out = studies.contribute(node, study_id, round_index, attempt, layout, body)
+        if head is not None:  # anchored once the contribution is accepted
+            anchor_head(engine, audit, node, head)
         if wait > 0:
             out["tasks"] = studies.wait_tasks(node, wait)
         return out
@@ -350,8 +355,9 @@ def create_app(settings: HubSettings) -> FastAPI:
         """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
 
         The layout (array names and shapes) travels in the ``X-Consortia-Layout``
-        header as JSON.  The contribution is persisted before the answer.  The
-        answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
+        header as JSON; the node's audit head (``<seq>:<hash>``), anchored at the hub,
+        in ``X-Consortia-Audit-Head`` (optional).  The contribution is persisted before
+        the answer.  The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         out = await post_contribution(request, who, study_id, round_index, attempt, wait)
         return JSONResponse(out)

@@ -72,16 +72,38 @@ def resolve(session: Session, token: str | None) -> Principal | None:
     return None
 
 
-def bootstrap_token(db: str, role: str, name: str) -> str:
-    """Create a token directly in the hub database (no server needed); return it."""
+def bootstrap_token(db: str, role: str, name: str, *, audit_key: bytes | None = None) -> str:
+    """Create a token directly in the hub database (no server needed); return it.
+
+    Parameters
+    ----------
+    db
+        The hub's database URL or SQLite path.
+    role, name
+        The token's role (admin, researcher, enrolment) and whom it is for.
+    audit_key
+        The hub's audit HMAC key: its ``token.create`` entry carries a MAC, as every
+        entry of a hub started with ``--audit-key-file`` must.
+
+    Raises
+    ------
+    ValidationError
+        The hub's audit log is keyed and no ``audit_key`` was given (the entry would
+        make the log verify as tampered), or the role or name is invalid.
+    """
     from consortia.audit import AuditLog
 
     engine = make_engine(db)
     try:
+        audit = AuditLog(engine, key=audit_key)
+        if audit_key is None and audit.keyed:
+            raise ValidationError(
+                "the hub's audit log is keyed: give its audit key file (--audit-key-file)"
+            )
         with Session(engine) as s:
             token = create_token(s, role, name)
             s.commit()
-        AuditLog(engine).append("operator", "token.create", {"role": role, "name": name})
+        audit.append("operator", "token.create", {"role": role, "name": name})
         return token
     finally:
         engine.dispose()

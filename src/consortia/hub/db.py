@@ -14,6 +14,7 @@ Tables
 ``round_acc``        the open attempt's running masked sum (one big blob per open round)
 ``round_sums``       the SUMS of each finished round (written once)
 ``tasks``            per-node task state of every attempt
+``node_audit_heads`` each node's audit-log heads as anchored with its contributions (append-only)
 ``audit_log``        created by :class:`consortia.audit.AuditLog` on the same engine
 """
 
@@ -24,6 +25,7 @@ import time
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -40,6 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "DatasetRow",
+    "NodeAuditHeadRow",
     "NodeRow",
     "RoundAccRow",
     "RoundRow",
@@ -166,6 +169,20 @@ class TaskRow(Base):
     node: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     updated_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class NodeAuditHeadRow(Base):
+    """A head (sequence number and hash) of a node's audit log, sent with a contribution.
+
+    Rows are only ever inserted, each with a higher ``seq`` than the node's previous
+    one: ``consortia audit verify`` checks a node's log against them.
+    """
+
+    __tablename__ = "node_audit_heads"
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[float] = mapped_column(Float, default=_now)
 
 
 def make_engine(url: str) -> Engine:

@@ -9,6 +9,7 @@ Example (every path may be relative to the TOML file's folder)::
     data_dir = "state"                      # keys, credential, SQLite (ledger, audit, peers)
     poll_wait = 20                          # long-poll seconds (optional)
     fsync = true                            # fsync the ledger and audit log on every write
+    audit_key_file = "audit.key"            # optional: HMAC key of the node's audit log (0600)
 
     [peers]                                 # optional: pinned identity fingerprints
     hospital-b = "3f1c...64 hex..."         # (else trust on first use, remembered)
@@ -64,6 +65,7 @@ class NodeConfig:
     peers: Mapping[str, str] = field(default_factory=dict)
     poll_wait: float = 20.0
     fsync: bool = True
+    audit_key_file: Path | None = None
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
@@ -74,8 +76,10 @@ class NodeConfig:
             f"data_dir = {_q(str(self.data_dir))}",
             f"poll_wait = {self.poll_wait}",
             f"fsync = {_toml_value(self.fsync)}",
-            "",
         ]
+        if self.audit_key_file is not None:
+            lines.append(f"audit_key_file = {_q(str(self.audit_key_file))}")
+        lines.append("")
         if self.peers:
             lines.append("[peers]")
             lines += [f"{_q(k)} = {_q(v)}" for k, v in self.peers.items()]
@@ -148,7 +152,7 @@ def load_config(path: str | Path) -> NodeConfig:
     node = raw.get("node")
     if not isinstance(node, dict):
         raise ValidationError(f"{path} needs a [node] table")
-    unknown = set(node) - {"name", "hub", "ca", "data_dir", "poll_wait", "fsync"}
+    unknown = set(node) - {"name", "hub", "ca", "data_dir", "poll_wait", "fsync", "audit_key_file"}
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
     for key in ("name", "hub", "data_dir"):
@@ -198,4 +202,7 @@ def load_config(path: str | Path) -> NodeConfig:
         peers={str(k): v.lower() for k, v in peers.items()},
         poll_wait=float(poll),
         fsync=fsync,
+        audit_key_file=_path(base, node["audit_key_file"], "[node] audit_key_file")
+        if "audit_key_file" in node
+        else None,
     )
