@@ -308,8 +308,10 @@ class StudyEngine(StudyQueries, RoundHandling):
         if not 0 <= int(frac_bits) <= 52:
             raise HubError(422, "frac_bits must be an integer in [0, 52]")
         with self.lock, Session(self.engine) as s:
-            holders = sorted(
-                s.scalars(select(DatasetRow.node).where(DatasetRow.name == dataset)).all()
+            holders = sorted(  # a node lists a dataset that failed to load as unavailable
+                row.node
+                for row in s.scalars(select(DatasetRow).where(DatasetRow.name == dataset))
+                if not (isinstance(row.catalogue, dict) and row.catalogue.get("available") is False)
             )
             if nodes is not None:
                 unknown = sorted(set(nodes) - set(holders))
