@@ -61,14 +61,14 @@ def resolve(session: Session, token: str | None) -> Principal | None:
     if not token or len(token) > 256:
         return None
     digest = hash_token(token)
+    if token.startswith(_PREFIX["node"]):  # most requests: one query, on the right table
+        name = session.scalar(select(NodeRow.name).where(NodeRow.credential_hash == digest))
+        return Principal("node", name) if name is not None else None
     row = session.scalar(select(TokenRow).where(TokenRow.token_hash == digest))
     if row is not None:
         if row.role == "enrolment" and row.used:
             return None
         return Principal(row.role, row.name, row.id)
-    node = session.scalar(select(NodeRow).where(NodeRow.credential_hash == digest))
-    if node is not None:
-        return Principal("node", node.name)
     return None
 
 
