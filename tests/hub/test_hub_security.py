@@ -259,3 +259,7 @@ def test_oversized_bodies_are_refused_before_or_while_reading(hub):
     head = f"POST /v1/studies HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
     chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"  # 64 KiB chunks, never terminated
     assert _raw_request(hub, head, [chunk] * 20) == 413  # streamed: cut at the limit
+    admin = hub.create_token("admin", "ops")
+    entries = httpx.get(f"{hub.url}/v1/audit", headers=bearer(admin)).json()
+    refused = [e["details"]["status"] for e in entries if e["action"] == "request.rejected"]
+    assert refused == [413, 413]  # both refusals are audited

@@ -100,14 +100,16 @@ class RequestGuard:
             await _answer(send, status, reason)
             return
         seen = 0
+        tripped: BodyTooLarge | None = None
 
         async def bounded() -> Message:
-            nonlocal seen
+            nonlocal seen, tripped
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(limit)
+                    tripped = BodyTooLarge(limit)
+                    raise tripped
             return message
 
         started = False
@@ -125,6 +127,9 @@ class RequestGuard:
                 raise
             await self.rejected(who, scope["method"], scope["path"], 413, exc.detail)
             await _answer(send, 413, exc.detail)
+            return
+        if tripped is not None:  # the application answered the 413 itself (FastAPI)
+            await self.rejected(who, scope["method"], scope["path"], 413, tripped.detail)
 
 
 def _content_length(scope: Scope) -> str | None:
