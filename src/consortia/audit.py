@@ -26,8 +26,9 @@ Guarantees of :meth:`AuditLog.verify`
   nor truncate the tail, without ``verify`` failing at the first affected ``seq``, because
   neither entry MACs nor the head MAC can be recomputed.  The one attack left is a *rollback*:
   restoring an older copy of the whole database (or of the head row together with deleting
-  the entries after it).  Detect it by publishing :meth:`AuditLog.head` elsewhere (for
-  example the hub records each node's head) and passing it as ``anchor`` to ``verify``.
+  the entries after it).  Detect it by publishing :meth:`AuditLog.head` elsewhere (a node
+  sends its head with every contribution and the hub keeps them, see
+  ``GET /v1/nodes/{node}/audit-heads``) and passing them as ``anchors`` to ``verify``.
   Emptying both tables (or deleting the whole database) is likewise only detectable from
   outside: an empty log with no head record is initialised afresh when next opened.
 """
@@ -42,7 +43,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -528,13 +529,24 @@ class AuditLog:
             raise AuditError("audit log head record is missing: the log was tampered with")
         return int(row.seq), str(row.hash)
 
+    @property
+    def keyed(self) -> bool:
+        """Whether the log was written with a key (its head record carries a MAC)."""
+        head = self._read_head()
+        return head is not None and head[2] is not None
+
     def __len__(self) -> int:
         with self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self._log)).scalar())
 
     # -- verification --------------------------------------------------------------------
 
-    def verify(self, *, anchor: tuple[int, str] | None = None) -> AuditReport:
+    def verify(
+        self,
+        *,
+        anchor: tuple[int, str] | None = None,
+        anchors: Iterable[tuple[int, str]] = (),
+    ) -> AuditReport:
         """Check the whole log and return an :class:`AuditReport`.
 
         Detects edited entries (hash or MAC mismatch), reordered entries, deleted entries
@@ -548,8 +560,14 @@ class AuditLog:
         anchor
             A ``(seq, hash)`` from an earlier :meth:`head`, kept outside the database: the
             log must still hold that entry unchanged (detects rollbacks).
+        anchors
+            More such heads (for example those a hub recorded): each must still be in the
+            log unchanged, so a truncated log, or one rewritten and re-chained, fails.
         """
-        chain = _ChainCheck(self._key, anchor)
+        pins = dict(anchors)
+        if anchor is not None:
+            pins[int(anchor[0])] = anchor[1]
+        chain = _ChainCheck(self._key, pins)
         # Rows only grow legitimately and every row commits together with the head update,
         # so a head read *before* the rows never exceeds the rows read afterwards.
         head = self._read_head()
@@ -578,9 +596,11 @@ class AuditLog:
             return chain.bad(head_seq + 1, f"entries after the head ({head_seq}) were added")
         if head_hash != chain.prev_hash:
             return chain.bad(last, f"entry {last} does not match the head record")
-        if not chain.anchor_seen:
-            assert anchor is not None
-            return chain.bad(last + 1, f"the log lost entry {anchor[0]} given as anchor")
+        if chain.pins and max(chain.pins) > last:
+            lost = max(chain.pins)
+            return chain.bad(
+                last + 1, f"the log was truncated: it lost entry {lost} given as anchor"
+            )
         n = chain.n
         checked = "hash chain and MACs verified" if self._key else "hash chain verified"
         if self._key is None:
@@ -591,10 +611,9 @@ class AuditLog:
 class _ChainCheck:
     """Incremental verification of entries fed in ``seq`` order."""
 
-    def __init__(self, key: bytes | None, anchor: tuple[int, str] | None) -> None:
+    def __init__(self, key: bytes | None, pins: dict[int, str]) -> None:
         self.key = key
-        self.anchor = anchor
-        self.anchor_seen = anchor is None or anchor[0] == 0
+        self.pins = {seq: h for seq, h in pins.items() if seq > 0}
         self.prev_hash = GENESIS_HASH
         self.last_seq = 0
         self.n = 0
@@ -629,10 +648,9 @@ class _ChainCheck:
                     return self.bad(seq, f"entry {seq} has no MAC (forged or written without key)")
                 if not hmac.compare_digest(str(row.mac), _mac(self.key, _ENTRY_DOMAIN, row.hash)):
                     return self.bad(seq, f"entry {seq} has an invalid MAC (forged or re-hashed)")
-            if self.anchor is not None and seq == self.anchor[0]:
-                if row.hash != self.anchor[1]:
-                    return self.bad(seq, f"entry {seq} differs from the anchor (rewritten)")
-                self.anchor_seen = True
+            pinned = self.pins.get(seq)
+            if pinned is not None and row.hash != pinned:
+                return self.bad(seq, f"entry {seq} differs from the anchor (rewritten)")
             self.prev_hash = str(row.hash)
             self.last_seq = seq
         return None

@@ -170,13 +170,13 @@ class RemoteFederation:
         return self._call("GET", "/v1/budget")
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Enrolled nodes with their identity fingerprints."""
+        """Enrolled nodes with their identity fingerprints and last contact (admin token)."""
         return self._call("GET", "/v1/nodes")
 
     @property
     def sites(self) -> list[str]:
-        """Names of the enrolled nodes."""
-        return [n["name"] for n in self.nodes()]
+        """Names of the nodes publishing a catalogue (what a researcher can study)."""
+        return sorted(self.catalogue())
 
     # ------------------------------------------------------------------ studies
 

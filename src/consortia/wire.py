@@ -147,6 +147,8 @@ def _parse_header(raw: bytes) -> list[dict[str, Any]]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("tensor header is not valid UTF-8 JSON") from exc
+    except RecursionError:
+        raise ProtocolError("tensor header is nested too deeply") from None
     if not isinstance(header, dict) or set(header) != {"arrays"}:
         raise ProtocolError("tensor header must be a JSON object with the single key 'arrays'")
     entries = header["arrays"]

@@ -100,3 +100,37 @@ def test_bad_configuration_names_the_key(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(ValidationError, match="no node configuration"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_audit_key_file_is_read_relative_and_must_be_private(tmp_path):
+    from consortia.audit import write_key_file
+    from consortia.node import NodeAgent
+
+    key = tmp_path / "audit.key"
+    write_key_file(key)
+    csv = tmp_path / "d.csv"
+    csv.write_text("x\n1\n")
+    path = _write(
+        tmp_path,
+        """
+        [node]
+        name = "a"
+        hub = "http://127.0.0.1:1"
+        data_dir = "state"
+        audit_key_file = "audit.key"
+        [datasets.d]
+        path = "d.csv"
+        """,
+    )
+    cfg = load_config(path)
+    assert cfg.audit_key_file == key
+    assert load_config(cfg.write(tmp_path / "again.toml")).audit_key_file == key
+    agent = NodeAgent(cfg)
+    try:
+        agent.store.audit.append("node:a", "test", {})
+        assert agent.store.audit.keyed
+    finally:
+        agent.close()
+    key.chmod(0o644)
+    with pytest.raises(ValidationError, match="owner only"):
+        NodeAgent(cfg)

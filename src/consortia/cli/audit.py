@@ -56,9 +56,35 @@ def command() -> None:
     help="The log's HMAC key file: also checks entry and head MACs.",
 )
 @click.option("--anchor", help="SEQ:HASH of an earlier head kept elsewhere (detects rollbacks).")
+@click.option("--hub", help="Hub URL: also check a node's log against the heads the hub anchored.")
+@click.option("--node", help="With --hub: the node whose log this is (default: from the log).")
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --hub: file holding an admin token of the hub.",
+)
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --hub: CA certificate that signed the hub's.",
+)
 @_table_option
-def verify(db: str, key_file: Path | None, anchor: str | None, table: str) -> None:
-    """Check the log; print one line; exit 0 if intact, 1 otherwise."""
+def verify(
+    db: str,
+    key_file: Path | None,
+    anchor: str | None,
+    hub: str | None,
+    node: str | None,
+    token_file: Path | None,
+    ca: Path | None,
+    table: str,
+) -> None:
+    """Check the log; print one line; exit 0 if intact, 1 otherwise.
+
+    With --hub, a node's log must also still hold, unchanged, every head of it that the
+    hub anchored (sent with the node's contributions): a truncated log, or one rewritten
+    and re-chained, fails.
+    """
     anchor_pair: tuple[int, str] | None = None
     if anchor:
         seq, _, digest = anchor.partition(":")
@@ -66,8 +92,13 @@ def verify(db: str, key_file: Path | None, anchor: str | None, table: str) -> No
             raise click.BadParameter("expected SEQ:HASH (64 hex characters)", param_hint="--anchor")
         anchor_pair = (int(seq), digest.lower())
     log = _open_log(db, key_file, table)
+    anchors: list[tuple[int, str]] = []
+    if hub is not None:
+        if token_file is None:
+            raise click.BadParameter("--hub needs --token-file (an admin token)")
+        anchors = _hub_anchors(hub, node or _node_name(log), token_file, ca)
     try:
-        report = log.verify(anchor=anchor_pair)
+        report = log.verify(anchor=anchor_pair, anchors=anchors)
     except sa.exc.SQLAlchemyError as exc:
         raise click.ClickException(f"cannot read the audit log: {exc}") from exc
     if report.ok:
@@ -75,6 +106,42 @@ def verify(db: str, key_file: Path | None, anchor: str | None, table: str) -> No
         return
     click.echo(f"TAMPERED: {report.reason} (first bad seq {report.first_bad_seq})")
     raise SystemExit(1)
+
+
+def _node_name(log: AuditLog) -> str:
+    """The node a log belongs to, from its entries' ``node:<name>`` actor."""
+    for entry in log.entries(limit=50):
+        if entry.actor.startswith("node:"):
+            return entry.actor.removeprefix("node:")
+    raise click.BadParameter("cannot tell which node wrote this log: give --node")
+
+
+def _hub_anchors(hub: str, node: str, token_file: Path, ca: Path | None) -> list[tuple[int, str]]:
+    """The heads of ``node``'s audit log anchored at ``hub`` (GET /v1/nodes/{node}/audit-heads)."""
+    import ssl
+    from urllib.parse import quote
+
+    import httpx
+
+    token = token_file.read_text().strip()
+    verify: ssl.SSLContext | bool = True
+    if ca is not None:
+        verify = ssl.create_default_context(cafile=str(ca))
+    try:
+        r = httpx.get(
+            f"{hub.rstrip('/')}/v1/nodes/{quote(node, safe='')}/audit-heads",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the hub: {exc}") from exc
+    if r.status_code != 200:
+        raise click.ClickException(f"the hub refused to list the audit heads ({r.status_code})")
+    try:
+        return [(int(h["seq"]), str(h["hash"])) for h in r.json()]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException("the hub's answer is not a list of audit heads") from exc
 
 
 def _line(entry: AuditEntry) -> str:

@@ -43,6 +43,12 @@ def command() -> None:
     "--max-payload", default=256 * 2**20, show_default=True, help="Largest contribution (bytes)."
 )
 @click.option(
+    "--max-json-body",
+    default=2**20,
+    show_default=True,
+    help="Largest body of any request but a contribution (bytes).",
+)
+@click.option(
     "--audit-key-file",
     type=click.Path(exists=True, dir_okay=False),
     help="HMAC key of the audit log.",
@@ -64,6 +70,7 @@ def start(
     node_timeout: float,
     reveal_timeout: float,
     max_payload: int,
+    max_json_body: int,
     audit_key_file: str | None,
     approval_timeout: float,
     log_level: str,
@@ -78,6 +85,7 @@ def start(
                 node_timeout=node_timeout,
                 reveal_timeout=reveal_timeout,
                 max_payload=max_payload,
+                max_json_body=max_json_body,
                 audit_key_file=audit_key_file,
                 approval_timeout=approval_timeout,
             ),
@@ -92,11 +100,20 @@ def start(
         raise click.ClickException(str(exc)) from exc
 
 
-def _create(db: str, role: str, name: str, out: Path | None) -> None:
+_key_option = click.option(
+    "--audit-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="HMAC key of the hub's audit log (needed when the hub was started with one).",
+)
+
+
+def _create(db: str, role: str, name: str, out: Path | None, key_file: str | None) -> None:
+    from consortia.audit import read_key_file
     from consortia.hub import bootstrap_token
 
     try:
-        token = bootstrap_token(db, role, name)
+        key = read_key_file(key_file) if key_file else None
+        token = bootstrap_token(db, role, name, audit_key=key)
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from exc
     if out is not None:
@@ -118,9 +135,12 @@ def token() -> None:
 @click.option("--role", type=click.Choice(["researcher", "admin"]), required=True)
 @click.option("--name", required=True, help="Who the token is for (a researcher's name).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file.")
-def token_create(db: str, role: str, name: str, out: Path | None) -> None:
+@_key_option
+def token_create(
+    db: str, role: str, name: str, out: Path | None, audit_key_file: str | None
+) -> None:
     """Create a token and print it (or write it to --out)."""
-    _create(db, role, name, out)
+    _create(db, role, name, out, audit_key_file)
 
 
 @command.group("enrolment-token")
@@ -132,6 +152,7 @@ def enrolment_token() -> None:
 @click.option("--db", required=True, help=_DB_HELP)
 @click.option("--node", default="*", show_default=True, help="The node name it may enrol.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file.")
-def enrolment_create(db: str, node: str, out: Path | None) -> None:
+@_key_option
+def enrolment_create(db: str, node: str, out: Path | None, audit_key_file: str | None) -> None:
     """Create a one-time enrolment token and print it (or write it to --out)."""
-    _create(db, "enrolment", node, out)
+    _create(db, "enrolment", node, out, audit_key_file)

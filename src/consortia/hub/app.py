@@ -19,22 +19,34 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.types import Message, Receive, Scope, Send
 
 from consortia import __version__
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, ValidationError
+from consortia.hub.admin import add_admin_routes
+from consortia.hub.anchors import HEAD_HEADER, anchor_head, parse_head
 from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, approval_router
-from consortia.hub.auth import Principal, create_token, hash_token, new_secret, resolve
+from consortia.hub.auth import (
+    Principal,
+    bootstrap_token,
+    hash_token,
+    new_secret,
+    resolve,
+)
 from consortia.hub.budget import add_budget_routes
+from consortia.hub.checks import MAX_INDEX
 from consortia.hub.db import NodeRow, TokenRow, make_engine
-from consortia.hub.fastpath import HOT_PATH, FastPath, bearer_token, wait_param
+from consortia.hub.fastpath import HOT_PATH, FastPath, wait_param
+from consortia.hub.guard import RequestGuard, read_body
 from consortia.hub.schemas import (
     CatalogueRequest,
     EnrolRequest,
@@ -42,14 +54,12 @@ from consortia.hub.schemas import (
     RefusalRequest,
     RevealRequest,
     StudyRequest,
-    TokenRequest,
-    TokenResponse,
 )
 from consortia.hub.service import HubError, StudyEngine
 from consortia.privacy.keys import PeerKey
 from consortia.wire import CONTENT_TYPE
 
-__all__ = ["HubSettings", "create_app"]
+__all__ = ["HubSettings", "bootstrap_token", "create_app"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class HubSettings:
     approval_timeout
         Seconds a study waits for a node's data owner to approve it before it fails
         (nodes with ``approval = "manual"``; see :mod:`consortia.hub.approvals`).
+    max_json_body
+        Largest accepted body of any request other than a contribution, in bytes.
     """
 
     db: str
@@ -83,9 +95,11 @@ class HubSettings:
     max_concurrent_uploads: int = 2
     audit_key_file: str | None = None
     approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    max_json_body: int = 2**20
 
 
 _bearer = HTTPBearer(auto_error=False)
+Index = Annotated[int, PathParam(ge=0, le=MAX_INDEX)]  # a round index or attempt number
 
 
 def create_app(settings: HubSettings) -> FastAPI:
@@ -134,24 +148,24 @@ def create_app(settings: HubSettings) -> FastAPI:
     app.state.audit = audit
     app.state.db = engine
 
-    known: dict[str, Principal] = {}  # token hash -> principal (tokens are never re-bound)
-
     def _lookup(token: str | None) -> Principal | None:
         with Session(engine) as s:
             return resolve(s, token)
+
+    async def lookup(token: str | None) -> Principal | None:
+        # no cache: a token deleted from the database stops working at the next request
+        if not token:
+            return None
+        return await anyio.to_thread.run_sync(_lookup, token)
 
     async def principal(
         request: Request,
         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        # async: a known token is answered from memory, without a trip to the thread pool
-        token = cred.credentials if cred is not None else None
-        key = hash_token(token) if token else ""
-        who = known.get(key)
+        # RequestGuard resolved the token of every /v1 request before its body was read
+        who = getattr(request.state, "principal", None)
         if who is None:
-            who = await anyio.to_thread.run_sync(_lookup, token)
-            if who is not None and who.role != "enrolment":  # one-time tokens: never cached
-                known[key] = who
+            who = await lookup(cred.credentials if cred is not None else None)
         if who is None:
             raise HTTPException(401, "missing or invalid bearer token")
         request.state.principal = who
@@ -173,18 +187,15 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     def _rejected(request: Request, status: int, reason: str) -> None:
         who = getattr(request.state, "principal", None)
-        if who is None:
-            return
-        audit.append(
-            f"{who.role}:{who.name}",
-            "request.rejected",
-            {
-                "method": request.method,
-                "path": request.url.path,
-                "status": status,
-                "reason": reason,
-            },
-        )
+        if who is not None:
+            _reject(who, request.method, request.url.path, status, reason)
+
+    def _reject(who: Principal, method: str, path: str, status: int, reason: str) -> None:
+        details = {"method": method, "path": path[:200], "status": status, "reason": reason}
+        audit.append(f"{who.role}:{who.name}", "request.rejected", details)
+
+    async def rejected(who: Principal, method: str, path: str, status: int, reason: str) -> None:
+        await anyio.to_thread.run_sync(_reject, who, method, path, status, reason)
 
     @app.exception_handler(HubError)
     async def _hub_error(request: Request, exc: HubError) -> JSONResponse:
@@ -210,59 +221,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         """The role and name of the caller's token."""
         return {"role": who.role, "name": who.name}
 
-    # ---------------------------------------------------------------- admin
-
-    @app.post("/v1/tokens", tags=["admin"])
-    def new_token(body: TokenRequest, who: Admin) -> TokenResponse:
-        """Create a researcher, admin or one-time enrolment token (shown once)."""
-        with Session(engine) as s:
-            token = create_token(s, body.role, body.name)
-            s.commit()
-        audit.append(f"admin:{who.name}", "token.create", {"role": body.role, "name": body.name})
-        return TokenResponse(role=body.role, name=body.name, token=token)
-
-    @app.get("/v1/nodes", tags=["admin"])
-    def nodes(who: Researcher) -> list[dict[str, Any]]:
-        """Enrolled nodes: name, identity key fingerprint, last contact."""
-        from consortia.node.identity import fingerprint
-
-        with Session(engine) as s:
-            return [
-                {
-                    "name": n.name,
-                    "fingerprint": fingerprint(bytes.fromhex(n.identity_key)),
-                    "last_seen": n.last_seen,
-                }
-                for n in s.scalars(select(NodeRow).order_by(NodeRow.name))
-            ]
-
-    @app.get("/v1/audit", tags=["admin"])
-    def audit_entries(
-        who: Admin, since: int = 0, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
-    ) -> list[dict[str, Any]]:
-        """Hub audit entries from sequence number ``since``."""
-        return [
-            {
-                "seq": e.seq,
-                "timestamp": e.timestamp,
-                "actor": e.actor,
-                "action": e.action,
-                "details": dict(e.details),
-                "hash": e.hash,
-            }
-            for e in audit.entries(since=since, limit=limit)
-        ]
-
-    @app.get("/v1/audit/verify", tags=["admin"])
-    def audit_verify(who: Admin) -> dict[str, Any]:
-        """Verify the hub's hash-chained audit log."""
-        rep = audit.verify()
-        return {
-            "ok": rep.ok,
-            "n_entries": rep.n_entries,
-            "first_bad_seq": rep.first_bad_seq,
-            "reason": rep.reason,
-        }
+    add_admin_routes(app, engine, audit, Admin)
 
     # ---------------------------------------------------------------- enrolment
 
@@ -279,13 +238,21 @@ def create_app(settings: HubSettings) -> FastAPI:
         if who.name not in ("*", body.name):
             raise HubError(403, f"this enrolment token is for node {who.name!r}")
         credential = new_secret("node")
+        taken = f"a node named {body.name!r} is already enrolled"
         with Session(engine) as s:
-            token = s.get(TokenRow, who.token_id)
-            if token is None or token.used:
+            # consume the one-time token first, atomically: of concurrent requests with the
+            # same token exactly one sees used = false (the others wait for its commit)
+            spend = (
+                update(TokenRow)
+                .where(TokenRow.id == who.token_id, TokenRow.used.is_(False))
+                .values(used=True)
+            )
+            if s.execute(spend).rowcount != 1:
+                s.rollback()
                 raise HTTPException(401, "missing or invalid bearer token")
             if s.get(NodeRow, body.name) is not None:
-                raise HubError(409, f"a node named {body.name!r} is already enrolled")
-            token.used = True
+                s.rollback()  # the token stays unused
+                raise HubError(409, taken)
             s.add(
                 NodeRow(
                     name=body.name,
@@ -295,7 +262,11 @@ def create_app(settings: HubSettings) -> FastAPI:
                     credential_hash=hash_token(credential),
                 )
             )
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:  # the same name enrolled concurrently with another token
+                s.rollback()
+                raise HubError(409, taken) from None
         audit.append(
             f"enrolment:{who.name}",
             "node.enrol",
@@ -345,14 +316,17 @@ def create_app(settings: HubSettings) -> FastAPI:
             layout = json.loads(request.headers.get("x-consortia-layout", ""))
         except ValueError:
             raise HubError(400, "the X-Consortia-Layout header is not JSON") from None
+        except RecursionError:
+            raise HubError(400, "the X-Consortia-Layout header is nested too deeply") from None
+        head = parse_head(request.headers.get(HEAD_HEADER))
         args = (who.name, study_id, round_index, attempt, layout)
         if length is not None and int(length) <= _SMALL_BODY:
             # a small body needs no upload slot: store it and wait, in one thread hop
-            body = await _read_body(request, length, settings.max_payload)
-            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait)
+            body = await read_body(request, length, settings.max_payload)
+            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait, head)
         async with request.app.state.upload_slots:
-            body = await _read_body(request, length, settings.max_payload)
-            out = await anyio.to_thread.run_sync(studies.contribute, *args, body)
+            body = await read_body(request, length, settings.max_payload)
+            out = await anyio.to_thread.run_sync(contribute_and_wait, *args, body, 0.0, head)
         del body  # not kept while the answer waits for the next task
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
@@ -361,13 +335,16 @@ def create_app(settings: HubSettings) -> FastAPI:
     def contribute_and_wait(
         node: str,
         study_id: str,
-        round_index: int,
-        attempt: int,
+        round_index: Index,
+        attempt: Index,
         layout: Any,
         body: bytearray,
         wait: float,
+        head: tuple[int, str] | None,
     ) -> dict[str, Any]:
         out = studies.contribute(node, study_id, round_index, attempt, layout, body)
+        if head is not None:  # anchored once the contribution is accepted
+            anchor_head(engine, audit, node, head)
         if wait > 0:
             out["tasks"] = studies.wait_tasks(node, wait)
         return out
@@ -384,16 +361,17 @@ def create_app(settings: HubSettings) -> FastAPI:
     async def contribution(
         request: Request,
         study_id: str,
-        round_index: int,
-        attempt: int,
+        round_index: Index,
+        attempt: Index,
         who: Node,
         wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
     ) -> Response:
         """Post this node's masked vector (body: a consortia.wire frame with ``masked``).
 
         The layout (array names and shapes) travels in the ``X-Consortia-Layout``
-        header as JSON.  The contribution is persisted before the answer.  The
-        answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
+        header as JSON; the node's audit head (``<seq>:<hash>``), anchored at the hub,
+        in ``X-Consortia-Audit-Head`` (optional).  The contribution is persisted before
+        the answer.  The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         out = await post_contribution(request, who, study_id, round_index, attempt, wait)
         return JSONResponse(out)
@@ -401,8 +379,8 @@ def create_app(settings: HubSettings) -> FastAPI:
     @app.post(base + "/reveal", tags=["node"], response_model=dict[str, Any])
     def reveal(
         study_id: str,
-        round_index: int,
-        attempt: int,
+        round_index: Index,
+        attempt: Index,
         body: RevealRequest,
         who: Node,
         wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
@@ -425,11 +403,8 @@ def create_app(settings: HubSettings) -> FastAPI:
         if m is None:
             return []
         wait = wait_param(scope["query_string"])
-        token = bearer_token(scope)
-        if wait is None or token is None:
-            return []
-        who = known.get(hash_token(token))
-        if who is None or who.role != "node":
+        who = scope.get("state", {}).get("principal")  # set by RequestGuard
+        if wait is None or who is None or who.role != "node":
             return []
         study_id, round_index, attempt = m["study"], int(m["round"]), int(m["attempt"])
         request = Request(scope, receive)
@@ -456,9 +431,17 @@ def create_app(settings: HubSettings) -> FastAPI:
     app.state.fast_calls = 0  # calls answered by fast_node_call (observability, tests)
     app.add_middleware(FastPath, handler=fast_node_call)
 
+    def body_limit(path: str) -> int:
+        if HOT_PATH.fullmatch(path) is not None and path.endswith("/contribution"):
+            return settings.max_payload
+        return settings.max_json_body
+
+    # outermost: nothing reads a body before the caller is known and its size bounded
+    app.add_middleware(RequestGuard, resolve=lookup, limit=body_limit, rejected=rejected)
+
     @app.post(base + "/refusal", tags=["node"])
     def refusal(
-        study_id: str, round_index: int, attempt: int, body: RefusalRequest, who: Node
+        study_id: str, round_index: Index, attempt: Index, body: RefusalRequest, who: Node
     ) -> dict[str, Any]:
         """Report that this node's policy refused the task (the study fails naming the rule)."""
         return studies.refuse(
@@ -521,7 +504,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE: {}}}},
     )
-    def round_sums(study_id: str, round_index: int, who: Researcher) -> Response:
+    def round_sums(study_id: str, round_index: Index, who: Researcher) -> Response:
         """One finished round's securely aggregated sums (a consortia.wire message)."""
         data = studies.round_sums(study_id, _scope(who), round_index)
         return Response(content=data, media_type=CONTENT_TYPE)
@@ -535,43 +518,6 @@ def create_app(settings: HubSettings) -> FastAPI:
 
 
 _SMALL_BODY = 1 << 16  # contributions up to this size are not counted in the upload slots
-
-
-async def _read_body(request: Request, length: str | None, limit: int) -> bytearray:
-    """Read a request body into one buffer (sized from Content-Length), at most ``limit``."""
-    if length is None:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise HubError(413, f"contribution larger than {limit} bytes")
-        return body
-    size = int(length)
-    body = bytearray(size)
-    view = memoryview(body)
-    pos = 0
-    async for chunk in request.stream():
-        end = pos + len(chunk)
-        if end > size:
-            raise HubError(400, "the body is longer than its Content-Length")
-        view[pos:end] = chunk
-        pos = end
-    if pos != size:
-        raise HubError(400, "the body is shorter than its Content-Length")
-    return body
-
-
-def bootstrap_token(db: str, role: str, name: str) -> str:
-    """Create a token directly in the hub database (no server needed); return it."""
-    engine = make_engine(db)
-    try:
-        with Session(engine) as s:
-            token = create_token(s, role, name)
-            s.commit()
-        AuditLog(engine).append("operator", "token.create", {"role": role, "name": name})
-        return token
-    finally:
-        engine.dispose()
 
 
 def read_secret_file(path: str | Path) -> str:

@@ -10,9 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consortia.errors import ValidationError
-from consortia.hub.db import NodeRow, TokenRow
+from consortia.hub.db import NodeRow, TokenRow, make_engine
 
-__all__ = ["ROLES", "Principal", "create_token", "hash_token", "new_secret", "resolve"]
+__all__ = [
+    "ROLES",
+    "Principal",
+    "bootstrap_token",
+    "create_token",
+    "hash_token",
+    "new_secret",
+    "resolve",
+]
 
 ROLES = ("admin", "researcher", "enrolment")
 _PREFIX = {"admin": "cad_", "researcher": "cre_", "enrolment": "cen_", "node": "cno_"}
@@ -53,12 +61,49 @@ def resolve(session: Session, token: str | None) -> Principal | None:
     if not token or len(token) > 256:
         return None
     digest = hash_token(token)
+    if token.startswith(_PREFIX["node"]):  # most requests: one query, on the right table
+        name = session.scalar(select(NodeRow.name).where(NodeRow.credential_hash == digest))
+        return Principal("node", name) if name is not None else None
     row = session.scalar(select(TokenRow).where(TokenRow.token_hash == digest))
     if row is not None:
         if row.role == "enrolment" and row.used:
             return None
         return Principal(row.role, row.name, row.id)
-    node = session.scalar(select(NodeRow).where(NodeRow.credential_hash == digest))
-    if node is not None:
-        return Principal("node", node.name)
     return None
+
+
+def bootstrap_token(db: str, role: str, name: str, *, audit_key: bytes | None = None) -> str:
+    """Create a token directly in the hub database (no server needed); return it.
+
+    Parameters
+    ----------
+    db
+        The hub's database URL or SQLite path.
+    role, name
+        The token's role (admin, researcher, enrolment) and whom it is for.
+    audit_key
+        The hub's audit HMAC key: its ``token.create`` entry carries a MAC, as every
+        entry of a hub started with ``--audit-key-file`` must.
+
+    Raises
+    ------
+    ValidationError
+        The hub's audit log is keyed and no ``audit_key`` was given (the entry would
+        make the log verify as tampered), or the role or name is invalid.
+    """
+    from consortia.audit import AuditLog
+
+    engine = make_engine(db)
+    try:
+        audit = AuditLog(engine, key=audit_key)
+        if audit_key is None and audit.keyed:
+            raise ValidationError(
+                "the hub's audit log is keyed: give its audit key file (--audit-key-file)"
+            )
+        with Session(engine) as s:
+            token = create_token(s, role, name)
+            s.commit()
+        audit.append("operator", "token.create", {"role": role, "name": name})
+        return token
+    finally:
+        engine.dispose()

@@ -14,15 +14,18 @@ Tables
 ``round_acc``        the open attempt's running masked sum (one big blob per open round)
 ``round_sums``       the SUMS of each finished round (written once)
 ``tasks``            per-node task state of every attempt
+``node_audit_heads`` each node's audit-log heads as anchored with its contributions (append-only)
 ``audit_log``        created by :class:`consortia.audit.AuditLog` on the same engine
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -33,12 +36,13 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
     "DatasetRow",
+    "NodeAuditHeadRow",
     "NodeRow",
     "RoundAccRow",
     "RoundRow",
@@ -167,15 +171,31 @@ class TaskRow(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=_now)
 
 
+class NodeAuditHeadRow(Base):
+    """A head (sequence number and hash) of a node's audit log, sent with a contribution.
+
+    Rows are only ever inserted, each with a higher ``seq`` than the node's previous
+    one: ``consortia audit verify`` checks a node's log against them.
+    """
+
+    __tablename__ = "node_audit_heads"
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url`` and the hub's tables.
 
-    A bare path (no ``://``) is taken as a SQLite file.  SQLite files are put in
-    WAL mode with ``synchronous=NORMAL``: a committed transaction survives a
+    A bare path (no ``://``) is taken as a SQLite file; a new SQLite file is created
+    readable by its owner only (0600; SQLite gives its WAL files the same mode).
+    SQLite files are put in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a
     crash of the hub process (``kill -9``).
     """
     if "://" not in url:
         url = f"sqlite:///{url}"
+    _create_private(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
@@ -196,3 +216,18 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
     return engine
+
+
+def _create_private(url: str) -> None:
+    """Create a SQLite database file that does not exist yet with mode 0600."""
+    parsed = make_url(url)
+    path = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not path or path == ":memory:":
+        return
+    if path.startswith("file:"):  # a URI filename: left to SQLite
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from consortia._child import ChildProcess
+from consortia.audit import read_key_file
 from consortia.errors import ConsortiaError
 from consortia.hub.app import bootstrap_token
 
@@ -42,6 +43,8 @@ class HubProcess(ChildProcess):
         Serve HTTPS with this chain and key; ``ca`` is what clients should trust.
     log
         File to receive the hub's stderr/stdout (default: discarded).
+    audit_key_file
+        The hub's audit HMAC key file (tokens created here are MACed with it too).
     process_group
         See :class:`consortia._child.ChildProcess` (0: lead a new group; a gid: join it).
 
@@ -67,6 +70,7 @@ class HubProcess(ChildProcess):
         ca: str | Path | None = None,
         log: str | Path | None = None,
         process_group: int | None = None,
+        audit_key_file: str | Path | None = None,
     ) -> None:
         self.db = str(db)
         self.host = host
@@ -76,6 +80,7 @@ class HubProcess(ChildProcess):
         self.max_payload = max_payload
         self.approval_timeout = approval_timeout
         self.tls_cert, self.tls_key, self.ca = tls_cert, tls_key, ca
+        self.audit_key_file = audit_key_file
         super().__init__(log=log, process_group=process_group)
 
     @property
@@ -105,6 +110,8 @@ class HubProcess(ChildProcess):
             "--approval-timeout",
             str(self.approval_timeout),
         ]
+        if self.audit_key_file:
+            cmd += ["--audit-key-file", str(self.audit_key_file)]
         if self.tls_cert:
             cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         else:
@@ -144,4 +151,5 @@ class HubProcess(ChildProcess):
 
         For an enrolment token, ``name`` is the node it is for (``"*"``: any node).
         """
-        return bootstrap_token(self.db, role, name)
+        key = read_key_file(self.audit_key_file) if self.audit_key_file else None
+        return bootstrap_token(self.db, role, name, audit_key=key)

@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--node-timeout", type=float, default=30.0)
     p.add_argument("--reveal-timeout", type=float, default=120.0)
     p.add_argument("--max-payload", type=int, default=256 * 2**20)
+    p.add_argument("--max-json-body", type=int, default=2**20)
     p.add_argument("--audit-key-file")
     p.add_argument("--approval-timeout", type=float, default=DEFAULT_APPROVAL_TIMEOUT)
     p.add_argument("--log-level", default="warning")
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             node_timeout=a.node_timeout,
             reveal_timeout=a.reveal_timeout,
             max_payload=a.max_payload,
+            max_json_body=a.max_json_body,
             audit_key_file=a.audit_key_file,
             approval_timeout=a.approval_timeout,
         ),

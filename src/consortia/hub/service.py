@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from consortia.audit import AuditLog
 from consortia.errors import ConsortiaError
 from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, ApprovalHandling
+from consortia.hub.checks import check_params, to_json
 from consortia.hub.db import (
     DatasetRow,
     NodeRow,
@@ -298,18 +299,28 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         nodes: list[str] | None = None,
         frac_bits: int = 24,
     ) -> str:
-        """Create a study over every node publishing ``dataset`` (or the named ``nodes``)."""
+        """Create a study over every node publishing ``dataset`` (or the named ``nodes``).
+
+        Parameters are checked first (finite numbers, bounded names and nesting): a
+        refused study leaves nothing behind.
+        """
+        check_params(algorithm.get("params", {}) if isinstance(algorithm, Mapping) else None)
         try:
             algo = algorithm_from_spec(algorithm)
             spec = algo.spec()
             coord = Coordinator(algo, keep_history=False)
         except ConsortiaError as exc:
             raise HubError(422, f"the algorithm could not start: {exc}") from None
+        except (MemoryError, OverflowError):
+            raise HubError(422, "the algorithm's parameters ask for too much memory") from None
+        to_json(spec, "the algorithm's parameters")
         if not 0 <= int(frac_bits) <= 52:
             raise HubError(422, "frac_bits must be an integer in [0, 52]")
         with self.lock, Session(self.engine) as s:
-            holders = sorted(
-                s.scalars(select(DatasetRow.node).where(DatasetRow.name == dataset)).all()
+            holders = sorted(  # a node lists a dataset that failed to load as unavailable
+                row.node
+                for row in s.scalars(select(DatasetRow).where(DatasetRow.name == dataset))
+                if not (isinstance(row.catalogue, dict) and row.catalogue.get("available") is False)
             )
             if nodes is not None:
                 unknown = sorted(set(nodes) - set(holders))
@@ -378,6 +389,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
     def tasks_for(self, node: str) -> list[dict[str, Any]]:
         """The node's open tasks: ``contribute`` (collect phase) or ``reveal``."""
         out = []
+        broken: list[str] = []
         with self.lock:
             self._refresh()
             for live in self._live.values():
@@ -392,6 +404,11 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                     continue
                 for n in rnd.participants:
                     self._peer(n)
+                try:  # a spec that is not strict JSON must not break every node's poll
+                    to_json(live.spec, "spec")
+                except HubError:
+                    broken.append(live.id)
+                    continue
                 out.append(
                     {
                         "kind": kind,
@@ -408,7 +425,20 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                         "waiting": node in live.waiting,  # for its owner's approval
                     }
                 )
+            for sid in broken:
+                self._fail_unsendable(sid)
         return out
+
+    def _fail_unsendable(self, study_id: str) -> None:
+        """Fail a study whose task cannot be serialised (its spec holds NaN or infinity)."""
+        log.error("study %s: its parameters are not strict JSON; the study fails", study_id)
+        with Session(self.engine) as s:
+            study = s.get(StudyRow, study_id)
+            if study is not None and study.status == "running":
+                self._fail(s, study, "the study's parameters cannot be sent to nodes")
+                s.commit()
+        self._live.pop(study_id, None)
+        self._flush_audit()
 
     def wait_tasks(self, node: str, timeout: float) -> list[dict[str, Any]]:
         """Long-poll for the node's tasks, at most ``timeout`` seconds."""

@@ -68,7 +68,7 @@ class NodeAgent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.identity = load_identity(config.data_dir)
-        self.store = NodeStore(config.data_dir, fsync=config.fsync)
+        self.store = NodeStore(config.data_dir, audit_key=_audit_key(config), fsync=config.fsync)
         self.approvals = Approvals(
             self.store.engine,
             self.store.audit,
@@ -92,6 +92,10 @@ class NodeAgent:
         self._trusted: dict[str, bytes] = {}
         self._pinned = dict(config.peers)
         self._auth_header: dict[str, str] | None = None
+        # (study, round, attempt) -> (monotonic time until which it is held, last delay):
+        # a task whose post the hub refused (4xx) is not answered again before then
+        self._held: dict[tuple[str, int, int], tuple[float, float]] = {}
+        self.unavailable: dict[str, str] = {}  # dataset -> error class (it did not load)
 
     @property
     def fingerprint(self) -> str:
@@ -137,17 +141,32 @@ class NodeAgent:
     # ------------------------------------------------------------------ datasets
 
     def worker(self) -> SiteWorker:
-        """Load the datasets (validated against their schemas) into a SiteWorker."""
+        """Load the datasets (validated against their schemas) into a SiteWorker.
+
+        A dataset that fails to load (missing file, schema error...) is left out and
+        listed in :attr:`unavailable` (its error class only); the others are served.
+        """
         if self._worker is None:
             datasets, policies = {}, {}
             for ds in self.config.datasets:
-                datasets[ds.name] = load_dataset(
-                    str(ds.path),
-                    schema=ds.schema,
-                    name=ds.name,
-                    expression=str(ds.expression) if ds.expression else None,
-                    tiles=str(ds.tiles) if ds.tiles else None,
-                )
+                try:
+                    datasets[ds.name] = load_dataset(
+                        str(ds.path),
+                        schema=ds.schema,
+                        name=ds.name,
+                        expression=str(ds.expression) if ds.expression else None,
+                        tiles=str(ds.tiles) if ds.tiles else None,
+                    )
+                except (ConsortiaError, OSError, ValueError, TypeError, KeyError) as exc:
+                    # the message stays in the node's own log; the hub sees only the class
+                    log.error("dataset %r is unavailable: %s: %s", ds.name, type(exc).__name__, exc)
+                    self.unavailable[ds.name] = type(exc).__name__
+                    self.store.audit.append(
+                        f"node:{self.config.name}",
+                        "dataset.unavailable",
+                        {"dataset": ds.name, "error": type(exc).__name__},
+                    )
+                    continue
                 policies[ds.name] = ds.policy
             self._worker = SiteWorker(
                 self.config.name,
@@ -163,6 +182,8 @@ class NodeAgent:
         """Publish the catalogue (names, columns, types, rounded counts; no values)."""
         worker = self.worker()
         entries = {name: catalogue(ds) for name, ds in worker.datasets.items()}
+        for name in self.unavailable:  # listed, without details, so that none is silent
+            entries[name] = {"name": name, "available": False}
         r = self._client.put("/v1/node/catalogue", json={"datasets": entries}, headers=self._auth())
         if r.status_code != 200:
             raise ProtocolError(f"catalogue refused ({r.status_code}): {_detail(r)}")
@@ -194,15 +215,87 @@ class NodeAgent:
                 )
                 if r.status_code != 200:
                     raise ProtocolError(f"task poll refused ({r.status_code}): {_detail(r)}")
-                queue = list(r.json())
+                try:
+                    queue = r.json()
+                except ValueError:
+                    raise ProtocolError("the task poll answer is not JSON") from None
+                if not isinstance(queue, list):
+                    raise ProtocolError("the task poll answer is not a list of tasks")
+                answered = held = 0
                 while queue and not self._stop.is_set():
+                    msg = queue.pop(0)
+                    if self._holding(msg):
+                        held += 1
+                        continue
+                    answered += 1
                     # each answer brings back the node's next tasks (no extra poll)
-                    queue.extend(t for t in self.handle(queue.pop(0)) if t not in queue)
+                    queue.extend(t for t in self.handle(msg) if t not in queue)
+                if held and not answered:  # only refused tasks: wait for the first hold to end
+                    self._stop.wait(self._hold_left())
                 backoff = 0.1
             except (httpx.TransportError, ProtocolError) as exc:
                 log.warning("hub unreachable or refusing (%s); retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    # ------------------------------------------------------------------ refused posts
+
+    @staticmethod
+    def _key(msg: Mapping[str, Any]) -> tuple[str, int, int] | None:
+        try:
+            return (str(msg["study_id"]), int(msg["round_index"]), int(msg["attempt"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _holding(self, msg: Any) -> bool:
+        """Whether a task is held back because the hub refused this node's last post for it."""
+        key = self._key(msg) if isinstance(msg, Mapping) else None
+        hold = self._held.get(key) if key is not None else None
+        return hold is not None and hold[0] > time.monotonic()
+
+    def _hold_left(self) -> float:
+        now = time.monotonic()
+        left = [until - now for until, _ in self._held.values() if until > now]
+        return min([*left, self.config.poll_wait])
+
+    def _answered(self, task: Task, what: str, r: Answer | None) -> None:
+        """Note the hub's answer to a post: a 4xx holds the task back (1 s doubling to 60 s).
+
+        The refusal is logged and written to the node's audit log; the task is not
+        answered again before its hold ends (a post the hub refuses is never retried
+        in a loop).  A 2xx answer clears the hold.
+        """
+        key = (task.study_id, task.round_index, task.attempt)
+        if r is None or r.status_code < 400:
+            self._held.pop(key, None)
+            return
+        if r.status_code >= 500:
+            log.warning("the hub failed on this node's %s (%s)", what, r.status_code)
+            return
+        now = time.monotonic()
+        delay = min(max(1.0, 2 * self._held.get(key, (0.0, 0.0))[1]), _MAX_HOLD)
+        for k in [k for k, (until, _) in self._held.items() if until < now - _MAX_HOLD]:
+            del self._held[k]  # forgotten tasks
+        self._held[key] = (now + delay, delay)
+        log.warning(
+            "the hub refused this node's %s (%s): %s; not retried for %.0fs",
+            what,
+            r.status_code,
+            _detail(r),
+            delay,
+        )
+        self.store.audit.append(
+            f"node:{self.config.name}",
+            "post.rejected",
+            {
+                "study": task.study_id,
+                "round": task.round_index,
+                "attempt": task.attempt,
+                "post": what,
+                "status": r.status_code,
+                "retry_after": delay,
+            },
+        )
 
     def run_once(self, wait: float = 0.0) -> int:
         """Poll once and answer the tasks received; return how many (for tests and tools)."""
@@ -279,7 +372,7 @@ class NodeAgent:
         )
         refusal = {"rule": rule, "message": message[:2000], "anonymous": anonymous}
         body = json.dumps(refusal).encode()
-        self._post(self._path(task, "refusal"), body)
+        self._answered(task, "refusal", self._post(self._path(task, "refusal"), body))
 
     def handle(self, msg: Mapping[str, Any], *, follow: float | None = None) -> list[dict]:
         """Answer one task message from the hub (``contribute`` or ``reveal``).
@@ -340,17 +433,22 @@ class NodeAgent:
             return []
         if reveal:
             body = json.dumps({"seed": seed.hex()}).encode()
-            return _next_tasks(self._post(self._path(task, "reveal"), body, wait=wait))
+            r = self._post(self._path(task, "reveal"), body, wait=wait)
+            self._answered(task, "reveal", r)
+            return _next_tasks(r)
         self._report_budget(worker, task)
         r = self._post(
             self._path(task, "contribution"),
             pack_arrays({"masked": masked.data}),
             content_type=CONTENT_TYPE,
-            headers={"X-Consortia-Layout": json.dumps(masked.layout.to_json())},
+            headers={
+                "X-Consortia-Layout": json.dumps(masked.layout.to_json()),
+                # anchors this node's audit head at the hub (detects truncation, rewrites)
+                "X-Consortia-Audit-Head": "{}:{}".format(*self.store.audit.head()),
+            },
             wait=wait,
         )
-        if r is not None and r.status_code != 200:
-            log.warning("the hub refused a contribution (%s): %s", r.status_code, _detail(r))
+        self._answered(task, "contribution", r)
         return _next_tasks(r)
 
     def _report_budget(self, worker: SiteWorker, task: Task) -> None:
@@ -409,6 +507,19 @@ class NodeAgent:
         self._client.close()
         self._link.close()
         self.store.close()
+
+
+_MAX_HOLD = 60.0  # longest a refused task is held back, in seconds
+
+
+def _audit_key(config: NodeConfig) -> bytes | None:
+    """The node's audit HMAC key from ``[node] audit_key_file`` (0600), or None."""
+    if config.audit_key_file is None:
+        return None
+    from consortia.audit import read_key_file
+
+    read_private(config.audit_key_file)  # refuses a key file that others can read
+    return read_key_file(config.audit_key_file)
 
 
 def _settle_gc() -> None:

@@ -11,6 +11,7 @@ Example (every path may be relative to the TOML file's folder)::
     fsync = true                            # fsync the ledger and audit log on every write
     approval = "manual"                     # each new study waits for the owner (default "auto")
     auto_approve = ["stats.count", "stats.mean"]  # algorithm-name patterns approved at once
+    audit_key_file = "audit.key"            # optional: HMAC key of the node's audit log (0600)
 
     trust_on_first_use = false              # default: only pinned peers are trusted
 
@@ -74,6 +75,7 @@ class NodeConfig:
     trust_on_first_use: bool = False
     approval: str = "auto"  # see consortia.node.approvals
     auto_approve: tuple[str, ...] = ()
+    audit_key_file: Path | None = None
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
@@ -87,8 +89,10 @@ class NodeConfig:
             f"trust_on_first_use = {_toml_value(self.trust_on_first_use)}",
             f"approval = {_q(self.approval)}",
             f"auto_approve = {_toml_value(list(self.auto_approve))}",
-            "",
         ]
+        if self.audit_key_file is not None:
+            lines.append(f"audit_key_file = {_q(str(self.audit_key_file))}")
+        lines.append("")
         if self.peers:
             lines.append("[peers]")
             lines += [f"{_q(k)} = {_q(v)}" for k, v in self.peers.items()]
@@ -171,6 +175,7 @@ def load_config(path: str | Path) -> NodeConfig:
         "trust_on_first_use",
         "approval",
         "auto_approve",
+        "audit_key_file",
     }
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
@@ -237,4 +242,7 @@ def load_config(path: str | Path) -> NodeConfig:
         trust_on_first_use=tofu,
         approval=approval,
         auto_approve=tuple(auto_approve),
+        audit_key_file=_path(base, node["audit_key_file"], "[node] audit_key_file")
+        if "audit_key_file" in node
+        else None,
     )

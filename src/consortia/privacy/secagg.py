@@ -27,9 +27,11 @@ implementation, a node persists the same records in its own database.
 from __future__ import annotations
 
 import abc
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +100,10 @@ class RoundContext:
         return b"\x00".join(parts)
 
 
+_MAX_LAYOUT_ARRAYS = 4096
+_MAX_ELEMENTS = 2**40
+
+
 @dataclass(frozen=True)
 class Layout:
     """Names and shapes of the arrays packed in a flat vector, in order."""
@@ -137,12 +143,39 @@ class Layout:
         return [[name, list(shape)] for name, shape in self.entries]
 
     @classmethod
-    def from_json(cls, obj: list) -> Layout:
-        """Inverse of :meth:`to_json`."""
-        try:
-            return cls(tuple((str(n), tuple(int(d) for d in s)) for n, s in obj))
-        except (TypeError, ValueError):
-            raise ValidationError("a layout is a list of [name, [dims...]] pairs") from None
+    def from_json(cls, obj: Any) -> Layout:
+        """Inverse of :meth:`to_json`, for untrusted input.
+
+        Raises
+        ------
+        ValidationError
+            Not a list of ``[name, [dims...]]`` pairs, a name that is not a string of
+            1-128 characters, a dimension that is not a non-negative integer, more than
+            32 dimensions or 4096 arrays, or more than 2**40 elements in all.
+        """
+        shape_error = "a layout is a list of [name, [dims...]] pairs"
+        if not isinstance(obj, list) or len(obj) > _MAX_LAYOUT_ARRAYS:
+            raise ValidationError(f"{shape_error} (at most {_MAX_LAYOUT_ARRAYS})")
+        entries, total = [], 0
+        for pair in obj:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise ValidationError(shape_error)
+            name, dims = pair
+            if not isinstance(name, str) or not 0 < len(name) <= 128:
+                raise ValidationError("a layout array name must be a string of 1-128 characters")
+            if not isinstance(dims, list | tuple) or len(dims) > 32:
+                raise ValidationError(f"layout array {name!r}: dims must be a list of <= 32")
+            for d in dims:
+                if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= _MAX_ELEMENTS:
+                    raise ValidationError(
+                        f"layout array {name!r}: dimensions must be non-negative integers"
+                    )
+            size = math.prod(dims)
+            total += size
+            if total > _MAX_ELEMENTS:
+                raise ValidationError(f"the layout holds more than {_MAX_ELEMENTS} elements")
+            entries.append((name, tuple(int(d) for d in dims)))
+        return cls(tuple(entries))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,13 @@ from consortia.data.dataset import Dataset
 from consortia.errors import ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 
-__all__ = ["VectorSum", "VectorSumResult", "site_vector"]
+__all__ = ["MAX_ROUNDS", "MAX_SIZE", "VectorSum", "VectorSumResult", "site_vector"]
+
+MAX_SIZE = 2**25
+"""Longest vector (floats per site and round): 256 MiB of float64, the default payload limit."""
+
+MAX_ROUNDS = 10**6
+"""Most rounds of one study."""
 
 
 def site_vector(n_rows: int, round_index: int, size: int) -> np.ndarray:
@@ -58,9 +64,9 @@ class VectorSum(Algorithm):
     Parameters
     ----------
     size
-        Number of floats per site and round (at least 1).
+        Number of floats per site and round (1 to :data:`MAX_SIZE`).
     rounds
-        Number of rounds (at least 1).
+        Number of rounds (1 to :data:`MAX_ROUNDS`).
     """
 
     name = "stats.vector_sum"
@@ -68,10 +74,10 @@ class VectorSum(Algorithm):
     rounds: int = 1
 
     def __post_init__(self) -> None:
-        for field in ("size", "rounds"):
+        for field, most in (("size", MAX_SIZE), ("rounds", MAX_ROUNDS)):
             v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValidationError(f"VectorSum.{field} must be a positive integer")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                raise ValidationError(f"VectorSum.{field} must be an integer in [1, {most}]")
 
     def coordinate(self) -> Coordination:
         last = np.zeros(self.size)
