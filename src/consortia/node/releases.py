@@ -44,6 +44,7 @@ _releases = sa.Table(
     sa.Column("round_index", sa.Integer, nullable=False, default=0),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),
     sa.Index("ix_releases_attempt", "study_id", "round_index", "attempt"),
+    sa.Index("ix_releases_researcher", "researcher", "dataset", "time"),
 )
 _cohorts = sa.Table(
     "cohorts",

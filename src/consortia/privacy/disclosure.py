@@ -296,6 +296,8 @@ class DisclosureControl:
         self.ledger = ledger if ledger is not None else MemoryReleaseLedger()
         self.clock = clock
         self._known_cohorts: dict[tuple[str, str], bool] = {}
+        self._admitted: set[tuple[str, str, str]] = set()  # (dataset, study, researcher)
+        self._charged: set[tuple[str, str]] = set()  # (study, dataset) known to be charged
 
     def before_compute(
         self,
@@ -306,7 +308,14 @@ class DisclosureControl:
         researcher: str,
         cost: tuple[float, float],
     ) -> None:
-        """Rules that need no computation: refusal limit, study rate, privacy budget."""
+        """Rules that need no computation: refusal limit, study rate, privacy budget.
+
+        Judged when a study first reaches this dataset; its later rounds pass (a study
+        is charged once, when its first release leaves).
+        """
+        admitted = (dataset, study_id, researcher)
+        if admitted in self._admitted:
+            return
         if self.ledger.refusals(researcher, dataset) >= policy.max_refusals:
             raise PolicyError(
                 "max_refusals",
@@ -332,6 +341,9 @@ class DisclosureControl:
                     f"remains of this researcher's budget on this dataset (caps: epsilon "
                     f"{policy.epsilon_budget:g}, delta {policy.delta_budget:g})",
                 )
+        if len(self._admitted) > 4096:
+            self._admitted.clear()
+        self._admitted.add(admitted)
 
     def check_release(
         self,
@@ -395,8 +407,10 @@ class DisclosureControl:
         for column, grid in (bins or {}).items():
             self.ledger.set_grid(dataset, cohort, column, np.asarray(grid, dtype=np.float64))
         eps, dlt = (float(c) for c in cost)
-        if (eps > 0 or dlt > 0) and not self.ledger.charged(study_id, dataset):
-            self.ledger.charge(study_id, researcher, dataset, eps, dlt)
+        if (eps > 0 or dlt > 0) and (study_id, dataset) not in self._charged:
+            if not self.ledger.charged(study_id, dataset):
+                self.ledger.charge(study_id, researcher, dataset, eps, dlt)
+            self._charged.add((study_id, dataset))
         self.ledger.record(
             ReleaseRecord(
                 dataset=dataset,
