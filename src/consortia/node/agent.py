@@ -26,7 +26,13 @@ from urllib.parse import quote
 import httpx
 
 from consortia.data import catalogue, load_dataset
-from consortia.errors import ConsortiaError, PolicyError, ProtocolError, ValidationError
+from consortia.errors import (
+    AlgorithmError,
+    ConsortiaError,
+    PolicyError,
+    ProtocolError,
+    ValidationError,
+)
 from consortia.node.approvals import Approvals, study_digest
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
@@ -422,6 +428,9 @@ class NodeAgent:
                 anonymous = err.site is None  # a data-dependent rule: the site is not named
             except ConsortiaError as err:
                 refusal = (type(err).__name__, str(err))
+                # a bad column, a missing value, an empty group: may be a fact about this
+                # site's data, so the researcher is not told which site (the log is)
+                anonymous = isinstance(err, (ValidationError, AlgorithmError))
             else:
                 if reveal:
                     where = {"study": task.study_id, "round": task.round_index}
