@@ -64,6 +64,7 @@ import psutil
 
 from consortia.hub import HubProcess
 from consortia.node import DatasetConfig, NodeConfig, NodeProcess
+from consortia.node.identity import mutual_pins
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
 from consortia.stats.vector_sum import VectorSum
@@ -154,8 +155,9 @@ class Federation:
 
     def start(self) -> None:
         self.hub.start(timeout=60)
-        for i in range(self.n):
-            name = f"n{i:02d}"
+        names = [f"n{i:02d}" for i in range(self.n)]
+        pins = mutual_pins({name: self.root / name for name in names})  # owners trust each other
+        for name in names:
             csv = self.root / f"{name}.csv"
             pd.DataFrame({"x": np.arange(20.0)}).to_csv(csv, index=False)
             policy = Policy(allowed_algorithms=("stats.vector_sum",), min_sites=3)
@@ -165,6 +167,7 @@ class Federation:
                 data_dir=self.root / name,
                 datasets=(DatasetConfig(name="bench", path=csv, policy=policy),),
                 poll_wait=20,
+                peers=pins[name],
             )
             token = self.hub.create_token("enrolment", name)
             node = NodeProcess(cfg.write(self.root / f"{name}.toml"), enrol_token=token)

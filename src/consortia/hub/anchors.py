@@ -10,6 +10,7 @@ these heads: a log truncated, or rewritten and re-chained, no longer matches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -48,9 +49,21 @@ def parse_head(value: str | None) -> tuple[int, str] | None:
     return int(m[1]), m[2]
 
 
+_LAST: dict[tuple[str, str], int] = {}  # (database URL, node) -> last anchored seq (a cache)
+
+
 def anchor_head(engine: Engine, audit: AuditLog, node: str, head: tuple[int, str]) -> None:
     """Store ``node``'s audit head if it moves its log forward; audit a head that goes back."""
     seq, digest = head
+    key = (str(engine.url), node)
+    last_known = _LAST.get(key)
+    if last_known is not None and seq > last_known:  # the usual case: one insert, no read
+        insert = NodeAuditHeadRow.__table__.insert().values(node=node, seq=seq, hash=digest)
+        # an IntegrityError: the same head, anchored by a concurrent request
+        with contextlib.suppress(IntegrityError), engine.begin() as c:
+            c.execute(insert)
+        _LAST[key] = seq
+        return
     with Session(engine) as s:
         last = s.scalar(select(func.max(NodeAuditHeadRow.seq)).where(NodeAuditHeadRow.node == node))
         if last is None or seq > last:
@@ -59,6 +72,7 @@ def anchor_head(engine: Engine, audit: AuditLog, node: str, head: tuple[int, str
                 s.commit()
             except IntegrityError:  # the same head, anchored by a concurrent request
                 s.rollback()
+            _LAST[key] = seq
             return
         known = s.get(NodeAuditHeadRow, (node, seq))
     if known is not None and known.hash == digest:

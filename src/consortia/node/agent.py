@@ -401,7 +401,7 @@ class NodeAgent:
         refusal: tuple[str, str] | None = None
         anonymous = False
         # the task's ledger change and its audit entry commit together, before anything leaves
-        with self.store.ledger.deferred():
+        with self.store.ledger.deferred(), self.store.releases.deferred():
             try:
                 trusted = self.store.check_peers(
                     task.participants,

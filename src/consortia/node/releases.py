@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import sqlalchemy as sa
@@ -101,11 +102,49 @@ def _parts(participants: Iterable[str]) -> str:
 
 
 class SqlReleaseLedger(ReleaseLedger):
-    """A :class:`~consortia.privacy.disclosure.ReleaseLedger` in the node's SQLite."""
+    """A :class:`~consortia.privacy.disclosure.ReleaseLedger` in the node's SQLite.
+
+    Inside :meth:`deferred`, the per-round writes (a release's record, a reveal's
+    keys) are buffered and reach the database with :meth:`flush`, in the caller's
+    transaction (the node commits them with the task's ledger change and audit
+    entry); a task that does not commit (refused, failed) drops them: it released
+    nothing.  The rare writes (cohorts, grids, charges, refusals) commit at once.
+    """
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._queue: list[tuple[str, dict]] | None = None
         create_tables(engine)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Buffer the per-round writes made in this block until :meth:`flush`."""
+        self._queue = []
+        try:
+            yield
+        finally:
+            self._queue = None
+
+    def flush(self, connection: sa.Connection) -> None:
+        """Write the buffered records in ``connection``'s transaction (the caller commits)."""
+        queue = self._queue or []
+        if self._queue is not None:
+            self._queue = []
+        for kind, values in queue:
+            if kind == "release":
+                connection.execute(_releases.insert().values(**values))
+            else:
+                self._mark(connection, **values)
+
+    def _write(self, kind: str, values: dict) -> None:
+        if self._queue is not None:
+            self._queue.append((kind, values))
+            return
+        with self.engine.begin() as c:
+            if kind == "release":
+                c.execute(_releases.insert().values(**values))
+            else:
+                self._mark(c, **values)
 
     def conflicting(self, dataset, keys, study_id, participants):
         with self.engine.connect() as c:
@@ -142,21 +181,21 @@ class SqlReleaseLedger(ReleaseLedger):
                 )
 
     def record(self, release: ReleaseRecord) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                _releases.insert().values(
-                    dataset=release.dataset,
-                    study_id=release.study_id,
-                    researcher=release.researcher,
-                    query=release.query,
-                    content=release.content,
-                    participants=_parts(release.participants),
-                    cohort=release.cohort,
-                    time=release.time,
-                    round_index=release.round_index,
-                    attempt=release.attempt,
-                )
-            )
+        self._write(
+            "release",
+            {
+                "dataset": release.dataset,
+                "study_id": release.study_id,
+                "researcher": release.researcher,
+                "query": release.query,
+                "content": release.content,
+                "participants": _parts(release.participants),
+                "cohort": release.cohort,
+                "time": release.time,
+                "round_index": release.round_index,
+                "attempt": release.attempt,
+            },
+        )
 
     def pending(self, study_id, round_index, attempt):
         with self.engine.connect() as c:
@@ -184,22 +223,25 @@ class SqlReleaseLedger(ReleaseLedger):
         ]
 
     def mark_revealed(self, dataset, keys, study_id, participants):
-        parts = _parts(participants)
-        with self.engine.begin() as c:
-            for key in set(keys):
-                seen = c.scalar(
-                    sa.select(_release_keys.c.key).where(
-                        _release_keys.c.dataset == dataset,
-                        _release_keys.c.key == key,
-                        _release_keys.c.study_id == study_id,
+        values = {"dataset": dataset, "keys": tuple(keys), "study_id": study_id}
+        self._write("reveal", {**values, "participants": _parts(participants)})
+
+    @staticmethod
+    def _mark(c: sa.Connection, dataset: str, keys: tuple, study_id: str, participants: str):
+        for key in set(keys):
+            seen = c.scalar(
+                sa.select(_release_keys.c.key).where(
+                    _release_keys.c.dataset == dataset,
+                    _release_keys.c.key == key,
+                    _release_keys.c.study_id == study_id,
+                )
+            )
+            if seen is None:
+                c.execute(
+                    _release_keys.insert().values(
+                        dataset=dataset, key=key, study_id=study_id, participants=participants
                     )
                 )
-                if seen is None:
-                    c.execute(
-                        _release_keys.insert().values(
-                            dataset=dataset, key=key, study_id=study_id, participants=parts
-                        )
-                    )
 
     def grid(self, dataset, cohort, column):
         with self.engine.connect() as c:

@@ -286,6 +286,7 @@ class NodeStore:
         try:
             with self.engine.begin() as c:
                 self.ledger.flush(c)
+                self.releases.flush(c)
                 self.audit.append(actor, action, details, connection=c)
         except BaseException:
             self.ledger.discard()
