@@ -248,3 +248,29 @@ def test_a_hub_faking_a_dropout_meets_the_refusal_at_reveal():
     sim.fail = lambda site, r, a: site == "site3"  # the hub "loses" site3 in the next study
     with pytest.raises(PolicyError, match="repeated_query"):
         sim.run(Mean(columns=("age",)))
+
+
+def test_one_point_grid_binary_search_gets_one_answer_at_most():
+    """The refusal oracle of issue 7: binary-search a follow-up time with one-point grids."""
+    from consortia.survival import KaplanMeier
+
+    rng = np.random.default_rng(4)
+    sites = {
+        f"s{i}": pd.DataFrame({"T": rng.integers(1, 2000, 80), "E": rng.integers(0, 2, 80)})
+        for i in range(3)
+    }
+    sim = Simulation(sites, policy=Policy(min_cell_count=1))
+    lo, hi, answered, refusals = 0.0, 4000.0, 0, []
+    for _ in range(12):
+        g = (lo + hi) / 2
+        try:
+            sim.run(KaplanMeier(time="T", event="E", time_grid=(g,)))
+            answered += 1
+            lo = g
+        except PolicyError as err:
+            refusals.append(err)
+            hi = g
+    assert answered == 1  # every later grid would difference with the first
+    assert {e.rule for e in refusals} == {"grid_differencing"}
+    # a time beyond the grid is censored at its end, never refused: no oracle left
+    assert all("beyond" not in str(e) for e in refusals)
