@@ -17,6 +17,7 @@ from consortia.survival._grid import (
 )
 from consortia.survival.concordance import Concordance, ConcordanceResult
 from consortia.survival.cox import CoxPH
+from consortia.survival.dp_kaplan_meier import DPKaplanMeier, DPKaplanMeierResult
 from consortia.survival.kaplan_meier import KaplanMeier, KaplanMeierCurve, KaplanMeierResult
 from consortia.survival.logrank import LogRank, LogRankResult
 
@@ -25,6 +26,8 @@ __all__ = [
     "ConcordanceResult",
     "CoxPH",
     "CoxPHResult",
+    "DPKaplanMeier",
+    "DPKaplanMeierResult",
     "KaplanMeier",
     "KaplanMeierCurve",
     "KaplanMeierResult",
