@@ -12,7 +12,6 @@ to the node's own audit log.
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import logging
 import os
@@ -33,6 +32,14 @@ from consortia.errors import (
     ProtocolError,
     ValidationError,
 )
+from consortia.node._helpers import (
+    audit_key,
+    detail,
+    next_tasks,
+    release_details,
+    settle_gc,
+    tls_verify,
+)
 from consortia.node.approvals import Approvals, study_digest
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
@@ -46,14 +53,6 @@ from consortia.wire import CONTENT_TYPE, pack_arrays, unpack_arrays
 __all__ = ["NodeAgent"]
 
 log = logging.getLogger("consortia.node")
-
-
-def _verify(config: NodeConfig) -> ssl.SSLContext | bool:
-    if config.ca is not None:
-        from consortia.certs import client_ssl_context
-
-        return client_ssl_context(config.ca)
-    return True
 
 
 class NodeAgent:
@@ -74,7 +73,7 @@ class NodeAgent:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.identity = load_identity(config.data_dir)
-        self.store = NodeStore(config.data_dir, audit_key=_audit_key(config), fsync=config.fsync)
+        self.store = NodeStore(config.data_dir, audit_key=audit_key(config), fsync=config.fsync)
         self.approvals = Approvals(
             self.store.engine,
             self.store.audit,
@@ -82,7 +81,7 @@ class NodeAgent:
             auto_approve=config.auto_approve,
         )
         self._stop = threading.Event()
-        verify = _verify(config)
+        verify = tls_verify(config)
         self._client = httpx.Client(
             base_url=config.hub,
             verify=verify,
@@ -123,7 +122,7 @@ class NodeAgent:
             headers={"Authorization": f"Bearer {token}"},
         )
         if r.status_code != 200:
-            raise ProtocolError(f"enrolment refused ({r.status_code}): {_detail(r)}")
+            raise ProtocolError(f"enrolment refused ({r.status_code}): {detail(r)}")
         credential = r.json()["credential"]
         write_private(self._credential_path, credential.encode())
         self._auth_header = None
@@ -192,7 +191,7 @@ class NodeAgent:
             entries[name] = {"name": name, "available": False}
         r = self._client.put("/v1/node/catalogue", json={"datasets": entries}, headers=self._auth())
         if r.status_code != 200:
-            raise ProtocolError(f"catalogue refused ({r.status_code}): {_detail(r)}")
+            raise ProtocolError(f"catalogue refused ({r.status_code}): {detail(r)}")
         self.store.audit.append(
             f"node:{self.config.name}", "catalogue.publish", {"datasets": sorted(entries)}
         )
@@ -213,14 +212,14 @@ class NodeAgent:
                 if not published:
                     self.publish()
                     published = True
-                    _settle_gc()
+                    settle_gc()
                     # tells a supervisor (NodeProcess.wait_ready) that this process is serving
                     (self.config.data_dir / "agent.pid").write_text(f"{os.getpid()}\n")
                 r = self._client.get(
                     "/v1/node/tasks", params={"wait": self.config.poll_wait}, headers=self._auth()
                 )
                 if r.status_code != 200:
-                    raise ProtocolError(f"task poll refused ({r.status_code}): {_detail(r)}")
+                    raise ProtocolError(f"task poll refused ({r.status_code}): {detail(r)}")
                 try:
                     queue = r.json()
                 except ValueError:
@@ -287,7 +286,7 @@ class NodeAgent:
             "the hub refused this node's %s (%s): %s; not retried for %.0fs",
             what,
             r.status_code,
-            _detail(r),
+            detail(r),
             delay,
         )
         self.store.audit.append(
@@ -436,7 +435,7 @@ class NodeAgent:
                     where = {"study": task.study_id, "round": task.round_index}
                     self.store.record(actor, "reveal", {**where, "attempt": task.attempt})
                 else:
-                    self.store.record(actor, "release", self._release(worker, task, masked))
+                    self.store.record(actor, "release", release_details(worker, task, masked))
         if refusal is not None:
             self._refuse(task, *refusal, anonymous=anonymous)
             return []
@@ -444,7 +443,7 @@ class NodeAgent:
             body = json.dumps({"seed": seed.hex()}).encode()
             r = self._post(self._path(task, "reveal"), body, wait=wait)
             self._answered(task, "reveal", r)
-            return _next_tasks(r)
+            return next_tasks(r)
         self._report_budget(worker, task)
         r = self._post(
             self._path(task, "contribution"),
@@ -458,7 +457,7 @@ class NodeAgent:
             wait=wait,
         )
         self._answered(task, "contribution", r)
-        return _next_tasks(r)
+        return next_tasks(r)
 
     def _report_budget(self, worker: SiteWorker, task: Task) -> None:
         """Tell the hub what remains of the researcher's privacy budget (DP studies only)."""
@@ -492,24 +491,8 @@ class NodeAgent:
             digest = study_digest(task.algorithm, task.dataset, task.researcher)
             r = self._post(self._path(task, "pending"), json.dumps({"digest": digest}).encode())
             if r is not None and r.status_code != 200:
-                log.warning("the hub refused a pending notice (%s): %s", r.status_code, _detail(r))
+                log.warning("the hub refused a pending notice (%s): %s", r.status_code, detail(r))
         return False
-
-    def _release(self, worker: SiteWorker, task: Task, masked: Any) -> dict[str, Any]:
-        """The audit details of a release: names and shapes, never values."""
-        policy = worker.policy_for(task.dataset)
-        return {
-            "study": task.study_id,
-            "round": task.round_index,
-            "attempt": task.attempt,
-            "step": task.step,
-            "algorithm": task.algorithm.get("name"),
-            "dataset": task.dataset,
-            "researcher": task.researcher,
-            "participants": [p.site for p in task.participants],
-            "arrays": {name: list(shape) for name, shape in masked.layout.entries},
-            "policy": policy.to_mapping(),
-        }
 
     def close(self) -> None:
         """Close the HTTP client and the database."""
@@ -519,41 +502,3 @@ class NodeAgent:
 
 
 _MAX_HOLD = 60.0  # longest a refused task is held back, in seconds
-
-
-def _audit_key(config: NodeConfig) -> bytes | None:
-    """The node's audit HMAC key from ``[node] audit_key_file`` (0600), or None."""
-    if config.audit_key_file is None:
-        return None
-    from consortia.audit import read_key_file
-
-    read_private(config.audit_key_file)  # refuses a key file that others can read
-    return read_key_file(config.audit_key_file)
-
-
-def _settle_gc() -> None:
-    """Move everything loaded at start (modules, datasets) out of the collector's reach.
-
-    Answering a task allocates many short-lived objects; without this, the periodic
-    full collections walk every long-lived object again and cost about a fifth of the
-    node's CPU per round.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _next_tasks(r: Answer | None) -> list[dict]:
-    if r is None or r.status_code != 200:
-        return []
-    try:
-        tasks = r.json().get("tasks", [])
-    except (ValueError, AttributeError):
-        return []
-    return tasks if isinstance(tasks, list) else []
-
-
-def _detail(r: httpx.Response | Answer) -> str:
-    try:
-        return str(r.json().get("detail"))
-    except (ValueError, AttributeError):
-        return r.text[:200]
