@@ -276,6 +276,14 @@ class MemoryReleaseLedger(ReleaseLedger):
         self._refusals[key] = self._refusals.get(key, 0) + 1
 
 
+def _describe_grid(grid: np.ndarray, limit: int = 60) -> str:
+    """The reference grid for a refusal message: it was released, so it is public."""
+    pts = [f"{x:g}" for x in np.asarray(grid, dtype=np.float64)]
+    if len(pts) <= limit:
+        return "[" + ", ".join(pts) + "]"
+    return f"{len(pts)} points from {pts[0]} to {pts[-1]}"
+
+
 def _symmetric_difference(a: np.ndarray, b: np.ndarray) -> int:
     common = np.intersect1d(a, b, assume_unique=True).size
     return int(a.size + b.size - 2 * common)
@@ -384,7 +392,8 @@ class DisclosureControl:
                 raise PolicyError(
                     "grid_differencing",
                     f"exact counts on {column!r} were already released on this cohort over "
-                    "another grid; use a subset of that grid (a coarsening) or a noisy release",
+                    f"another grid ({_describe_grid(ref)}); use a subset of that grid (a "
+                    "coarsening; a planned study passes it as plan_cells) or a noisy release",
                 )
         return digest
 
