@@ -18,9 +18,13 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def fed4(hub_db, tmp_path_factory):
-    """Four nodes (policy min_sites 3) behind a hub that excludes a silent node after 2.5 s."""
+    """Four nodes (policy min_sites 3) behind a hub that excludes a silent node after 6 s.
+
+    Short enough for the tests to exclude a killed node quickly, long enough that an
+    honest node on a loaded machine (the suite run twice at once) is not excluded.
+    """
     f = start_federation(
-        tmp_path_factory.mktemp("fed4"), hub_db, n_nodes=4, node_timeout=2.5, restricted=False
+        tmp_path_factory.mktemp("fed4"), hub_db, n_nodes=4, node_timeout=6.0, restricted=False
     )
     yield f
     f.stop()
@@ -51,6 +55,18 @@ def kill_between_rounds(f, sid: str, victims: list[str], timeout: float = 30.0) 
     raise AssertionError("no safe moment to kill the victims")
 
 
+def _rounds_done(f, sid: str, n: int):
+    """A wait predicate: ``n`` rounds done; fails at once, with the reason, if the study ended."""
+
+    def done() -> bool:
+        st = f.fed.status(sid)
+        if st.status != "running":
+            raise AssertionError(f"the study ended early ({st.status}): {st.error}")
+        return st.rounds_done >= n
+
+    return done
+
+
 def _restart_dead(f) -> None:
     for node in f.nodes.values():
         if not node.running:
@@ -67,7 +83,7 @@ def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
     sid = fed4.fed.submit(algo, dataset="data")
     victim = "site2"
     try:
-        wait_until(lambda: fed4.fed.status(sid).rounds_done >= 2, 60, "two rounds")
+        wait_until(_rounds_done(fed4, sid, 2), 60, "two rounds")
         kill_between_rounds(fed4, sid, [victim])
         st = fed4.fed.wait(sid, timeout=90)
     finally:
@@ -90,7 +106,7 @@ def test_too_few_survivors_fail_the_study_with_the_min_sites_rule(fed4):
     _restart_dead(fed4)  # the nodes killed by the previous test are back
     sid = fed4.fed.submit(VectorSum(size=3, rounds=50), dataset="data")
     try:
-        wait_until(lambda: fed4.fed.status(sid).rounds_done >= 1, 60, "one round")
+        wait_until(_rounds_done(fed4, sid, 1), 60, "one round")
         kill_between_rounds(fed4, sid, ["site0", "site1"])
         st = fed4.fed.wait(sid, timeout=60)
     finally:
@@ -105,9 +121,9 @@ def test_restarted_node_picks_its_work_up(fed4):
     """A node killed and restarted before its timeout answers the same task (no exclusion)."""
     _restart_dead(fed4)
     algo = VectorSum(size=4, rounds=6)
-    # a generous timeout for this test: the hub's is 2.5 s, so restart at once
+    # the hub excludes a silent node after 6 s: restart at once
     sid = fed4.fed.submit(algo, dataset="data")
-    wait_until(lambda: fed4.fed.status(sid).rounds_done >= 1, 60, "one round")
+    wait_until(_rounds_done(fed4, sid, 1), 60, "one round")
     fed4.nodes["site3"].kill()
     fed4.nodes["site3"].start()
     st = fed4.fed.wait(sid, timeout=60)
