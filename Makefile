@@ -22,9 +22,10 @@ example: setup         ## install, then a first federated analysis in simulation
 test: setup lint       ## install, lint, then run the whole test suite
 	$(PY) -m pytest -n 2 -q
 
-lint: setup
+lint: setup            ## ruff (lint + format) and mypy (py.typed promises types)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/mypy
 
 format: setup
 	$(VENV)/bin/ruff check --fix src tests bench examples

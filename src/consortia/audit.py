@@ -537,7 +537,9 @@ class AuditLog:
 
     def __len__(self) -> int:
         with self._engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(self._log)).scalar())
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(self._log)).scalar() or 0
+            )
 
     # -- verification --------------------------------------------------------------------
 

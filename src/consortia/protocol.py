@@ -95,7 +95,7 @@ class Round:
     """
 
     step: str
-    public: Mapping[str, np.ndarray] = field(default_factory=dict)
+    public: Mapping[str, Any] = field(default_factory=dict)  # array-likes; stored as arrays
 
     def __post_init__(self) -> None:
         if not isinstance(self.step, str) or not self.step:
@@ -158,7 +158,7 @@ class Contribution:
         per-site releases.
     """
 
-    arrays: Mapping[str, np.ndarray]
+    arrays: Mapping[str, Any]  # array-likes in; read-only float64 arrays once built
     cohort: int
     count_arrays: frozenset[str] = frozenset()
     n_parameters: int = 0

@@ -135,7 +135,7 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
             }
         )
         if nbytes:
-            buffers.append(memoryview(array.reshape(-1)).cast("B"))
+            buffers.append(memoryview(array.reshape(-1).data).cast("B"))
         offset += nbytes
     header = json.dumps({"arrays": entries}, separators=(",", ":")).encode("utf-8")
     header += b" " * (-(_PREFIX.size + len(header)) % 8)

@@ -199,25 +199,15 @@ def test_ledger_is_shared_by_the_rules():
     control = DisclosureControl(ledger)
     ids = np.arange(20, dtype=np.uint64)
     kw = {"dataset": "d", "researcher": "r", "query": "q", "content": "c"}
-    d = control.check_release(
-        policy=Policy(), study_id="1", participants=frozenset("ab"), cohort=ids, **kw
-    )
+    d = control.check_release(policy=Policy(), dataset="d", cohort=ids)
     control.released(study_id="1", participants=frozenset("ab"), cohort=d, cost=(0, 0), **kw)
     control.before_reveal("1", 0, 0)  # the sum of study 1 becomes computable
-    d2 = control.check_release(
-        policy=Policy(), study_id="2", participants=frozenset("abc"), cohort=ids, **kw
-    )
+    d2 = control.check_release(policy=Policy(), dataset="d", cohort=ids)
     control.released(study_id="2", participants=frozenset("abc"), cohort=d2, cost=(0, 0), **kw)
     with pytest.raises(PolicyError, match="repeated_query"):  # judged when summable
         control.before_reveal("2", 0, 0)
     with pytest.raises(PolicyError, match="cohort_difference"):
-        control.check_release(
-            policy=Policy(),
-            study_id="3",
-            participants=frozenset("ab"),
-            cohort=ids[:-1],
-            **{**kw, "query": "q2", "content": "c2"},
-        )
+        control.check_release(policy=Policy(), dataset="d", cohort=ids[:-1])
 
 
 def test_histograms_with_shifted_edges_are_refused_on_the_same_cohort():

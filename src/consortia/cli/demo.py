@@ -51,9 +51,7 @@ def command(nodes: int, data: Path | None, workdir: Path | None, seed: int) -> N
     try:
         report = run_demo(data=data, nodes=nodes, workdir=workdir, seed=seed, console=console)
     except KeyboardInterrupt:
-        exc = click.ClickException("interrupted; every process was stopped")
-        exc.exit_code = 130
-        raise exc from None
+        raise _Interrupted("interrupted; every process was stopped") from None
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from None
     if not report.ok:
@@ -61,3 +59,9 @@ def command(nodes: int, data: Path | None, workdir: Path | None, seed: int) -> N
             f"federated and pooled figures differ by up to {report.max_rel_diff:.2e} "
             f"(tolerance {TOLERANCE:g})"
         )
+
+
+class _Interrupted(click.ClickException):
+    """Ctrl-C during the demo: every process was stopped (exit code 130, as a shell)."""
+
+    exit_code = 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ _CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
 _TSV = (".tsv", ".tsv.gz", ".txt")
 _PARQUET = (".parquet", ".pq")
 
-Source = str | os.PathLike[str] | pd.DataFrame
+Source: TypeAlias = "str | os.PathLike[str] | pd.DataFrame"
 
 
 def _kind(path: Path, what: str) -> str:

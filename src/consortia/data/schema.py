@@ -401,7 +401,13 @@ def _column_from_spec(name: str, role: Role, spec: Any) -> Column:
         levels = spec.get("levels")
         if levels is not None and (isinstance(levels, str) or not isinstance(levels, Sequence)):
             raise SchemaError(f"column {name!r}: 'levels' must be a list")
-        return Column(name, role, spec["type"], nullable=nullable, levels=levels)
+        return Column(
+            name,
+            role,
+            spec["type"],
+            nullable=nullable,
+            levels=None if levels is None else tuple(levels),
+        )
     raise SchemaError(f"column {name!r}: the type must be a string or a table")
 
 

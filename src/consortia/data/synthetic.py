@@ -206,8 +206,9 @@ class SyntheticCohort:
         if all(d.expression is not None for d in parts):
             expr = pd.concat([d.expression for d in parts])
         tiles = None
-        if all(d.tiles is not None for d in parts):
-            tiles = {k: v for d in parts for k, v in d.tiles.items()}
+        site_tiles = [d.tiles for d in parts]
+        if all(t is not None for t in site_tiles):
+            tiles = {k: v for t in site_tiles if t is not None for k, v in t.items()}
         return Dataset(
             frame=frame, name="synthetic", schema=self.schema, expression=expr, tiles=tiles
         )
@@ -230,7 +231,7 @@ def _check_params(
     pos_int("n_sites", n_sites)
     if isinstance(patients_per_site, int | np.integer) and not isinstance(patients_per_site, bool):
         sizes = [int(patients_per_site)] * n_sites
-    else:
+    elif isinstance(patients_per_site, Sequence):
         sizes = list(patients_per_site)
         if len(sizes) != n_sites:
             raise ValidationError("patients_per_site must be an int or one size per site")

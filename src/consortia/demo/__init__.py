@@ -358,6 +358,7 @@ def run_demo(
     if temporary:
         root = Path(tempfile.mkdtemp(prefix="consortia-demo-"))
     else:
+        assert workdir is not None
         root = Path(workdir).expanduser().resolve()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise ValidationError(f"--workdir {str(root)!r} must be an empty or new folder")

@@ -116,12 +116,12 @@ def _kaplan_meier(d: DemoData) -> StudySpec:
                 rows.append(Row(f"S({days} d) {g}", curve.survival_at(days)[0], ref))
             rows.append(Row(f"median {g}", curve.median, kmf.median_survival_time_))
             # the whole curve, every grid day: report the worst day
-            days = np.asarray(curve.timeline, dtype=float)
-            fed = np.asarray(curve.survival_at(days), dtype=float)
-            ref = kmf.survival_function_at_times(days).to_numpy(dtype=float)
+            grid_days = np.asarray(curve.timeline, dtype=float)
+            fed = np.asarray(curve.survival_at(grid_days), dtype=float)
+            ref = kmf.survival_function_at_times(grid_days).to_numpy(dtype=float)
             rel = np.abs(fed - ref) / np.maximum(np.abs(ref), 1e-12)
             worst = len(rel) - 1 - int(np.argmax(rel[::-1]))  # the latest day if all equal
-            label = f"S({days[worst]:g} d) {g}: worst of {len(days)} days"
+            label = f"S({grid_days[worst]:g} d) {g}: worst of {len(grid_days)} days"
             rows.append(Row(label, fed[worst], float(ref[worst])))
         return rows
 

@@ -397,7 +397,7 @@ class Approvals:
         return None if row is None else _from_row(row._mapping)
 
 
-def _from_row(row: Mapping[str, Any]) -> ApprovalRequest:
+def _from_row(row: Any) -> ApprovalRequest:  # a RowMapping or a dict
     return ApprovalRequest(
         study_id=row["study_id"],
         digest=row["digest"],

@@ -358,11 +358,6 @@ class DisclosureControl:
         *,
         policy,
         dataset: str,
-        study_id: str,
-        researcher: str,
-        query: str,
-        content: str,
-        participants: frozenset[str],
         cohort: np.ndarray,
         bins: Mapping[str, np.ndarray] | None = None,
     ) -> str:

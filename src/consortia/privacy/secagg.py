@@ -455,6 +455,7 @@ class SecureAggregator:
                     f"site {masked.site!r} sent arrays whose names or shapes differ from "
                     "the other sites'"
                 )
+            assert self._acc is not None
             np.add(self._acc, data, out=self._acc)
         self.received.add(masked.site)
 

@@ -162,11 +162,6 @@ class SiteWorker:
                     "expected a Contribution"
                 )
             policy.check_contribution(contribution)
-            release = {
-                "query": query_digest(task.algorithm, task.dataset),
-                "content": content_digest(contribution.arrays),
-                "participants": frozenset(p.site for p in task.participants),
-            }
             # exact binned counts are tied to their grid; noisy ones are not
             exact = contribution.count_arrays - frozenset(
                 k for k, v in contribution.noise.items() if v > 0
@@ -174,22 +169,25 @@ class SiteWorker:
             bins = dict(contribution.bins) if exact else {}
             cohort = self.disclosure.check_release(
                 policy=policy,
+                dataset=task.dataset,
                 cohort=self._cohort(task.dataset, contribution.rows),
                 bins=bins,
-                **release,
-                **common,
             )
         except PolicyError as err:
             self.disclosure.refused(rule=err.rule, **common)
             raise self._attribute(err) from None
         self.disclosure.released(
+            dataset=task.dataset,
+            study_id=task.study_id,
+            researcher=task.researcher,
+            query=query_digest(task.algorithm, task.dataset),
+            content=content_digest(contribution.arrays),
+            participants=frozenset(p.site for p in task.participants),
             cohort=cohort,
             cost=cost,
             bins=bins,
             round_index=task.round_index,
             attempt=task.attempt,
-            **release,
-            **common,
         )
         return contribution
 
