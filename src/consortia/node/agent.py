@@ -95,6 +95,7 @@ class NodeAgent:
         )
         self._worker: SiteWorker | None = None
         self._trusted: dict[str, bytes] = {}
+        self._pins: tuple[str, dict[str, str]] | None = None  # (study, pins read for it)
         self._pinned = dict(config.peers)
         self._auth_header: dict[str, str] | None = None
         # (study, round, attempt) -> (monotonic time until which it is held, last delay):
@@ -357,9 +358,18 @@ class NodeAgent:
                 time.sleep(delay)
         return None
 
-    def pins(self) -> dict[str, str]:
-        """The peers this node's owner trusts: ``[peers]`` merged with the CLI's pins."""
-        return {**self.store.pins.all(), **self._pinned}
+    def pins(self, study_id: str | None = None) -> dict[str, str]:
+        """The peers this node's owner trusts: ``[peers]`` merged with the CLI's pins.
+
+        Read from the database once per study (not on every round): a pin added or
+        removed with ``consortia node peers`` applies from the next study on.
+        """
+        if study_id is not None and self._pins is not None and self._pins[0] == study_id:
+            return self._pins[1]
+        pins = {**self.store.pins.all(), **self._pinned}
+        if study_id is not None:
+            self._pins = (study_id, pins)
+        return pins
 
     def _refuse(self, task: Task, rule: str, message: str, *, anonymous: bool = False) -> None:
         self.store.audit.append(
@@ -404,7 +414,7 @@ class NodeAgent:
             try:
                 trusted = self.store.check_peers(
                     task.participants,
-                    self.pins(),
+                    self.pins(task.study_id),
                     trust_on_first_use=self.config.trust_on_first_use,
                 )
                 changed = False

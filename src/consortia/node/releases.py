@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from consortia.privacy.disclosure import ReleaseLedger, ReleaseRecord
 
@@ -97,6 +98,11 @@ def create_tables(engine: sa.Engine) -> None:
     _meta.create_all(engine)
 
 
+def _insert_once(c: sa.Connection, table: sa.Table, **values: object) -> None:
+    """Insert a row unless one with the same primary key exists (the first one wins)."""
+    c.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+
+
 def _parts(participants: Iterable[str]) -> str:
     return json.dumps(sorted(participants))
 
@@ -168,17 +174,7 @@ class SqlReleaseLedger(ReleaseLedger):
     def add_cohort(self, dataset, digest, ids):
         blob = zlib.compress(np.ascontiguousarray(ids, dtype=np.uint64).tobytes(), 1)
         with self.engine.begin() as c:
-            exists = c.scalar(
-                sa.select(_cohorts.c.digest).where(
-                    _cohorts.c.dataset == dataset, _cohorts.c.digest == digest
-                )
-            )
-            if exists is None:
-                c.execute(
-                    _cohorts.insert().values(
-                        dataset=dataset, digest=digest, size=int(ids.size), ids=blob
-                    )
-                )
+            _insert_once(c, _cohorts, dataset=dataset, digest=digest, size=int(ids.size), ids=blob)
 
     def record(self, release: ReleaseRecord) -> None:
         self._write(
@@ -229,19 +225,8 @@ class SqlReleaseLedger(ReleaseLedger):
     @staticmethod
     def _mark(c: sa.Connection, dataset: str, keys: tuple, study_id: str, participants: str):
         for key in set(keys):
-            seen = c.scalar(
-                sa.select(_release_keys.c.key).where(
-                    _release_keys.c.dataset == dataset,
-                    _release_keys.c.key == key,
-                    _release_keys.c.study_id == study_id,
-                )
-            )
-            if seen is None:
-                c.execute(
-                    _release_keys.insert().values(
-                        dataset=dataset, key=key, study_id=study_id, participants=participants
-                    )
-                )
+            values = {"key": key, "study_id": study_id, "participants": participants}
+            _insert_once(c, _release_keys, dataset=dataset, **values)
 
     def grid(self, dataset, cohort, column):
         with self.engine.connect() as c:
@@ -255,13 +240,9 @@ class SqlReleaseLedger(ReleaseLedger):
         return None if blob is None else np.frombuffer(zlib.decompress(blob), dtype=np.float64)
 
     def set_grid(self, dataset, cohort, column, grid):
-        if self.grid(dataset, cohort, column) is not None:
-            return
         blob = zlib.compress(np.ascontiguousarray(grid, dtype=np.float64).tobytes(), 1)
-        with self.engine.begin() as c:
-            c.execute(
-                _grids.insert().values(dataset=dataset, cohort=cohort, column=column, grid=blob)
-            )
+        with self.engine.begin() as c:  # the first grid wins
+            _insert_once(c, _grids, dataset=dataset, cohort=cohort, column=column, grid=blob)
 
     def studies_since(self, researcher, dataset, since):
         with self.engine.connect() as c:
@@ -296,23 +277,17 @@ class SqlReleaseLedger(ReleaseLedger):
         return hit is not None
 
     def charge(self, study_id, researcher, dataset, epsilon, delta):
-        with self.engine.begin() as c:
-            hit = c.scalar(
-                sa.select(_charges.c.study_id).where(
-                    _charges.c.study_id == study_id, _charges.c.dataset == dataset
-                )
+        with self.engine.begin() as c:  # once per study and dataset
+            _insert_once(
+                c,
+                _charges,
+                study_id=study_id,
+                dataset=dataset,
+                researcher=researcher,
+                epsilon=float(epsilon),
+                delta=float(delta),
+                time=time.time(),
             )
-            if hit is None:
-                c.execute(
-                    _charges.insert().values(
-                        study_id=study_id,
-                        dataset=dataset,
-                        researcher=researcher,
-                        epsilon=float(epsilon),
-                        delta=float(delta),
-                        time=time.time(),
-                    )
-                )
 
     def refusals(self, researcher, dataset):
         with self.engine.connect() as c:
