@@ -1,6 +1,6 @@
 """The hub's admin endpoints: tokens, enrolled nodes, the audit log and nodes' audit heads."""
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 from fastapi import FastAPI, Query
 from sqlalchemy import select
@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
 from consortia.hub.anchors import node_heads
-from consortia.hub.auth import create_token
+from consortia.hub.auth import Principal, create_token
 from consortia.hub.db import NodeRow
 from consortia.hub.schemas import TokenRequest, TokenResponse
 
@@ -18,7 +18,10 @@ __all__ = ["add_admin_routes"]
 
 def add_admin_routes(app: FastAPI, engine: Engine, audit: AuditLog, admin: Any) -> None:
     """Register the admin endpoints on ``app``; ``admin`` is the admin-only principal type."""
-    Admin = admin
+    if TYPE_CHECKING:  # ``admin`` is ``Annotated[Principal, Depends(...)]``
+        Admin: TypeAlias = Principal
+    else:  # FastAPI reads the routes' annotations at runtime
+        Admin = admin
 
     @app.post("/v1/tokens", tags=["admin"])
     def new_token(body: TokenRequest, who: Admin) -> TokenResponse:

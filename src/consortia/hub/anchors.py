@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -58,7 +58,8 @@ def anchor_head(engine: Engine, audit: AuditLog, node: str, head: tuple[int, str
     key = (str(engine.url), node)
     last_known = _LAST.get(key)
     if last_known is not None and seq > last_known:  # the usual case: one insert, no read
-        insert = NodeAuditHeadRow.__table__.insert().values(node=node, seq=seq, hash=digest)
+        heads = cast(Table, NodeAuditHeadRow.__table__)  # typed as a FromClause
+        insert = heads.insert().values(node=node, seq=seq, hash=digest)
         # an IntegrityError: the same head, anchored by a concurrent request
         with contextlib.suppress(IntegrityError), engine.begin() as c:
             c.execute(insert)

@@ -15,7 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.types import Message, Receive, Scope, Send
@@ -247,7 +248,8 @@ def create_app(settings: HubSettings) -> FastAPI:
                 .where(TokenRow.id == who.token_id, TokenRow.used.is_(False))
                 .values(used=True)
             )
-            if s.execute(spend).rowcount != 1:
+            # an UPDATE's result is a CursorResult (typed as a plain Result)
+            if cast("CursorResult[Any]", s.execute(spend)).rowcount != 1:
                 s.rollback()
                 raise HTTPException(401, "missing or invalid bearer token")
             if s.get(NodeRow, body.name) is not None:

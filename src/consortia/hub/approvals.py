@@ -25,7 +25,7 @@ and uses its state (``_live``, ``lock``, ``engine``) and helpers (``_live_for``,
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,17 @@ class ApprovalHandling:
     audit: AuditLog
     lock: threading.RLock
     _live: dict[str, LiveStudy]
+
+    if TYPE_CHECKING:  # the engine's helpers (see StudyEngine and RoundHandling)
+
+        def _live_for(self, node: str, study_id: str) -> LiveStudy | None: ...
+        def _set_task(self, s: Session, live: LiveStudy, node: str, state: str) -> None: ...
+        def _bump(
+            self, nodes: list[str] | tuple[str, ...] | set[str], study_id: str | None = None
+        ) -> None: ...
+        def _fail(
+            self, s: Session, study: StudyRow, reason: str, rule: str | None = None
+        ) -> None: ...
 
     def await_approval(
         self, node: str, study_id: str, round_index: int, attempt: int, digest: str

@@ -12,21 +12,37 @@ parameter.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, literal_column, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from consortia.hub.db import RoundAccRow, RoundSumsRow
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 __all__ = ["put_acc", "put_sums"]
 
-_ACC = RoundAccRow.__table__
-_SUMS = RoundSumsRow.__table__
+# ``__table__`` is typed as a FromClause: a declarative class's is a Table
+_ACC = cast(Table, RoundAccRow.__table__)
+_SUMS = cast(Table, RoundSumsRow.__table__)
 _CHUNK = 1 << 20
 _IN_PLACE = 1 << 16  # smaller blobs are simply bound (nothing big is kept alive)
 
 
-def _key(table) -> tuple:
+def _key(table: Table) -> tuple:
     return (
         table.c.study_id == bindparam("k_study"),
         table.c.round_index == bindparam("k_round"),
@@ -57,16 +73,19 @@ _INS_SUMS_ZERO = insert(_SUMS).values(
     round_index=bindparam("k_round"),
     sums=func.zeroblob(bindparam("v_size")),
 )
-_ROWID = {
+_ROWID: dict[str, Select[Any]] = {
     t.name: select(literal_column("rowid")).select_from(t).where(*_key(t)) for t in (_ACC, _SUMS)
 }
 
 
 def _as_bytes(data: np.ndarray | bytes) -> memoryview:
-    return memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
+    if isinstance(data, np.ndarray):
+        # numpy's stubs declare ndarray.__buffer__ for Python >= 3.12 only
+        return memoryview(cast("Buffer", data)).cast("B")
+    return memoryview(data)
 
 
-def _write_in_place(s: Session, table, key: dict, column: str, data: memoryview) -> None:
+def _write_in_place(s: Session, table: Table, key: dict, column: str, data: memoryview) -> None:
     conn = s.connection()
     rowid = conn.execute(_ROWID[table.name], key).scalar_one()
     raw = conn.connection.dbapi_connection

@@ -6,12 +6,12 @@ researcher's spend and cap per dataset; a researcher reads only their own rows.
 """
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session
 
 from consortia.hub.db import Base
 
@@ -22,14 +22,14 @@ class BudgetRow(Base):
     """The latest budget report of one node for one (researcher, dataset)."""
 
     __tablename__ = "node_budgets"
-    node = sa.orm.mapped_column(sa.String(128), primary_key=True)
-    researcher = sa.orm.mapped_column(sa.String(256), primary_key=True)
-    dataset = sa.orm.mapped_column(sa.String(256), primary_key=True)
-    epsilon_spent = sa.orm.mapped_column(sa.Float, nullable=False)
-    epsilon_cap = sa.orm.mapped_column(sa.Float, nullable=False)
-    delta_spent = sa.orm.mapped_column(sa.Float, nullable=False)
-    delta_cap = sa.orm.mapped_column(sa.Float, nullable=False)
-    updated_at = sa.orm.mapped_column(sa.Float, nullable=False)
+    node: Mapped[str] = sa.orm.mapped_column(sa.String(128), primary_key=True)
+    researcher: Mapped[str] = sa.orm.mapped_column(sa.String(256), primary_key=True)
+    dataset: Mapped[str] = sa.orm.mapped_column(sa.String(256), primary_key=True)
+    epsilon_spent: Mapped[float] = sa.orm.mapped_column(sa.Float, nullable=False)
+    epsilon_cap: Mapped[float] = sa.orm.mapped_column(sa.Float, nullable=False)
+    delta_spent: Mapped[float] = sa.orm.mapped_column(sa.Float, nullable=False)
+    delta_cap: Mapped[float] = sa.orm.mapped_column(sa.Float, nullable=False)
+    updated_at: Mapped[float] = sa.orm.mapped_column(sa.Float, nullable=False)
 
 
 class BudgetReport(BaseModel):
@@ -47,7 +47,8 @@ class BudgetReport(BaseModel):
 
 def add_budget_routes(app: FastAPI, engine: sa.Engine, node_dep: Any, researcher_dep: Any) -> None:
     """Add ``PUT /v1/node/budget`` (nodes) and ``GET /v1/budget`` (researchers) to ``app``."""
-    BudgetRow.__table__.create(engine, checkfirst=True)
+    # ``__table__`` is typed as a FromClause: a declarative class's is a Table
+    cast(sa.Table, BudgetRow.__table__).create(engine, checkfirst=True)
 
     @app.put("/v1/node/budget", tags=["node"])
     def report(body: BudgetReport, who: Any = Depends(node_dep)) -> dict[str, str]:  # noqa: B008

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from consortia.audit import AuditLog
 from consortia.errors import ConsortiaError, ProtocolError
 from consortia.hub.blobs import put_acc, put_sums
 from consortia.hub.db import (
@@ -35,6 +38,7 @@ from consortia.hub.statements import ACC, STUDIES
 from consortia.privacy.secagg import (
     Layout,
     MaskedContribution,
+    RoundContext,
     SecureAggregator,
 )
 from consortia.wire import pack_arrays, unpack_arrays
@@ -44,6 +48,33 @@ log = logging.getLogger("consortia.hub")
 
 class RoundHandling:
     """Contribution, reveal and refusal of a node for the open attempt of a round."""
+
+    # the engine's state and helpers this mixin relies on (see StudyEngine)
+    engine: Engine
+    audit: AuditLog
+    lock: threading.RLock
+    max_payload: int
+    node_timeout: float
+    reveal_timeout: float
+    _live: dict[str, LiveStudy]
+    _audit_queue: list[tuple[str, str, dict[str, Any]]]
+
+    if TYPE_CHECKING:
+
+        def _refresh(self) -> None: ...
+        def _invalidate(self, study_id: str) -> None: ...
+        def _later(self, actor: str, action: str, details: dict[str, Any]) -> None: ...
+        def _flush_audit(self) -> None: ...
+        def _bump(
+            self, nodes: list[str] | tuple[str, ...] | set[str], study_id: str | None = None
+        ) -> None: ...
+        def _ctx(self, live: LiveStudy) -> RoundContext: ...
+        def _new_round(self, s: Session, live: LiveStudy, participants: list[str]) -> LiveRound: ...
+        def _fail(
+            self, s: Session, study: StudyRow, reason: str, rule: str | None = None
+        ) -> None: ...
+        def _set_task(self, s: Session, live: LiveStudy, node: str, state: str) -> None: ...
+        def _update_round(self, s: Session, live: LiveStudy, **values: Any) -> None: ...
 
     def _live_for(self, node: str, study_id: str) -> LiveStudy | None:
         """The running study ``node`` may post to, or None (not running); 404 if not its own."""
@@ -151,12 +182,14 @@ class RoundHandling:
                 with Session(self.engine) as s:
                     self._update_round(s, live, layout=layout_json, received=received, phase=phase)
                     # written straight from the aggregator's array (no copy)
+                    masked_sum = live.agg.masked_sum
+                    assert masked_sum is not None  # it holds the vector just added
                     put_acc(
                         s,
                         study_id,
                         rnd.index,
                         attempt,
-                        live.agg.masked_sum,
+                        masked_sum,
                         first=not rnd.received,
                     )
                     self._set_task(s, live, node, "contributed")

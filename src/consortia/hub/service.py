@@ -484,7 +484,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             study = s.get(StudyRow, live.id)
             assert study is not None
             if rnd.phase == "reveal":
-                missing = sorted(set(rnd.participants) - set(rnd.seeds))
+                missing: list[str] | None = sorted(set(rnd.participants) - set(rnd.seeds))
                 self._fail(
                     s,
                     study,

@@ -6,9 +6,9 @@ engine's per-round updates are module-level Core statements with bound parameter
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Table, bindparam, update
 
 from consortia.hub.db import (
     RoundAccRow,
@@ -19,10 +19,11 @@ from consortia.hub.db import (
 
 __all__ = ["ACC", "ROUNDS", "SET_TASK", "STUDIES", "TASKS", "round_update"]
 
-ROUNDS = RoundRow.__table__  # Core updates: no ORM bookkeeping on the hot path
-TASKS = TaskRow.__table__
-STUDIES = StudyRow.__table__
-ACC = RoundAccRow.__table__  # big blobs apart: a small update never rewrites them
+# ``__table__`` is typed as a FromClause: a declarative class's is a Table
+ROUNDS = cast(Table, RoundRow.__table__)  # Core updates: no ORM bookkeeping on the hot path
+TASKS = cast(Table, TaskRow.__table__)
+STUDIES = cast(Table, StudyRow.__table__)
+ACC = cast(Table, RoundAccRow.__table__)  # big blobs apart: a small update never rewrites them
 
 # statements of the hot path, built once (building and hashing a statement per request
 # cost more than running it)
