@@ -182,14 +182,13 @@ def partial_likelihood(
     grad = xe.astype(np.float64).copy()
     hess = np.zeros((p, p))
     # j = 0 term (the only one for Breslow, where it carries the full weight dw)
-    has_ties = ties is not None and tie_rows is not None and len(tie_rows) > 0
     c0 = dw / d if ties is not None else dw
     a = s1 / s0[:, None]
     ll -= float(np.sum(c0 * np.log(s0)))
     grad -= c0 @ a
     hess += np.einsum("k,ki,kj->ij", c0, a, a) - np.einsum("k,kij->ij", c0 / s0, s2)
     # Efron's j >= 1 terms, at the times where two or more events tie
-    if has_ties:
+    if ties is not None and tie_rows is not None and len(tie_rows) > 0:
         rows = np.asarray(tie_rows, dtype=np.int64)
         t0, t1, t2 = ties[:, 0], ties[:, 1 : 1 + p], unpack(ties[:, 1 + p :], p)
         dk, ck = d[rows], c0[rows]

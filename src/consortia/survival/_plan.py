@@ -71,6 +71,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 from scipy.stats import norm
@@ -81,11 +82,13 @@ from consortia.protocol import Contribution
 __all__ = [
     "CELL_CONFIDENCE",
     "GridPlan",
+    "PlanParams",
     "PlanSettings",
     "check_plan_params",
     "make_plan",
     "plan_contribution",
     "plan_public",
+    "plan_settings",
     "planned_contribution",
     "planned_counts",
     "verify_plan",
@@ -213,6 +216,35 @@ def check_plan_params(
         delta=float(plan_delta),  # type: ignore[arg-type]
         k=min_cell,
         edges=edges,
+    )
+
+
+class PlanParams(Protocol):
+    """The planned-grid parameters of a survival algorithm (fields of its dataclass)."""
+
+    @property
+    def time_grid(self) -> tuple[float, ...] | None: ...
+    @property
+    def horizon(self) -> float | None: ...
+    @property
+    def plan_cells(self) -> int | tuple[float, ...]: ...
+    @property
+    def plan_epsilon(self) -> float: ...
+    @property
+    def plan_delta(self) -> float: ...
+    @property
+    def min_cell(self) -> int: ...
+
+
+def plan_settings(params: PlanParams) -> PlanSettings | None:
+    """:func:`check_plan_params` on an algorithm's planned-grid parameters."""
+    return check_plan_params(
+        time_grid=params.time_grid,
+        horizon=params.horizon,
+        plan_cells=params.plan_cells,
+        plan_epsilon=params.plan_epsilon,
+        plan_delta=params.plan_delta,
+        min_cell=params.min_cell,
     )
 
 

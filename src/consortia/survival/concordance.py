@@ -313,8 +313,8 @@ class Concordance(Algorithm):
                 {
                     "event_bins": event_bins,
                     "bounds": bounds.ravel(),
-                    "layout": [bounds.shape[0], bounds.shape[1] - 1],
-                    "level": [level],
+                    "layout": np.array([bounds.shape[0], bounds.shape[1] - 1]),
+                    "level": np.array([level]),
                 },
             )
 

@@ -67,7 +67,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -83,10 +84,10 @@ from consortia.survival._grid import binned_on, grid_map, validate_grid
 from consortia.survival._plan import (
     PlanSettings,
     cells_below,
-    check_plan_params,
     grid_plan,
     make_plan,
     plan_contribution,
+    plan_settings,
     verify_plan,
 )
 from consortia.survival._validate import check_levels, level_codes, survival_columns
@@ -94,6 +95,15 @@ from consortia.survival._validate import check_levels, level_codes, survival_col
 __all__ = ["CoxPH", "CoxPHResult"]
 
 _TIES = ("efron", "breslow")
+
+
+class _Iterate(NamedTuple):
+    """What the result needs of the last Newton-Raphson evaluation."""
+
+    offset: float
+    h: np.ndarray
+    ll: float
+    risk: np.ndarray | None
 
 
 @dataclass
@@ -195,22 +205,13 @@ class CoxPH(Algorithm):
             raise ValidationError(f"column(s) {clash} cannot be both a covariate and a role column")
         if self.ties not in _TIES:
             raise ValidationError(f"ties must be one of {_TIES}")
-        plan: PlanSettings | None = None
-        if self.horizon is not None or (self.time_grid is None and not self.stratify_by_site):
-            plan = check_plan_params(
-                time_grid=self.time_grid,
-                horizon=self.horizon,
-                plan_cells=self.plan_cells,
-                plan_epsilon=self.plan_epsilon,
-                plan_delta=self.plan_delta,
-                min_cell=self.min_cell,
+        if self._plan is not None and (  # validates the planned-grid parameters
+            self.stratify_by_site or self.strata is not None or self.robust
+        ):
+            raise ValidationError(
+                "horizon (a planned grid) is for the pooled, unstratified Cox model: not "
+                "with stratify_by_site, strata or robust"
             )
-            if self.stratify_by_site or self.strata is not None or self.robust:
-                raise ValidationError(
-                    "horizon (a planned grid) is for the pooled, unstratified Cox model: not "
-                    "with stratify_by_site, strata or robust"
-                )
-        object.__setattr__(self, "_plan", plan)
         if self.time_grid is not None:
             object.__setattr__(self, "time_grid", tuple(float(g) for g in self.time_grid))
             validate_grid(self.time_grid)
@@ -240,6 +241,16 @@ class CoxPH(Algorithm):
             raise ValidationError("tol must be positive")
 
     # ------------------------------------------------------------------ helpers
+
+    @cached_property
+    def _plan(self) -> PlanSettings | None:
+        """The planned grid's settings: with ``horizon``, or when nothing else gives times.
+
+        ``None`` with an explicit ``time_grid`` or site strata (and no ``horizon``).
+        """
+        if self.horizon is None and (self.time_grid is not None or self.stratify_by_site):
+            return None
+        return plan_settings(self)
 
     @property
     def _p(self) -> int:
@@ -330,7 +341,7 @@ class CoxPH(Algorithm):
             if step == "newton":
                 xe = (rows.w * rows.e) @ z
                 ll, g, h = cm.partial_likelihood(risk, ties, tie_rows, d, dw, xe, beta, offset)
-                arrays.update(split("loglik", [ll]))
+                arrays.update(split("loglik", np.array([ll])))
                 arrays.update(split("grad", g))
                 arrays.update(split("hess", cm.pack(h)))
             else:
@@ -353,20 +364,21 @@ class CoxPH(Algorithm):
                 meat = cm.score_meat(bins, rows.e, rows.w, z, phi0, xbar, dlam, ev_c)
                 arrays.update(split("meat", meat))
         if step == "newton":
-            arrays.update(split("total", [phi.sum()]))
+            arrays.update(split("total", np.array([phi.sum()])))
         return Contribution(arrays, cohort=n, n_parameters=self._p)
 
     def _local_summary(self, rows: _Rows, grid: np.ndarray | None) -> Contribution:
         n = len(rows.t)
         we = rows.w * rows.e
         arrays: dict[str, np.ndarray] = {"n": np.array([n], float)}
-        arrays.update(split("w_sum", [rows.w.sum()]))
+        arrays.update(split("w_sum", np.array([rows.w.sum()])))
         arrays.update(split("x_sum", rows.x.sum(axis=0)))
         arrays.update(split("x_sq", (rows.x**2).sum(axis=0)))
         arrays.update(split("xe", we @ rows.x))
-        arrays.update(split("dw_total", [we.sum()]))
+        arrays.update(split("dw_total", np.array([we.sum()])))
         arrays["n_events"] = np.array([rows.e.sum()], float)
         counts: frozenset[str] = frozenset()
+        binned: dict[str, Any] = {}
         if not self.stratify_by_site:
             assert grid is not None
             gidx = np.searchsorted(grid, rows.t)
@@ -376,7 +388,7 @@ class CoxPH(Algorithm):
             if self.weights is not None:
                 arrays.update(split("events_w", np.bincount(flat, we, minlength=size)))
             counts = frozenset({"events"})
-        binned = binned_on(self.time, grid) if counts else {}
+            binned = binned_on(self.time, grid)
         if self._plan is not None:
             return Contribution(
                 arrays,
@@ -388,7 +400,9 @@ class CoxPH(Algorithm):
             )
         return Contribution(arrays, cohort=n, count_arrays=counts, **binned)
 
-    def _local_event_times(self, rows: _Rows) -> tuple[np.ndarray, ...]:
+    def _local_event_times(
+        self, rows: _Rows
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         ev = rows.e == 1
         keys = np.unique(np.stack([rows.codes[ev], rows.t[ev]], axis=1), axis=0)
         ev_c, ev_t = keys[:, 0].astype(np.int64), keys[:, 1]
@@ -458,7 +472,7 @@ class CoxPH(Algorithm):
         step = np.zeros(p)
         history: list[float] = []
         while True:
-            sums = yield Round("newton", {**pub, "beta": beta, "offset": [offset]})
+            sums = yield Round("newton", {**pub, "beta": beta, "offset": np.array([offset])})
             rounds += 1
             iterations += 1
             total = float(join(sums, "total")[0])
@@ -502,7 +516,7 @@ class CoxPH(Algorithm):
             step = np.linalg.solve(-h, g)
             history.append(float(np.max(np.abs(step))))
             prev = (ll, beta.copy())
-            last = dict(beta=beta.copy(), offset=offset, h=h, ll=ll, risk=risk)
+            last = _Iterate(offset=offset, h=h, ll=ll, risk=risk)
             if history[-1] < self.tol:
                 converged = True
                 beta = beta + step
@@ -522,12 +536,13 @@ class CoxPH(Algorithm):
             if self.raise_on_failure:
                 raise ConvergenceError(msg)
             warnings.warn(msg, stacklevel=2)
-        var_std = np.linalg.inv(-last["h"])
+        var_std = np.linalg.inv(-last.h)
         meat = None
         if self.robust:
-            rpub = {**pub, "beta": beta, "offset": [last["offset"]]}
+            rpub = {**pub, "beta": beta, "offset": [last.offset]}
             if not self.stratify_by_site:
-                r = last["risk"]
+                r = last.risk
+                assert r is not None
                 rpub["xbar"] = r[:, 1 : 1 + p] / r[:, :1]
                 rpub["dlam"] = grid_info["dw"] / r[:, 0]
             sums = yield Round("score", rpub)
@@ -535,8 +550,9 @@ class CoxPH(Algorithm):
             meat = cm.unpack(join(sums, "meat"), p)
         baseline = None
         if not self.stratify_by_site:
-            r = last["risk"]
-            hazard = grid_info["dw"] / (r[:, 0] * np.exp(last["offset"]))
+            r = last.risk
+            assert r is not None
+            hazard = grid_info["dw"] / (r[:, 0] * np.exp(last.offset))
             assert grid is not None
             baseline = _baseline_frame(
                 grid[grid_info["event_index"]],
@@ -544,6 +560,10 @@ class CoxPH(Algorithm):
                 hazard,
                 self.strata_levels,
             )
+        plan = None
+        if self._plan is not None:
+            assert grid is not None
+            plan = grid_plan(plan_pub, self._plan, [grid])
         return CoxPHResult.build(
             covariates=self.covariates,
             beta_std=beta,
@@ -551,7 +571,7 @@ class CoxPH(Algorithm):
             sd=sd,
             var_std=var_std,
             meat_std=meat,
-            log_likelihood=float(last["ll"]),
+            log_likelihood=float(last.ll),
             log_likelihood_null=float(ll_null if ll_null is not None else np.nan),
             n=n,
             n_events=n_events,
@@ -563,7 +583,7 @@ class CoxPH(Algorithm):
             baseline_hazard=baseline,
             strata=self.strata,
             stratified_by_site=self.stratify_by_site,
-            plan=None if self._plan is None else grid_plan(plan_pub, self._plan, [grid]),
+            plan=plan,
             cells_below_k=below,
         )
 

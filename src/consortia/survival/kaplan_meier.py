@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,11 +38,12 @@ from consortia.protocol import Algorithm, Contribution, Coordination, Round, reg
 from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
 from consortia.survival._plan import (
     GridPlan,
+    PlanSettings,
     cells_below,
-    check_plan_params,
     grid_plan,
     make_plan,
     plan_contribution,
+    plan_settings,
     planned_contribution,
     verify_plan,
     within_bin_weights,
@@ -194,9 +196,9 @@ def bin_factor(n: float, d: float, c: float, censor_weights: np.ndarray | None =
         eff = n - c / 2
         return float(1 - d / eff) if eff > 0 else 0.0
     ni, di, ci = spread_bin(n, d, c, censor_weights)
-    eff = ni - ci / 2
+    eff_i = ni - ci / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        factors = np.where(eff > 0, 1 - di / eff, 0.0)
+        factors = np.where(eff_i > 0, 1 - di / eff_i, 0.0)
     return float(np.prod(np.clip(factors, 0.0, 1.0)))
 
 
@@ -456,17 +458,10 @@ class KaplanMeier(Algorithm):
     min_cell: int = 5
 
     def __post_init__(self) -> None:
-        plan = check_plan_params(
-            time_grid=self.time_grid,
-            horizon=self.horizon,
-            plan_cells=self.plan_cells,
-            plan_epsilon=self.plan_epsilon,
-            plan_delta=self.plan_delta,
-            min_cell=self.min_cell,
-        )
-        object.__setattr__(self, "_plan", plan)
+        plan = self._plan  # validates the planned-grid parameters
         if plan is None:
-            grid = validate_grid(self.time_grid)  # type: ignore[arg-type]
+            assert self.time_grid is not None  # no plan: check_plan_params saw a grid
+            grid = validate_grid(self.time_grid)
             object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
         elif self.exact_times:
             raise ValidationError("exact_times needs an explicit time_grid (not a planned one)")
@@ -482,6 +477,11 @@ class KaplanMeier(Algorithm):
     def _labels(self) -> tuple[str, ...]:
         return ("all",) if self.groups is None else tuple(str(g) for g in self.groups)
 
+    @cached_property
+    def _plan(self) -> PlanSettings | None:
+        """The planned grid's settings (``None`` with an explicit ``time_grid``)."""
+        return plan_settings(self)
+
     def privacy_cost(self) -> tuple[float, float]:
         """``(plan_epsilon, plan_delta)`` with a planned grid, else ``(0, 0)``."""
         if self._plan is None:
@@ -496,6 +496,7 @@ class KaplanMeier(Algorithm):
 
     def _coordinate_planned(self) -> Coordination:
         settings = self._plan
+        assert settings is not None
         labels = self._labels
         sums = yield Round("plan")
         ends, public = make_plan(sums, settings, len(labels), shared=False, labels=labels)

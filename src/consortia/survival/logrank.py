@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -45,11 +46,12 @@ from consortia.protocol import Algorithm, Contribution, Coordination, Round, reg
 from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
 from consortia.survival._plan import (
     GridPlan,
+    PlanSettings,
     cells_below,
-    check_plan_params,
     grid_plan,
     make_plan,
     plan_contribution,
+    plan_settings,
     planned_contribution,
     verify_plan,
     within_bin_weights,
@@ -331,17 +333,10 @@ class LogRank(Algorithm):
     min_cell: int = 5
 
     def __post_init__(self) -> None:
-        plan = check_plan_params(
-            time_grid=self.time_grid,
-            horizon=self.horizon,
-            plan_cells=self.plan_cells,
-            plan_epsilon=self.plan_epsilon,
-            plan_delta=self.plan_delta,
-            min_cell=self.min_cell,
-        )
-        object.__setattr__(self, "_plan", plan)
+        plan = self._plan  # validates the planned-grid parameters
         if plan is None:
-            grid = validate_grid(self.time_grid)  # type: ignore[arg-type]
+            assert self.time_grid is not None  # no plan: check_plan_params saw a grid
+            grid = validate_grid(self.time_grid)
             object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
         elif self.strata is not None or self.stratify_by_site or self.exact_times:
             raise ValidationError(
@@ -372,6 +367,11 @@ class LogRank(Algorithm):
         """Strata a site counts in: the column's levels (site strata stay local)."""
         return len(self.strata_levels) if self.strata_levels is not None else 1
 
+    @cached_property
+    def _plan(self) -> PlanSettings | None:
+        """The planned grid's settings (``None`` with an explicit ``time_grid``)."""
+        return plan_settings(self)
+
     def privacy_cost(self) -> tuple[float, float]:
         """``(plan_epsilon, plan_delta)`` with a planned grid, else ``(0, 0)``."""
         if self._plan is None:
@@ -380,6 +380,7 @@ class LogRank(Algorithm):
 
     def _coordinate_planned(self) -> Coordination:
         settings = self._plan
+        assert settings is not None
         groups = tuple(str(g) for g in self.groups)
         n_groups = len(groups)
         sums = yield Round("plan")
@@ -407,6 +408,7 @@ class LogRank(Algorithm):
                 groups=groups,
             )
         sums = yield Round("counts")
+        assert self.time_grid is not None
         shape = (self._n_strata, len(self.groups), len(self.time_grid))
         events = np.rint(np.asarray(sums["events"])).reshape(shape)
         at_risk = np.rint(np.asarray(sums["at_risk"])).reshape(shape)
@@ -460,7 +462,9 @@ class LogRank(Algorithm):
         t, e = survival_columns(frame, self.time, self.event)
         codes = level_codes(frame, self.group, self.groups)
         n_groups = len(self.groups)
+        plan = self._plan
+        assert plan is not None
         if step == "plan":
-            return plan_contribution(t, e, codes, n_groups, self._plan)
-        grids = verify_plan(public, self._plan, n_groups, shared=True)
-        return planned_contribution(t, e, codes, grids, self._plan, column=self.time)
+            return plan_contribution(t, e, codes, n_groups, plan)
+        grids = verify_plan(public, plan, n_groups, shared=True)
+        return planned_contribution(t, e, codes, grids, plan, column=self.time)
