@@ -265,3 +265,34 @@ def test_one_point_grid_binary_search_gets_one_answer_at_most():
     assert {e.rule for e in refusals} == {"grid_differencing"}
     # a time beyond the grid is censored at its end, never refused: no oracle left
     assert all("beyond" not in str(e) for e in refusals)
+
+
+def test_noisy_releases_meet_the_same_memory_rules():
+    """DP statistics are releases too: other sites, or a cohort one patient smaller."""
+    from consortia.stats import DPCount, DPMean
+    from consortia.survival import DPKaplanMeier
+
+    sites = _sites()
+    sites["site0"].loc[3, "x2"] = np.nan
+    fed = _Federation(sites, policy=Policy(epsilon_budget=100.0))
+    names = list(fed.sim.workers)
+    fed.run(DPCount(epsilon=1.0, delta=1e-6), names[:3])
+    with pytest.raises(PolicyError, match="repeated_query"):
+        fed.run(DPCount(epsilon=1.0, delta=1e-6), names[1:])
+    bounds = {"lower": (0.0,), "upper": (120.0,), "epsilon": 1.0, "delta": 1e-6}
+    fed.run(DPMean(columns=("age",), dropna=True, **bounds))
+    with pytest.raises(PolicyError, match="cohort_difference"):
+        fed.run(
+            DPMean(
+                columns=("age", "x2"),
+                dropna=True,
+                **{**bounds, "lower": (0.0, -9.0), "upper": (120.0, 9.0)},
+            )
+        )
+    # a noisy curve on any grid: no exact cell to difference, so no grid rule, no oracle
+    km = {"time": "age", "event": "event", "epsilon": 1.0, "delta": 1e-6}
+    for df in sites.values():
+        df["event"] = 1
+    fed = _Federation(sites, policy=Policy(epsilon_budget=100.0))
+    fed.run(DPKaplanMeier(time_grid=(50.0, 60.0, 70.0), **km))
+    fed.run(DPKaplanMeier(time_grid=(55.0,), **km))

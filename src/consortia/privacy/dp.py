@@ -46,6 +46,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from consortia.errors import ValidationError
+from consortia.noise import MIN_SHARE_VARIANCE, check_positive, epsilon_for, sigma_for
 
 __all__ = [
     "discrete_gaussian",
@@ -54,20 +55,9 @@ __all__ = [
     "sigma_for",
 ]
 
-MIN_SHARE_VARIANCE = 1.0
-"""Each site's share has variance at least this (the accounting's premise)."""
-
 
 def _rng() -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=int.from_bytes(os.urandom(16), "little")))
-
-
-def _check_positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValidationError(f"{name} must be a finite number")
-    if value <= 0:
-        raise ValidationError(f"{name} must be positive")
-    return float(value)
 
 
 def discrete_gaussian(
@@ -87,7 +77,7 @@ def discrete_gaussian(
     rng
         A generator (tests); by default one keyed from the OS entropy.
     """
-    sigma = _check_positive(sigma, "sigma")
+    sigma = check_positive(sigma, "sigma")
     rng = rng if rng is not None else _rng()
     shape = (size,) if isinstance(size, int) else tuple(size)
     n = int(np.prod(shape)) if shape else 1
@@ -118,7 +108,7 @@ def noise_share(
         raise ValidationError("n_participants must be an integer")
     if n_participants < 1:
         raise ValidationError("n_participants must be at least 1")
-    share = max(_check_positive(sigma, "sigma") ** 2 / n_participants, MIN_SHARE_VARIANCE)
+    share = max(check_positive(sigma, "sigma") ** 2 / n_participants, MIN_SHARE_VARIANCE)
     return discrete_gaussian(math.sqrt(share), shape, rng=rng)
 
 
@@ -138,55 +128,3 @@ def add_noise(
         arr = np.asarray(arrays[name], dtype=np.float64)
         out[name] = arr + noise_share(sigma, n_participants, arr.shape, rng=rng)
     return out
-
-
-def sigma_for(
-    epsilon: float,
-    delta: float,
-    *,
-    sensitivity: float = 1.0,
-    releases: int = 1,
-    colluders: int = 0,
-    n_sites: int = 1,
-) -> float:
-    """The noise scale that makes ``releases`` Gaussian releases ``(epsilon, delta)``-DP.
-
-    Parameters
-    ----------
-    epsilon, delta
-        The privacy target of all the releases together (delta in (0, 1)).
-    sensitivity
-        L2 sensitivity of each release (how much one patient can move the array).
-    releases
-        How many releases of that sensitivity the study makes with this scale.
-    colluders, n_sites
-        To stay private when ``colluders`` of ``n_sites`` sites remove their own
-        shares, the scale is inflated by ``sqrt(n_sites / (n_sites - colluders))``.
-    """
-    from dp_accounting import get_sigma_gaussian
-
-    epsilon = _check_positive(epsilon, "epsilon")
-    delta = _check_positive(delta, "delta")
-    if delta >= 1:
-        raise ValidationError("delta must be below 1")
-    sensitivity = _check_positive(sensitivity, "sensitivity")
-    if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
-        raise ValidationError("releases must be a positive integer")
-    if not 0 <= colluders < max(n_sites, 1):
-        raise ValidationError("colluders must be in [0, n_sites)")
-    multiplier = float(get_sigma_gaussian(epsilon, delta)) * math.sqrt(releases)
-    inflate = math.sqrt(n_sites / (n_sites - colluders)) if colluders else 1.0
-    return multiplier * sensitivity * inflate
-
-
-def epsilon_for(
-    sigma: float, delta: float, *, sensitivity: float = 1.0, releases: int = 1
-) -> float:
-    """The epsilon spent by ``releases`` Gaussian releases of scale ``sigma`` at ``delta``."""
-    from dp_accounting import get_epsilon_gaussian
-
-    sigma = _check_positive(sigma, "sigma")
-    delta = _check_positive(delta, "delta")
-    sensitivity = _check_positive(sensitivity, "sensitivity")
-    multiplier = sigma / sensitivity / math.sqrt(releases)
-    return float(get_epsilon_gaussian(multiplier, delta))

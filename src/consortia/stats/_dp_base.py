@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from consortia.errors import AlgorithmError, ValidationError
-from consortia.privacy.dp import MIN_SHARE_VARIANCE, sigma_for
+from consortia.noise import MIN_SHARE_VARIANCE, sigma_for
 from consortia.protocol import Algorithm, Contribution
 
 __all__ = ["Z95", "DPAlgorithm", "carried_sd", "int_counts"]

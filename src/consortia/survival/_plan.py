@@ -124,7 +124,7 @@ class PlanSettings:
     @cached_property
     def sigma(self) -> float:
         """Noise standard deviation of every cell of the summed histograms."""
-        from consortia.privacy.dp import sigma_for
+        from consortia.noise import sigma_for
 
         return sigma_for(self.epsilon, self.delta, sensitivity=1.0)
 
@@ -136,7 +136,7 @@ class PlanSettings:
         :data:`~consortia.privacy.dp.MIN_SHARE_VARIANCE` (large ``plan_epsilon``,
         many sites): the rule must use the noise actually added.
         """
-        from consortia.privacy.dp import MIN_SHARE_VARIANCE
+        from consortia.noise import MIN_SHARE_VARIANCE
 
         return math.sqrt(max(self.sigma**2, self.n_sites * MIN_SHARE_VARIANCE))
 
