@@ -306,6 +306,9 @@ class DisclosureControl:
         self._known_cohorts: dict[tuple[str, str], bool] = {}
         self._admitted: set[tuple[str, str, str]] = set()  # (dataset, study, researcher)
         self._charged: set[tuple[str, str]] = set()  # (study, dataset) known to be charged
+        # the releases of the attempts awaiting their reveal (the ledger has them too,
+        # for a node that restarts in between): no read on the way to every reveal
+        self._awaiting: dict[tuple[str, int, int], list[ReleaseRecord]] = {}
 
     def before_compute(
         self,
@@ -415,24 +418,29 @@ class DisclosureControl:
             if not self.ledger.charged(study_id, dataset):
                 self.ledger.charge(study_id, researcher, dataset, eps, dlt)
             self._charged.add((study_id, dataset))
-        self.ledger.record(
-            ReleaseRecord(
-                dataset=dataset,
-                study_id=study_id,
-                researcher=researcher,
-                query=query,
-                content=content,
-                participants=participants,
-                cohort=cohort,
-                time=self.clock(),
-                round_index=round_index,
-                attempt=attempt,
-            )
+        record = ReleaseRecord(
+            dataset=dataset,
+            study_id=study_id,
+            researcher=researcher,
+            query=query,
+            content=content,
+            participants=participants,
+            cohort=cohort,
+            time=self.clock(),
+            round_index=round_index,
+            attempt=attempt,
         )
+        self.ledger.record(record)
+        key = (study_id, round_index, attempt)
+        if len(self._awaiting) > 1024:
+            self._awaiting.clear()  # a bound: the ledger answers for the rest
+        self._awaiting.setdefault(key, []).append(record)
 
     def before_reveal(self, study_id: str, round_index: int, attempt: int) -> None:
         """Judge participant differencing when the attempt's sum becomes computable."""
-        records = self.ledger.pending(study_id, round_index, attempt)
+        records = self._awaiting.pop((study_id, round_index, attempt), None)
+        if records is None:
+            records = self.ledger.pending(study_id, round_index, attempt)
         for r in records:
             keys = (r.query, r.content)
             if self.ledger.conflicting(r.dataset, keys, study_id, r.participants):
