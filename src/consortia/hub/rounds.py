@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from consortia.hub.state import (
     LiveRound,
     LiveStudy,
     restore_aggregator,
+    round_state,
 )
 from consortia.hub.statements import ACC, STUDIES
 from consortia.privacy.secagg import (
@@ -40,6 +42,16 @@ from consortia.privacy.secagg import (
     MaskedContribution,
     RoundContext,
     SecureAggregator,
+)
+from consortia.runtime.rounds import (
+    Event,
+    Outcome,
+    Refused,
+    RevealReceived,
+    RoundRejected,
+    Transition,
+    VectorReceived,
+    apply,
 )
 from consortia.wire import pack_arrays, unpack_arrays
 
@@ -69,7 +81,9 @@ class RoundHandling:
             self, nodes: list[str] | tuple[str, ...] | set[str], study_id: str | None = None
         ) -> None: ...
         def _ctx(self, live: LiveStudy) -> RoundContext: ...
-        def _new_round(self, s: Session, live: LiveStudy, participants: list[str]) -> LiveRound: ...
+        def _new_round(
+            self, s: Session, live: LiveStudy, participants: Sequence[str]
+        ) -> LiveRound: ...
         def _fail(
             self, s: Session, study: StudyRow, reason: str, rule: str | None = None
         ) -> None: ...
@@ -94,43 +108,33 @@ class RoundHandling:
                 raise HubError(404, f"no task of this node in study {study_id!r}")
         return None
 
-    def _repeat(
-        self, study_id: str, round_index: int, attempt: int, field: str, node: str, value: str
-    ) -> bool:
-        """Whether a closed round already holds exactly this node's vector digest or seed."""
+    def _transition(
+        self, live: LiveStudy | None, study_id: str, round_index: int, event: Event
+    ) -> Transition:
+        """Apply ``event`` to the round it names: the open one, or a closed one (a retry).
+
+        A retried post for a round that has since closed is checked against its
+        persisted state, so that the very same vector or seed is acknowledged again.
+        """
+        if live is not None and round_index == live.round.index:
+            state = live.round.state
+            try:
+                return apply(state, event)
+            except RoundRejected as exc:
+                raise HubError(409 if exc.conflict else 400, str(exc)) from None
         with Session(self.engine) as s:
             row = s.get(RoundRow, (study_id, round_index))
-            return (
-                row is not None
-                and row.attempt == attempt
-                and (getattr(row, field) or {}).get(node) == value
-            )
-
-    def _check_attempt(
-        self,
-        live: LiveStudy | None,
-        study_id: str,
-        round_index: int,
-        attempt: int,
-        field: str,
-        node: str,
-        value: str,
-    ) -> LiveRound | None:
-        """Validate the target attempt; None means an idempotent repeat (acknowledge it)."""
-        if live is None or round_index != live.round.index:
-            if self._repeat(study_id, round_index, attempt, field, node, value):
-                return None
-            if live is None:
-                raise HubError(409, f"study {study_id!r} is not running")
-            raise HubError(409, f"round {round_index} of study {study_id!r} is not open")
-        rnd = live.round
-        if rnd.attempt == attempt and getattr(rnd, field).get(node) == value:
-            return None
-        if rnd.attempt != attempt:
-            raise HubError(409, f"attempt {attempt} of round {round_index} is not the open attempt")
-        if node not in rnd.participants:
-            raise HubError(409, f"node {node!r} is not a participant of this attempt")
-        return rnd
+            closed = round_state(row) if row is not None else None
+        if closed is not None and not closed.open_for_messages:
+            try:
+                t = apply(closed, event)
+            except RoundRejected:
+                t = None
+            if t is not None and t.outcome is Outcome.DUPLICATE:
+                return t
+        if live is None:
+            raise HubError(409, f"study {study_id!r} is not running")
+        raise HubError(409, f"round {round_index} of study {study_id!r} is not open")
 
     def contribute(
         self,
@@ -146,16 +150,11 @@ class RoundHandling:
         ack = {"status": "accepted", "round_index": round_index, "attempt": attempt}
         with self.lock:
             live = self._live_for(node, study_id)
-            rnd = self._check_attempt(
-                live, study_id, round_index, attempt, "received", node, digest
-            )
-            if rnd is None:
+            t = self._transition(live, study_id, round_index, VectorReceived(node, attempt, digest))
+            if t.outcome is Outcome.DUPLICATE:
                 return {**ack, "status": "duplicate"}
             assert live is not None
-            if node in rnd.received:
-                raise HubError(409, "this node already sent a different vector for this attempt")
-            if rnd.phase != "collect":
-                raise HubError(409, "this attempt no longer accepts contributions")
+            rnd = live.round
             try:
                 layout = Layout.from_json(layout_json)
                 arrays = unpack_arrays(body, max_bytes=self.max_payload)
@@ -176,11 +175,16 @@ class RoundHandling:
                 except ProtocolError as exc:
                     raise HubError(400, f"malformed contribution: {exc}") from None
                 del data, arrays  # views into the request body
-                received = {**rnd.received, node: digest}
-                phase = "collect" if live.agg.missing else "reveal"
+                new = t.state
                 layout_json = layout.to_json()
                 with Session(self.engine) as s:
-                    self._update_round(s, live, layout=layout_json, received=received, phase=phase)
+                    self._update_round(
+                        s,
+                        live,
+                        layout=layout_json,
+                        received=dict(new.received),
+                        phase=str(new.phase),
+                    )
                     # written straight from the aggregator's array (no copy)
                     masked_sum = live.agg.masked_sum
                     assert masked_sum is not None  # it holds the vector just added
@@ -201,9 +205,9 @@ class RoundHandling:
             except Exception:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 raise
-            rnd.received, rnd.layout, rnd.phase = received, layout_json, phase
+            rnd.state, rnd.layout = new, layout_json
             live.waiting.pop(node, None)  # its owner approved
-            if phase == "reveal":
+            if t.outcome is Outcome.REVEAL_OPENED:
                 live.deadline = time.monotonic() + self.reveal_timeout
                 self._bump(rnd.participants)
             return ack
@@ -243,31 +247,30 @@ class RoundHandling:
         ack = {"status": "accepted", "round_index": round_index, "attempt": attempt}
         with self.lock:
             live = self._live_for(node, study_id)
-            rnd = self._check_attempt(live, study_id, round_index, attempt, "seeds", node, seed_hex)
-            if rnd is None:
+            t = self._transition(
+                live, study_id, round_index, RevealReceived(node, attempt, seed_hex)
+            )
+            if t.outcome is Outcome.DUPLICATE:
                 return {**ack, "status": "duplicate"}
             assert live is not None
-            if rnd.phase != "reveal" or node not in rnd.received:
-                raise HubError(409, "this attempt is not waiting for this node's seed")
-            if node in rnd.seeds:
-                raise HubError(409, "this node already revealed another seed")
-            seeds = {**rnd.seeds, node: seed_hex}
             try:
                 with Session(self.engine) as s:
-                    self._update_round(s, live, seeds=seeds)
+                    self._update_round(s, live, seeds=dict(t.state.seeds))
                     self._set_task(s, live, node, "revealed")
-                    if set(seeds) == set(rnd.participants):
-                        self._finish_round(s, live, seeds)
+                    if t.outcome is Outcome.ROUND_COMPLETE:
+                        live.round.state = t.state
+                        self._finish_round(s, live)
                     s.commit()
             except Exception:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 self._audit_queue.clear()
                 raise
-            rnd.seeds = seeds
+            if t.outcome is not Outcome.ROUND_COMPLETE:
+                live.round.state = t.state
             self._flush_audit()
             return ack
 
-    def _finish_round(self, s: Session, live: LiveStudy, seeds: dict[str, str]) -> None:
+    def _finish_round(self, s: Session, live: LiveStudy) -> None:
         """Unmask the sum, store it, advance the coordinator, open the next round."""
         rnd = live.round
         agg = live.agg if live.agg is not None and live.agg_attempt == rnd.attempt else None
@@ -276,6 +279,7 @@ class RoundHandling:
         # the running sum is not needed past this point (on a failed commit the study is
         # rebuilt from the database): drop it before the sums are packed
         live.agg, live.agg_attempt = None, -1
+        seeds = dict(rnd.seeds)
         sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True)
         del agg
         now = time.time()
@@ -337,16 +341,18 @@ class RoundHandling:
             live = self._live_for(node, study_id)
             if live is None:
                 return {"status": "not running"}
-            rnd = live.round
-            if rnd.index != round_index or rnd.attempt != attempt or node not in rnd.participants:
+            if live.round.index != round_index:
                 raise HubError(409, "this attempt is not open for this node")
+            event = Refused(node, attempt, rule, message, anonymous=anonymous)
+            try:
+                t = apply(live.round.state, event)
+            except RoundRejected as exc:
+                raise HubError(409, str(exc)) from None
             with Session(self.engine) as s:
                 study = s.get(StudyRow, study_id)
                 assert study is not None
                 study.error_site, study.error_detail = (None if anonymous else node), message
-                where = "one of the sites" if anonymous else f"site {node!r}"
-                reason = f"{where}: policy rule {rule!r} refused the release: {message}"
-                self._fail(s, study, reason, rule)
+                self._fail(s, study, t.state.failure or "refused", rule)
                 s.commit()
             self._later(
                 f"node:{node}",

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -56,6 +56,7 @@ from consortia.privacy.secagg import (
     RoundContext,
 )
 from consortia.protocol import Coordinator, algorithm_from_spec
+from consortia.runtime.rounds import Outcome, RoundState, SitesSilent, apply
 from consortia.wire import pack_arrays
 
 __all__ = ["HubError", "StudyEngine"]
@@ -205,16 +206,13 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             frac_bits=live.frac_bits,
         )
 
-    def _new_round(self, s: Session, live: LiveStudy, participants: list[str]) -> LiveRound:
+    def _new_round(self, s: Session, live: LiveStudy, participants: Sequence[str]) -> LiveRound:
         rnd = live.coord.current
         assert rnd is not None
         new = LiveRound(
-            index=live.coord.round_index,
             step=rnd.step,
             public=pack_arrays(dict(rnd.public)),
-            attempt=0,
-            participants=list(participants),
-            phase="collect",
+            state=RoundState.open(live.coord.round_index, participants),
         )
         now = time.time()
         s.execute(
@@ -225,7 +223,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 "step": new.step,
                 "public": new.public,
                 "attempt": 0,
-                "participants": new.participants,
+                "participants": list(new.participants),
                 "phase": "collect",
                 "received": {},
                 "seeds": {},
@@ -479,76 +477,70 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 self._flush_audit()
 
     def _time_out(self, live: LiveStudy) -> None:
+        """The open attempt's deadline passed: the silent nodes, through the state machine."""
         rnd = live.round
+        silent = list(rnd.state.awaiting)
         with Session(self.engine) as s:
             study = s.get(StudyRow, live.id)
             assert study is not None
-            if rnd.phase == "reveal":
-                missing: list[str] | None = sorted(set(rnd.participants) - set(rnd.seeds))
-                self._fail(
-                    s,
-                    study,
-                    f"nodes {missing} did not reveal their self-mask seed in time; "
-                    f"round {rnd.index} cannot be finished",
-                )
+            if rnd.phase == "collect":
+                held = self._hold_for_approval(s, study, live, silent)
+                if held is None:  # nodes wait for their owners (or the study failed)
+                    s.commit()
+                    return
+                silent = held
+            t = apply(rnd.state, SitesSilent(tuple(silent)))
+            if t.outcome is Outcome.NOTHING:
+                return
+            if t.outcome is Outcome.FAILED:
+                self._fail(s, study, t.state.failure or "the round failed")
                 s.commit()
                 return
-            missing = self._hold_for_approval(
-                s, study, live, sorted(set(rnd.participants) - set(rnd.received))
-            )
-            if missing is None:  # nodes wait for their owners (or the study failed)
-                s.commit()
-                return
-            survivors = [n for n in rnd.participants if n not in missing]
-            if not survivors:
-                self._fail(s, study, "every node dropped out")
-                s.commit()
-                return
+            new = t.state
             old = (
                 TASKS.c.study_id == live.id,
                 TASKS.c.round_index == rnd.index,
                 TASKS.c.attempt == rnd.attempt,
             )
             s.execute(update(TASKS).where(*old).values(state="superseded"))
-            s.execute(update(TASKS).where(*old, TASKS.c.node.in_(missing)).values(state="excluded"))
-            attempt = rnd.attempt + 1
+            s.execute(
+                update(TASKS).where(*old, TASKS.c.node.in_(t.excluded)).values(state="excluded")
+            )
             s.execute(delete(ACC).where(ACC.c.study_id == live.id, ACC.c.round_index == rnd.index))
             self._update_round(
                 s,
                 live,
-                attempt=attempt,
-                participants=survivors,
+                attempt=new.attempt,
+                participants=list(new.participants),
                 layout=None,
                 received={},
                 seeds={},
-                phase="collect",
+                phase=str(new.phase),
                 opened_at=time.time(),
             )
-            study.participants = survivors
-            for n in survivors:
+            study.participants = list(new.participants)
+            for n in new.participants:
                 s.add(
                     TaskRow(
                         study_id=live.id,
                         round_index=rnd.index,
-                        attempt=attempt,
+                        attempt=new.attempt,
                         node=n,
                         state="pending",
                     )
                 )
             s.commit()
-        live.round = LiveRound(
-            index=rnd.index,
-            step=rnd.step,
-            public=rnd.public,
-            attempt=attempt,
-            participants=survivors,
-            phase="collect",
-        )
+        live.round = LiveRound(step=rnd.step, public=rnd.public, state=new)
         live.agg, live.agg_attempt = None, -1
         live.deadline = time.monotonic() + self.node_timeout
-        self._bump([*survivors, *missing], live.id)
+        self._bump([*new.participants, *t.excluded], live.id)
         self._later(
             "hub",
             "nodes.excluded",
-            {"study": live.id, "round": rnd.index, "excluded": missing, "new_attempt": attempt},
+            {
+                "study": live.id,
+                "round": rnd.index,
+                "excluded": list(t.excluded),
+                "new_attempt": new.attempt,
+            },
         )

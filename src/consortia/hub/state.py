@@ -13,6 +13,7 @@ sum from its persisted bytes.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,24 +24,51 @@ from consortia.errors import ProtocolError
 from consortia.hub.db import RoundRow, RoundSumsRow, StudyRow, TaskRow
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
+from consortia.runtime.rounds import Phase, RoundState
 from consortia.wire import unpack_arrays
 
-__all__ = ["LiveRound", "LiveStudy", "load_live", "restore_aggregator"]
+__all__ = ["LiveRound", "LiveStudy", "load_live", "restore_aggregator", "round_state"]
 
 
 @dataclass
 class LiveRound:
-    """The open round of a running study (mirror of its ``rounds`` row)."""
+    """The open round of a running study (mirror of its ``rounds`` row).
 
-    index: int
+    Its attempt, participants, phase, vectors received and seeds revealed are a
+    :class:`~consortia.runtime.rounds.RoundState`, changed only by the round state
+    machine's transitions.
+    """
+
     step: str
     public: bytes
-    attempt: int
-    participants: list[str]
-    phase: str  # "collect" or "reveal"
-    received: dict[str, str] = field(default_factory=dict)  # node -> sha256 of its vector
-    seeds: dict[str, str] = field(default_factory=dict)  # node -> revealed seed (hex)
+    state: RoundState
     layout: list | None = None
+
+    @property
+    def index(self) -> int:
+        return self.state.index
+
+    @property
+    def attempt(self) -> int:
+        return self.state.attempt
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        return self.state.participants
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def received(self) -> Mapping[str, str]:
+        """Node -> sha256 of its masked vector (this attempt)."""
+        return self.state.received
+
+    @property
+    def seeds(self) -> Mapping[str, str]:
+        """Node -> its revealed self-mask seed (hex; this attempt)."""
+        return self.state.seeds
 
 
 @dataclass
@@ -60,6 +88,18 @@ class LiveStudy:
     agg_attempt: int = -1
     # node -> monotonic deadline of its owner's approval (see consortia.hub.approvals)
     waiting: dict[str, float] = field(default_factory=dict)
+
+
+def round_state(row: RoundRow) -> RoundState:
+    """The state machine's view of a persisted round."""
+    return RoundState(
+        index=row.round_index,
+        attempt=row.attempt,
+        participants=tuple(row.participants),
+        phase=Phase.DONE if row.done else Phase(row.phase),
+        received=dict(row.received or {}),
+        seeds=dict(row.seeds or {}),
+    )
 
 
 def restore_aggregator(
@@ -106,15 +146,7 @@ def load_live(
         s.scalars(select(TaskRow.node).where(TaskRow.study_id == study.id).distinct()).all()
     )
     rnd = LiveRound(
-        index=row.round_index,
-        step=row.step,
-        public=bytes(row.public),
-        attempt=row.attempt,
-        participants=list(row.participants),
-        phase=row.phase,
-        received=dict(row.received or {}),
-        seeds=dict(row.seeds or {}),
-        layout=row.layout,
+        step=row.step, public=bytes(row.public), state=round_state(row), layout=row.layout
     )
     wait = reveal_timeout if rnd.phase == "reveal" else node_timeout
     return LiveStudy(

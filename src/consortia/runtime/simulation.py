@@ -9,19 +9,30 @@ hub and node run exactly the same code over HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from consortia.data.dataset import Dataset
-from consortia.errors import SiteFailure, StudyFailed, ValidationError
+from consortia.errors import PolicyError, SiteFailure, StudyFailed, ValidationError
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.privacy.policy import Policy
 from consortia.privacy.secagg import SecureAggregator
-from consortia.protocol import Algorithm, Coordinator
+from consortia.protocol import Algorithm, Coordinator, Round
+from consortia.runtime.rounds import (
+    Phase,
+    Refused,
+    RevealReceived,
+    RoundState,
+    SitesSilent,
+    VectorReceived,
+    apply,
+)
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
 
@@ -121,49 +132,89 @@ class Simulation:
         spec = algorithm.spec()
         study_id = f"sim-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
         coord = Coordinator(algorithm)
-        alive = list(self.workers)
+        alive: tuple[str, ...] = tuple(self.workers)
         attempts = 0
         while not coord.done:
             rnd = coord.current
             assert rnd is not None
             if self.progress is not None:
                 self.progress(coord.round_index, rnd.step)
-            for attempt in itertools.count():
-                if not alive:
-                    raise StudyFailed(f"study {study_id}: every site dropped out")
-                task = Task(
-                    study_id=study_id,
-                    round_index=coord.round_index,
-                    attempt=attempt,
-                    algorithm=spec,
-                    dataset=self.dataset,
-                    step=rnd.step,
-                    public=rnd.public,
-                    participants=tuple(self.workers[s].peer_key for s in alive),
-                    frac_bits=self.precision.frac_bits,
-                    researcher=self.researcher,
-                )
+            state = RoundState.open(coord.round_index, alive)
+            while True:
                 attempts += 1
-                aggregator = self.aggregator_cls(task.context)
-                failed = []
-                for site in alive:
-                    try:
-                        if self.fail is not None and self.fail(site, coord.round_index, attempt):
-                            raise SiteFailure(site, "simulated dropout")
-                        aggregator.add(self.workers[site].contribute(task))
-                    except SiteFailure:
-                        failed.append(site)
-                if failed:
-                    alive = [s for s in alive if s not in failed]
-                    continue
-                seeds = {s: self.workers[s].reveal(task) for s in alive}
-                sums = aggregator.finish(seeds, consume=True)
-                break
+                state, aggregator, task = self._collect(study_id, spec, rnd, state)
+                if state.phase is Phase.REVEAL:
+                    break
+                if state.phase is Phase.FAILED:
+                    raise StudyFailed(f"study {study_id}: {state.failure}")
+            state = self._reveal(task, state)
+            alive = state.participants
+            sums = aggregator.finish(
+                {s: bytes.fromhex(h) for s, h in state.seeds.items()}, consume=True
+            )
             coord.advance(sums)
         self.last_study = {
             "study_id": study_id,
             "rounds": coord.round_index,
             "attempts": attempts,
-            "sites": alive,
+            "sites": list(alive),
         }
         return coord.result
+
+    def _task(self, study_id: str, spec: Mapping[str, Any], rnd: Round, state: RoundState) -> Task:
+        return Task(
+            study_id=study_id,
+            round_index=state.index,
+            attempt=state.attempt,
+            algorithm=spec,
+            dataset=self.dataset,
+            step=rnd.step,
+            public=rnd.public,
+            participants=tuple(self.workers[s].peer_key for s in state.participants),
+            frac_bits=self.precision.frac_bits,
+            researcher=self.researcher,
+        )
+
+    def _collect(
+        self, study_id: str, spec: Mapping[str, Any], rnd: Round, state: RoundState
+    ) -> tuple[RoundState, SecureAggregator, Task]:
+        """One attempt's collect phase: every participant's masked vector, or exclusions."""
+        task = self._task(study_id, spec, rnd, state)
+        aggregator = self.aggregator_cls(task.context)
+        silent = []
+        for site in state.participants:
+            try:
+                if self.fail is not None and self.fail(site, state.index, state.attempt):
+                    raise SiteFailure(site, "simulated dropout")
+                masked = self.workers[site].contribute(task)
+            except SiteFailure:
+                silent.append(site)
+                continue
+            except PolicyError as err:
+                apply(
+                    state,
+                    Refused(site, state.attempt, err.rule, err.detail, anonymous=err.site is None),
+                )
+                raise
+            aggregator.add(masked)
+            digest = hashlib.sha256(np.ascontiguousarray(masked.data).data).hexdigest()
+            state = apply(state, VectorReceived(site, state.attempt, digest)).state
+        if silent:
+            state = apply(state, SitesSilent(tuple(silent))).state
+        return state, aggregator, task
+
+    def _reveal(self, task: Task, state: RoundState) -> RoundState:
+        """The reveal phase: every participant's self-mask seed."""
+        for site in state.participants:
+            try:
+                seed = self.workers[site].reveal(task)
+            except PolicyError as err:
+                apply(
+                    state,
+                    Refused(site, state.attempt, err.rule, err.detail, anonymous=err.site is None),
+                )
+                raise
+            state = apply(state, RevealReceived(site, state.attempt, seed.hex())).state
+        if state.phase is not Phase.DONE:  # pragma: no cover - the machine's invariant
+            raise StudyFailed(f"round {state.index} did not complete: {state.failure}")
+        return state

@@ -1,0 +1,313 @@
+"""One secure-aggregation round as a pure state machine: the only place its rules live.
+
+Both drivers apply the same transitions: :class:`~consortia.runtime.Simulation`
+in memory, and the hub's study engine (:mod:`consortia.hub.rounds`), which
+persists every new state before it answers the request that caused it.  The
+machine does no I/O, holds no clock and no arrays: drivers decide *when* a
+site is silent (a deadline, a simulated fault) and do the arithmetic (a
+:class:`~consortia.privacy.SecureAggregator`); the machine decides what
+follows.
+
+A round of a study moves through attempts.  An attempt has a fixed set of
+participants and two phases:
+
+``collect``
+    Every participant posts its masked vector (:class:`VectorReceived`).  The
+    last one opens the ``reveal`` phase.  Participants that fall silent
+    (:class:`SitesSilent`) are excluded: the attempt is abandoned (nothing of it
+    is ever unmasked) and the round re-runs among the survivors as a new attempt
+    with fresh masks.  No survivor: the study fails.
+``reveal``
+    Every participant reveals its self-mask seed (:class:`RevealReceived`); the
+    last one completes the round (``done``).  A participant silent here cannot
+    be replaced by a new attempt (seeds already revealed would let a fresh
+    attempt's sum be differenced against this one), so the study fails.
+
+A refusal (:class:`Refused`) from a participant of the open attempt fails the
+study, naming the rule (and the site, unless the rule depends on the data).
+
+A message for another attempt, a second different vector or seed, or a seed
+before every vector is in, is rejected with :class:`RoundRejected`; the same
+vector or seed again is acknowledged as a :attr:`Outcome.DUPLICATE` (drivers
+retry over unreliable links).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from consortia.errors import ProtocolError
+
+__all__ = [
+    "Event",
+    "Outcome",
+    "Phase",
+    "Refused",
+    "RevealReceived",
+    "RoundRejected",
+    "RoundState",
+    "SitesSilent",
+    "Transition",
+    "VectorReceived",
+    "apply",
+    "refusal_reason",
+]
+
+
+class Phase(enum.StrEnum):
+    """Where an attempt stands."""
+
+    COLLECT = "collect"
+    REVEAL = "reveal"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Outcome(enum.StrEnum):
+    """What a transition did (drivers act on it)."""
+
+    ACCEPTED = "accepted"
+    """The message was recorded; the phase did not change."""
+    DUPLICATE = "duplicate"
+    """The very same message was already recorded; nothing changed."""
+    REVEAL_OPENED = "reveal_opened"
+    """The last vector arrived: participants are now asked for their seeds."""
+    NEW_ATTEMPT = "new_attempt"
+    """Silent participants were excluded; the round re-runs among the survivors."""
+    ROUND_COMPLETE = "round_complete"
+    """The last seed arrived: the sum can be unmasked."""
+    FAILED = "failed"
+    """The study cannot continue (see :attr:`RoundState.failure`)."""
+    NOTHING = "nothing"
+    """The event changed nothing (for example, a silent site that had already answered)."""
+
+
+class RoundRejected(ProtocolError):
+    """A message that the open attempt does not accept.
+
+    Parameters
+    ----------
+    message
+        What is wrong, for the sender.
+    conflict
+        True when the message is well formed but comes at the wrong time or from
+        the wrong party (an HTTP driver answers 409).
+    """
+
+    def __init__(self, message: str, *, conflict: bool = True) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """The state of one round's open attempt.
+
+    Attributes
+    ----------
+    index, attempt
+        The round and its attempt (0 first; each exclusion opens the next).
+    participants
+        The sites of this attempt.
+    phase
+        ``collect``, ``reveal``, ``done`` or ``failed``.
+    received
+        Site -> digest of the masked vector it posted (this attempt).
+    seeds
+        Site -> its revealed self-mask seed (hex; this attempt).
+    failure, rule
+        Why the study failed, and the policy rule that refused (if one did).
+    """
+
+    index: int
+    attempt: int
+    participants: tuple[str, ...]
+    phase: Phase = Phase.COLLECT
+    received: Mapping[str, str] = field(default_factory=dict)
+    seeds: Mapping[str, str] = field(default_factory=dict)
+    failure: str | None = None
+    rule: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "participants", tuple(self.participants))
+        object.__setattr__(self, "phase", Phase(self.phase))
+        object.__setattr__(self, "received", _frozen(self.received))
+        object.__setattr__(self, "seeds", _frozen(self.seeds))
+
+    @classmethod
+    def open(cls, index: int, participants: Iterable[str]) -> RoundState:
+        """The first attempt of round ``index`` among ``participants``."""
+        sites = tuple(participants)
+        if not sites:
+            raise ProtocolError(f"round {index} needs at least one participant")
+        if len(set(sites)) != len(sites):
+            raise ProtocolError(f"round {index}: a participant is listed twice")
+        return cls(index=index, attempt=0, participants=sites)
+
+    @property
+    def open_for_messages(self) -> bool:
+        """Whether the attempt still takes vectors or seeds."""
+        return self.phase in (Phase.COLLECT, Phase.REVEAL)
+
+    @property
+    def awaiting(self) -> tuple[str, ...]:
+        """The participants whose message the attempt waits for (vector, then seed)."""
+        if self.phase is Phase.COLLECT:
+            return tuple(p for p in self.participants if p not in self.received)
+        if self.phase is Phase.REVEAL:
+            return tuple(p for p in self.participants if p not in self.seeds)
+        return ()
+
+
+@dataclass(frozen=True)
+class VectorReceived:
+    """``site`` posted its masked vector (``digest`` identifies its bytes) for ``attempt``."""
+
+    site: str
+    attempt: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class RevealReceived:
+    """``site`` revealed its self-mask ``seed`` (hex) for ``attempt``."""
+
+    site: str
+    attempt: int
+    seed: str
+
+
+@dataclass(frozen=True)
+class SitesSilent:
+    """The driver gave up waiting for these sites (deadline passed, simulated fault)."""
+
+    sites: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """``site``'s policy (or privacy layer) refused ``attempt``."""
+
+    site: str
+    attempt: int
+    rule: str
+    message: str
+    anonymous: bool = False
+
+
+Event = VectorReceived | RevealReceived | SitesSilent | Refused
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The state after an event, what happened, and who was excluded (if anyone)."""
+
+    state: RoundState
+    outcome: Outcome
+    excluded: tuple[str, ...] = ()
+
+
+def refusal_reason(site: str, rule: str, message: str, *, anonymous: bool) -> str:
+    """The study's failure reason for a refusal (the site is not named when ``anonymous``)."""
+    where = "one of the sites" if anonymous else f"site {site!r}"
+    return f"{where}: policy rule {rule!r} refused the release: {message}"
+
+
+def _same_attempt(state: RoundState, attempt: int) -> None:
+    if attempt != state.attempt:
+        raise RoundRejected(
+            f"attempt {attempt} of round {state.index} is not the open attempt"
+            f" (attempt {state.attempt} is)"
+        )
+
+
+def _vector(state: RoundState, ev: VectorReceived) -> Transition:
+    if ev.attempt == state.attempt and state.received.get(ev.site) == ev.digest:
+        return Transition(state, Outcome.DUPLICATE)
+    if not state.open_for_messages:
+        raise RoundRejected(f"round {state.index} is not open")
+    _same_attempt(state, ev.attempt)
+    if ev.site not in state.participants:
+        raise RoundRejected(f"node {ev.site!r} is not a participant of this attempt")
+    if ev.site in state.received:
+        raise RoundRejected("this node already sent a different vector for this attempt")
+    if state.phase is not Phase.COLLECT:
+        raise RoundRejected("this attempt no longer accepts contributions")
+    received = {**state.received, ev.site: ev.digest}
+    if len(received) == len(state.participants):
+        return Transition(
+            replace(state, received=received, phase=Phase.REVEAL), Outcome.REVEAL_OPENED
+        )
+    return Transition(replace(state, received=received), Outcome.ACCEPTED)
+
+
+def _reveal(state: RoundState, ev: RevealReceived) -> Transition:
+    if ev.attempt == state.attempt and state.seeds.get(ev.site) == ev.seed:
+        return Transition(state, Outcome.DUPLICATE)
+    if not state.open_for_messages:
+        raise RoundRejected(f"round {state.index} is not open")
+    _same_attempt(state, ev.attempt)
+    if state.phase is not Phase.REVEAL or ev.site not in state.received:
+        raise RoundRejected("this attempt is not waiting for this node's seed")
+    if ev.site in state.seeds:
+        raise RoundRejected("this node already revealed another seed")
+    seeds = {**state.seeds, ev.site: ev.seed}
+    if len(seeds) == len(state.participants):
+        return Transition(replace(state, seeds=seeds, phase=Phase.DONE), Outcome.ROUND_COMPLETE)
+    return Transition(replace(state, seeds=seeds), Outcome.ACCEPTED)
+
+
+def _silent(state: RoundState, ev: SitesSilent) -> Transition:
+    missing = tuple(p for p in state.awaiting if p in set(ev.sites))
+    if not missing:
+        return Transition(state, Outcome.NOTHING)
+    if state.phase is Phase.REVEAL:
+        failure = (
+            f"nodes {sorted(missing)} did not reveal their self-mask seed in time; "
+            f"round {state.index} cannot be finished"
+        )
+        return Transition(replace(state, phase=Phase.FAILED, failure=failure), Outcome.FAILED)
+    survivors = tuple(p for p in state.participants if p not in missing)
+    if not survivors:
+        failed = replace(state, phase=Phase.FAILED, failure="every site dropped out")
+        return Transition(failed, Outcome.FAILED, missing)
+    nxt = RoundState(index=state.index, attempt=state.attempt + 1, participants=survivors)
+    return Transition(nxt, Outcome.NEW_ATTEMPT, missing)
+
+
+def _refused(state: RoundState, ev: Refused) -> Transition:
+    if (
+        not state.open_for_messages
+        or ev.attempt != state.attempt
+        or ev.site not in state.participants
+    ):
+        raise RoundRejected("this attempt is not open for this node")
+    reason = refusal_reason(ev.site, ev.rule, ev.message, anonymous=ev.anonymous)
+    failed = replace(state, phase=Phase.FAILED, failure=reason, rule=ev.rule)
+    return Transition(failed, Outcome.FAILED)
+
+
+def apply(state: RoundState, event: Event) -> Transition:
+    """The transition of ``state`` on ``event`` (pure: ``state`` is not changed).
+
+    Raises
+    ------
+    RoundRejected
+        If the attempt does not accept the message (the state is unchanged).
+    """
+    if isinstance(event, VectorReceived):
+        return _vector(state, event)
+    if isinstance(event, RevealReceived):
+        return _reveal(state, event)
+    if isinstance(event, SitesSilent):
+        return _silent(state, event)
+    if isinstance(event, Refused):
+        return _refused(state, event)
+    raise ProtocolError(f"unknown round event {type(event).__name__}")

@@ -1,0 +1,169 @@
+"""The round state machine: every rule of attempts, exclusions, reveals and refusals.
+
+The same machine drives the simulation and the hub; the drivers' own tests
+(tests/runtime/test_simulation.py, tests/hub/test_hub_engine.py) run it again
+through them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consortia.errors import ProtocolError
+from consortia.runtime.rounds import (
+    Outcome,
+    Phase,
+    Refused,
+    RevealReceived,
+    RoundRejected,
+    RoundState,
+    SitesSilent,
+    VectorReceived,
+    apply,
+)
+
+SITES = ("a", "b", "c")
+
+
+def _collected(state: RoundState) -> RoundState:
+    for s in state.participants:
+        state = apply(state, VectorReceived(s, state.attempt, f"d-{s}")).state
+    return state
+
+
+def test_a_round_collects_every_vector_then_every_seed():
+    state = RoundState.open(0, SITES)
+    t = apply(state, VectorReceived("a", 0, "da"))
+    assert t.outcome is Outcome.ACCEPTED and t.state.phase is Phase.COLLECT
+    assert state.received == {}  # the old state is untouched
+    t = apply(t.state, VectorReceived("b", 0, "db"))
+    t = apply(t.state, VectorReceived("c", 0, "dc"))
+    assert t.outcome is Outcome.REVEAL_OPENED and t.state.phase is Phase.REVEAL
+    assert t.state.awaiting == SITES
+    for s in ("a", "b"):
+        t = apply(t.state, RevealReceived(s, 0, f"s{s}"))
+        assert t.outcome is Outcome.ACCEPTED
+    t = apply(t.state, RevealReceived("c", 0, "sc"))
+    assert t.outcome is Outcome.ROUND_COMPLETE and t.state.phase is Phase.DONE
+    assert dict(t.state.seeds) == {"a": "sa", "b": "sb", "c": "sc"}
+
+
+def test_the_same_message_again_is_a_duplicate_and_a_different_one_is_rejected():
+    state = apply(RoundState.open(0, SITES), VectorReceived("a", 0, "da")).state
+    assert apply(state, VectorReceived("a", 0, "da")).outcome is Outcome.DUPLICATE
+    with pytest.raises(RoundRejected, match="already sent a different vector"):
+        apply(state, VectorReceived("a", 0, "other"))
+    state = _collected(RoundState.open(0, SITES))
+    state = apply(state, RevealReceived("a", 0, "sa")).state
+    assert apply(state, RevealReceived("a", 0, "sa")).outcome is Outcome.DUPLICATE
+    with pytest.raises(RoundRejected, match="already revealed another seed"):
+        apply(state, RevealReceived("a", 0, "sx"))
+    done = _collected(RoundState.open(0, ("a",)))
+    done = apply(done, RevealReceived("a", 0, "sa")).state
+    # a retried post after the round completed is still acknowledged, not an error
+    assert apply(done, VectorReceived("a", 0, "d-a")).outcome is Outcome.DUPLICATE
+    assert apply(done, RevealReceived("a", 0, "sa")).outcome is Outcome.DUPLICATE
+    with pytest.raises(RoundRejected, match="not open"):
+        apply(done, VectorReceived("a", 0, "new"))
+
+
+@pytest.mark.parametrize(
+    ("event", "match"),
+    [
+        (VectorReceived("z", 0, "dz"), "not a participant"),
+        (VectorReceived("a", 1, "da"), "not the open attempt"),
+        (RevealReceived("a", 0, "sa"), "not waiting for this node's seed"),
+        (Refused("z", 0, "min_cohort_size", "too small"), "not open for this node"),
+        (Refused("a", 3, "min_cohort_size", "too small"), "not open for this node"),
+    ],
+)
+def test_messages_out_of_turn_are_rejected_without_changing_the_state(event, match):
+    state = RoundState.open(0, SITES)
+    with pytest.raises(RoundRejected, match=match) as info:
+        apply(state, event)
+    assert info.value.conflict
+    assert state == RoundState.open(0, SITES)
+
+
+def test_no_vector_after_the_reveal_opened():
+    state = _collected(RoundState.open(0, ("a", "b")))
+    with pytest.raises(RoundRejected, match="already sent a different vector"):
+        apply(state, VectorReceived("a", 0, "new"))
+
+
+def test_a_silent_site_in_collect_is_excluded_and_the_round_reruns_with_fresh_state():
+    state = apply(RoundState.open(4, SITES), VectorReceived("a", 0, "da")).state
+    t = apply(state, SitesSilent(("b",)))
+    assert t.outcome is Outcome.NEW_ATTEMPT and t.excluded == ("b",)
+    assert t.state == RoundState(index=4, attempt=1, participants=("a", "c"))
+    # nothing of the abandoned attempt survives: "a" must send a new vector
+    assert t.state.received == {} and t.state.awaiting == ("a", "c")
+    with pytest.raises(RoundRejected, match="not the open attempt"):
+        apply(t.state, VectorReceived("a", 0, "da"))
+
+
+def test_silence_of_a_site_that_answered_changes_nothing():
+    state = apply(RoundState.open(0, SITES), VectorReceived("a", 0, "da")).state
+    t = apply(state, SitesSilent(("a", "zz")))
+    assert t.outcome is Outcome.NOTHING and t.state is state
+
+
+def test_when_every_site_is_silent_the_study_fails():
+    t = apply(RoundState.open(0, SITES), SitesSilent(SITES))
+    assert t.outcome is Outcome.FAILED and t.state.phase is Phase.FAILED
+    assert t.state.failure == "every site dropped out"
+
+
+def test_a_site_silent_at_reveal_fails_the_study_instead_of_a_new_attempt():
+    state = apply(_collected(RoundState.open(2, SITES)), RevealReceived("a", 0, "sa")).state
+    t = apply(state, SitesSilent(("b",)))
+    assert t.outcome is Outcome.FAILED
+    assert "['b'] did not reveal their self-mask seed" in (t.state.failure or "")
+    assert "round 2" in (t.state.failure or "")
+
+
+@pytest.mark.parametrize(("anonymous", "where"), [(False, "site 'b'"), (True, "one of the sites")])
+def test_a_refusal_fails_the_study_naming_the_rule(anonymous, where):
+    t = apply(RoundState.open(0, SITES), Refused("b", 0, "min_cell_count", "cell < 5", anonymous))
+    assert t.outcome is Outcome.FAILED and t.state.rule == "min_cell_count"
+    assert t.state.failure == f"{where}: policy rule 'min_cell_count' refused the release: cell < 5"
+    with pytest.raises(RoundRejected):  # a failed round takes nothing more
+        apply(t.state, VectorReceived("a", 0, "da"))
+
+
+def test_a_round_needs_distinct_participants():
+    with pytest.raises(ProtocolError, match="at least one participant"):
+        RoundState.open(0, ())
+    with pytest.raises(ProtocolError, match="listed twice"):
+        RoundState.open(0, ("a", "a"))
+
+
+_EVENTS = st.one_of(
+    st.builds(VectorReceived, st.sampled_from(SITES), st.integers(0, 2), st.sampled_from("xy")),
+    st.builds(RevealReceived, st.sampled_from(SITES), st.integers(0, 2), st.sampled_from("xy")),
+    st.builds(SitesSilent, st.lists(st.sampled_from(SITES), max_size=2).map(tuple)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENTS, max_size=30))
+def test_invariants_hold_under_any_sequence_of_events(events):
+    state = RoundState.open(0, SITES)
+    for ev in events:
+        try:
+            t = apply(state, ev)
+        except RoundRejected:
+            continue
+        new = t.state
+        assert set(new.received) <= set(new.participants)
+        assert set(new.seeds) <= set(new.received)  # no seed before its vector
+        assert new.attempt >= state.attempt
+        if new.attempt > state.attempt:  # a new attempt starts empty, among survivors
+            assert new.received == {} and set(new.participants) < set(state.participants)
+        if new.seeds:
+            assert len(new.received) == len(new.participants)  # seeds only once all are in
+        state = new
+        if state.phase in (Phase.DONE, Phase.FAILED):
+            break
