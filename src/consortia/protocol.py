@@ -92,14 +92,26 @@ class Round:
     public
         Arrays broadcast to every site (for example the current coefficients).
         They are public: every participant and the hub sees them.
+    timeout
+        The most seconds a site may spend on this step's local work, provided it
+        keeps showing that it is alive (a node sends heartbeats while it computes);
+        ``None`` leaves the runtime's default.  A step that trains a model for
+        minutes says so here, so that a site that is alive and computing is never
+        excluded for being slow.
     """
 
     step: str
     public: Mapping[str, Any] = field(default_factory=dict)  # array-likes; stored as arrays
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.step, str) or not self.step:
             raise ValidationError("Round.step must be a non-empty string")
+        if self.timeout is not None:
+            t = self.timeout
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+                raise ValidationError("Round.timeout must be a positive number of seconds or None")
+            object.__setattr__(self, "timeout", float(t))
         public = {
             _check_name(k, what="public"): _as_float_array(k, v, what="public")
             for k, v in dict(self.public).items()

@@ -52,6 +52,7 @@ from consortia.hub.schemas import (
     CatalogueRequest,
     EnrolRequest,
     EnrolResponse,
+    HeartbeatRequest,
     RefusalRequest,
     RevealRequest,
     StudyRequest,
@@ -392,6 +393,17 @@ def create_app(settings: HubSettings) -> FastAPI:
         The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         return JSONResponse(post_reveal(who, study_id, round_index, attempt, body.seed, wait))
+
+    @app.post(base + "/heartbeat", tags=["node"], response_model=dict[str, Any])
+    def heartbeat(
+        study_id: str, round_index: Index, attempt: Index, body: HeartbeatRequest, who: Node
+    ) -> dict[str, Any]:
+        """This node is alive and still computing its contribution to the attempt.
+
+        A node that heartbeats is not excluded for being slow, up to the step's
+        own limit (see :class:`consortia.hub.service.StudyEngine`).
+        """
+        return studies.heartbeat(who.name, study_id, round_index, attempt, body.progress)
 
     async def fast_node_call(scope: Scope, receive: Receive, send: Send) -> list[Message] | None:
         """Serve a well-formed contribution or reveal of a known node without FastAPI.

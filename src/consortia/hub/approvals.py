@@ -24,7 +24,7 @@ and uses its state (``_live``, ``lock``, ``engine``) and helpers (``_live_for``,
 # no ``from __future__ import annotations``: FastAPI reads the route's annotations at runtime
 
 import threading
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
@@ -59,6 +59,7 @@ class ApprovalHandling:
     audit: AuditLog
     lock: threading.RLock
     _live: dict[str, LiveStudy]
+    clock: Callable[[], float]
 
     if TYPE_CHECKING:  # the engine's helpers (see StudyEngine and RoundHandling)
 
@@ -89,7 +90,7 @@ class ApprovalHandling:
             ):
                 raise HubError(409, "this attempt is not waiting for this node's contribution")
             if node not in live.waiting:
-                live.waiting[node] = time.monotonic() + self.approval_timeout
+                live.waiting[node] = self.clock() + self.approval_timeout
                 with Session(self.engine) as s:
                     self._set_task(s, live, node, "waiting_approval")
                     s.commit()
@@ -113,7 +114,7 @@ class ApprovalHandling:
         waiting = [n for n in missing if n in live.waiting]
         if not waiting:
             return missing
-        now = time.monotonic()
+        now = self.clock()
         expired = [n for n in waiting if live.waiting[n] <= now]
         if expired:
             study.error_site = expired[0]

@@ -73,6 +73,7 @@ class StudyQueries:
                     "attempt": rnd.attempt,
                     "phase": rnd.phase,
                     "received": sorted(rnd.received),
+                    "progress": dict(sorted(live.progress.items())),
                     "waiting_approval": sorted(live.waiting),
                 }
         return out

@@ -89,6 +89,7 @@ class RoundHandling:
         ) -> None: ...
         def _set_task(self, s: Session, live: LiveStudy, node: str, state: str) -> None: ...
         def _update_round(self, s: Session, live: LiveStudy, **values: Any) -> None: ...
+        def _arm(self, live: LiveStudy) -> None: ...
 
     def _live_for(self, node: str, study_id: str) -> LiveStudy | None:
         """The running study ``node`` may post to, or None (not running); 404 if not its own."""
@@ -208,7 +209,7 @@ class RoundHandling:
             rnd.state, rnd.layout = new, layout_json
             live.waiting.pop(node, None)  # its owner approved
             if t.outcome is Outcome.REVEAL_OPENED:
-                live.deadline = time.monotonic() + self.reveal_timeout
+                self._arm(live)
                 self._bump(rnd.participants)
             return ack
 
@@ -318,7 +319,7 @@ class RoundHandling:
             self._later("hub", "study.finished", {"study": live.id, "rounds": n_rounds})
         else:
             live.round = self._new_round(s, live, rnd.participants)
-            live.deadline = time.monotonic() + self.node_timeout
+            self._arm(live)
         self._bump(live.members, live.id)
 
     def refuse(

@@ -87,6 +87,12 @@ class RevealRequest(_Strict):
     seed: str = Field(pattern=_HEX32)
 
 
+class HeartbeatRequest(_Strict):
+    """A node still computing its contribution; ``progress`` is the fraction done, if known."""
+
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
 class RefusalRequest(_Strict):
     """A node refused a task: the policy rule (or error class) and a message without values."""
 

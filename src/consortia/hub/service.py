@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -59,7 +59,10 @@ from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.runtime.rounds import Outcome, RoundState, SitesSilent, apply
 from consortia.wire import pack_arrays
 
-__all__ = ["HubError", "StudyEngine"]
+__all__ = ["DEFAULT_STEP_TIMEOUT", "HubError", "StudyEngine"]
+
+DEFAULT_STEP_TIMEOUT = 6 * 3600.0
+"""Seconds a live (heartbeating) node may spend on one step's local work by default."""
 
 log = logging.getLogger("consortia.hub")
 
@@ -85,6 +88,14 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
     approval_timeout
         Seconds a study waits for a node's data owner to approve it before it fails
         (see :mod:`consortia.hub.approvals`).
+    step_timeout
+        The most seconds a participant that keeps sending heartbeats may spend on a
+        step's local work, unless the step says otherwise
+        (:attr:`consortia.protocol.Round.timeout`).  A node heartbeats at a third of
+        ``node_timeout``: a site that is alive and computing is excluded only past
+        this limit.
+    clock
+        The monotonic clock the deadlines are read from (tests may drive it).
     """
 
     def __init__(
@@ -96,8 +107,12 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         max_payload: int = 256 * 2**20,
         audit: AuditLog | None = None,
         approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
+        step_timeout: float = DEFAULT_STEP_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.clock = clock
+        self.step_timeout = float(step_timeout)
         self.approval_timeout = float(approval_timeout)
         self.node_timeout = float(node_timeout)
         self.reveal_timeout = float(reveal_timeout)
@@ -146,9 +161,11 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 if study is None or study.status != "running":
                     continue
                 try:
-                    self._live[sid] = load_live(
+                    live = load_live(
                         s, study, node_timeout=self.node_timeout, reveal_timeout=self.reveal_timeout
                     )
+                    self._arm(live)  # a resumed phase gets its full deadlines again
+                    self._live[sid] = live
                 except ConsortiaError as exc:
                     self._fail(s, study, f"could not resume: {exc}")
                     s.commit()
@@ -286,6 +303,62 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             {"k_study": live.id, "k_round": live.round.index, **params},
         )
 
+    # ------------------------------------------------------------------ deadlines
+
+    def _node_deadline(self, live: LiveStudy, node: str) -> float:
+        """When ``node`` counts as silent in the open collect phase.
+
+        Silent = no vector and no heartbeat for ``node_timeout`` seconds, or the
+        step's own limit passed since the attempt opened.
+        """
+        current = live.coord.current
+        limit = current.timeout if current is not None and current.timeout else None
+        seen = max(live.opened, live.beats.get(node, live.opened))
+        return min(seen + self.node_timeout, live.opened + (limit or self.step_timeout))
+
+    def _deadline(self, live: LiveStudy) -> float:
+        """The earliest moment at which a participant of the open phase may be silent."""
+        if live.round.phase == "reveal":
+            return live.opened + self.reveal_timeout
+        awaiting = [n for n in live.round.state.awaiting if n not in live.waiting]
+        if not awaiting:
+            return live.opened + self.node_timeout
+        return min(self._node_deadline(live, n) for n in awaiting)
+
+    def _arm(self, live: LiveStudy) -> None:
+        """A phase (or an attempt) opened now: start its deadlines afresh."""
+        live.opened = self.clock()
+        live.beats.clear()
+        live.progress.clear()
+        live.deadline = self._deadline(live)
+
+    def heartbeat(
+        self,
+        node: str,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        progress: float | None = None,
+    ) -> dict[str, Any]:
+        """A participant is alive and still computing its contribution (not persisted)."""
+        with self.lock:
+            live = self._live_for(node, study_id)
+            if live is None:
+                return {"status": "not running"}
+            rnd = live.round
+            if (
+                rnd.index != round_index
+                or rnd.attempt != attempt
+                or node not in rnd.state.awaiting
+                or rnd.phase != "collect"
+            ):
+                raise HubError(409, "this attempt is not waiting for this node's contribution")
+            live.beats[node] = self.clock()
+            if progress is not None:
+                live.progress[node] = min(max(float(progress), 0.0), 1.0)
+            live.deadline = self._deadline(live)
+            return {"status": "alive", "round_index": round_index, "attempt": attempt}
+
     # ------------------------------------------------------------------ researcher side
 
     def submit(
@@ -352,9 +425,10 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                     members=set(holders),
                     coord=coord,
                     round=None,  # type: ignore[arg-type]
-                    deadline=time.monotonic() + self.node_timeout,
+                    deadline=0.0,
                 )
                 live.round = self._new_round(s, live, holders)
+                self._arm(live)
             s.commit()
             if live is not None:
                 self._live[study.id] = live
@@ -421,6 +495,8 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                         "frac_bits": live.frac_bits,
                         "researcher": live.researcher,
                         "waiting": node in live.waiting,  # for its owner's approval
+                        # seconds between the heartbeats of a node still computing
+                        "heartbeat": self.node_timeout / 3,
                     }
                 )
             for sid in broken:
@@ -465,7 +541,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
 
     def check_timeouts(self) -> None:
         """Exclude nodes that missed their deadline; re-run the round among the survivors."""
-        now = time.monotonic()
+        now = self.clock()
         with self.lock:
             for live in [lv for lv in self._live.values() if lv.deadline < now]:
                 try:
@@ -480,6 +556,12 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         """The open attempt's deadline passed: the silent nodes, through the state machine."""
         rnd = live.round
         silent = list(rnd.state.awaiting)
+        if rnd.phase == "collect":  # a node that heartbeats within its limits is not silent
+            now = self.clock()
+            silent = [n for n in silent if n in live.waiting or self._node_deadline(live, n) <= now]
+            if not silent:
+                live.deadline = self._deadline(live)
+                return
         with Session(self.engine) as s:
             study = s.get(StudyRow, live.id)
             assert study is not None
@@ -532,7 +614,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             s.commit()
         live.round = LiveRound(step=rnd.step, public=rnd.public, state=new)
         live.agg, live.agg_attempt = None, -1
-        live.deadline = time.monotonic() + self.node_timeout
+        self._arm(live)
         self._bump([*new.participants, *t.excluded], live.id)
         self._later(
             "hub",

@@ -88,6 +88,9 @@ class LiveStudy:
     agg_attempt: int = -1
     # node -> monotonic deadline of its owner's approval (see consortia.hub.approvals)
     waiting: dict[str, float] = field(default_factory=dict)
+    opened: float = 0.0  # monotonic time at which the open phase began
+    beats: dict[str, float] = field(default_factory=dict)  # node -> its last heartbeat
+    progress: dict[str, float] = field(default_factory=dict)  # node -> fraction it reported
 
 
 def round_state(row: RoundRow) -> RoundState:
@@ -149,6 +152,7 @@ def load_live(
         step=row.step, public=bytes(row.public), state=round_state(row), layout=row.layout
     )
     wait = reveal_timeout if rnd.phase == "reveal" else node_timeout
+    now = time.monotonic()
     return LiveStudy(
         id=study.id,
         researcher=study.researcher,
@@ -158,5 +162,6 @@ def load_live(
         members=members | set(study.participants),
         coord=coord,
         round=rnd,
-        deadline=time.monotonic() + wait,
+        deadline=now + wait,
+        opened=now,
     )

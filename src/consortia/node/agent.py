@@ -12,13 +12,14 @@ to the node's own audit log.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -410,7 +411,8 @@ class NodeAgent:
         refusal: tuple[str, str] | None = None
         anonymous = False
         # the task's ledger change and its audit entry commit together, before anything leaves
-        with self.store.ledger.deferred(), self.store.releases.deferred():
+        hb = None if reveal else msg.get("heartbeat")
+        with self.store.ledger.deferred(), self.store.releases.deferred(), self._beating(task, hb):
             try:
                 trusted = self.store.check_peers(
                     task.participants,
@@ -468,6 +470,42 @@ class NodeAgent:
         )
         self._answered(task, "contribution", r)
         return next_tasks(r)
+
+    @contextlib.contextmanager
+    def _beating(self, task: Task, interval: Any) -> Iterator[None]:
+        """While the body runs, tell the hub every ``interval`` s that this node is computing.
+
+        A long local step (model training, a genome-wide screen) then never gets this
+        site excluded for being slow; the hub's deadline is the step's own limit.
+        """
+        try:
+            every = float(interval)
+        except (TypeError, ValueError):
+            every = 0.0
+        if not every > 0.0 or every != every:
+            yield
+            return
+        done = threading.Event()
+        path = self._path(task, "heartbeat")
+
+        def beat() -> None:
+            while not done.wait(max(every, 0.05)):
+                try:
+                    r = self._client.post(path, json={}, headers=self._auth())
+                except httpx.TransportError as exc:
+                    log.warning("heartbeat not delivered (%s)", exc)
+                    continue
+                if r.status_code != 200:  # the attempt moved on: stop beating
+                    log.info("the hub declined a heartbeat (%s): %s", r.status_code, detail(r))
+                    return
+
+        thread = threading.Thread(target=beat, daemon=True, name="node-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=max(every, 1.0) + 30.0)
 
     def _report_budget(self, worker: SiteWorker, task: Task) -> None:
         """Tell the hub what remains of the researcher's privacy budget (DP studies only)."""
