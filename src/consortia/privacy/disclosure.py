@@ -436,15 +436,11 @@ class DisclosureControl:
             self._awaiting.clear()  # a bound: the ledger answers for the rest
         self._awaiting.setdefault(key, []).append(record)
 
-    def check_reveal(self, study_id: str, round_index: int, attempt: int) -> None:
-        """Judge participant differencing as :meth:`before_reveal` would now, remembering
-        nothing (a site that shares its seed judges before its vector leaves)."""
-        records = self._awaiting.get((study_id, round_index, attempt))
+    def before_reveal(self, study_id: str, round_index: int, attempt: int) -> None:
+        """Judge participant differencing when the attempt's sum becomes computable."""
+        records = self._awaiting.pop((study_id, round_index, attempt), None)
         if records is None:
             records = self.ledger.pending(study_id, round_index, attempt)
-        self._judge(study_id, records)
-
-    def _judge(self, study_id: str, records: list[ReleaseRecord]) -> None:
         for r in records:
             keys = (r.query, r.content)
             if self.ledger.conflicting(r.dataset, keys, study_id, r.participants):
@@ -453,13 +449,6 @@ class DisclosureControl:
                     "this query (or a release with identical content) was already answered "
                     "over another set of sites; ask it over the same sites",
                 )
-
-    def before_reveal(self, study_id: str, round_index: int, attempt: int) -> None:
-        """Judge participant differencing when the attempt's sum becomes computable."""
-        records = self._awaiting.pop((study_id, round_index, attempt), None)
-        if records is None:
-            records = self.ledger.pending(study_id, round_index, attempt)
-        self._judge(study_id, records)
         for r in records:
             self.ledger.mark_revealed(r.dataset, (r.query, r.content), study_id, r.participants)
 

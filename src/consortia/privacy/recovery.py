@@ -46,14 +46,17 @@ with its :class:`~consortia.privacy.ledger.Ledger`):
   attempt finished" and the other half "it failed, start again" thus never unmasks
   both attempts.  With the default majority threshold, a round may shed at most
   ``floor(n / 2)`` of its first ``n`` participants across its attempts.
-* The node's disclosure rules are judged when the seed is shared, before the
-  vector leaves (:meth:`consortia.runtime.site.SiteWorker.contribute`), since a site
-  that dies afterwards no longer gets to judge its reveal.
 
 What is not covered: a hub that colludes with ``t`` holders learns ``b_i`` (no
-more than ``i``'s reveal gives).  A site that dies keeps no memory that its
-release was revealed; the surviving sites (at least ``t``) do, so a later study
-over another set of sites meets their refusal.  Rounds of one or two participants
+more than ``i``'s reveal gives).  The disclosure rules judged at the reveal
+(``repeated_query``, :meth:`~consortia.privacy.disclosure.DisclosureControl.before_reveal`)
+are not judged by a site whose seed is rebuilt: it is dead, and judging them
+when it masks would refuse every legitimate re-run after a dropout (it masks
+attempts that are never revealed).  The surviving sites (at least ``t``) judge
+the same sum over the same participants, and each remembers it, so a later
+study of the query over another set of sites that includes any of them meets
+their refusal; the dead site itself keeps no memory that its release was
+revealed.  Rounds of one or two participants
 cannot recover (the only holder of a share would be the one other site, which a
 threshold of 2 or more excludes): a dead site there still stalls the attempt.
 """

@@ -211,21 +211,13 @@ class SiteWorker:
 
         In an attempt that shares seeds (3 or more participants, see
         :mod:`consortia.privacy.recovery`) the contribution carries this site's seed
-        shares, encrypted to its peers.  Its seed may then be rebuilt without it, so
-        the reveal's disclosure rules are judged here, before anything leaves, and
-        again at :meth:`reveal`.
+        shares, encrypted to its peers.
         """
         contribution = self.compute(task)
         arrays = contribution.arrays
         if contribution.noise:  # this site's share of the sum's DP noise, before masking
             arrays = add_noise(arrays, contribution.noise, len(task.participants))
-        ctx = task.context
-        if ctx.threshold is not None:
-            try:
-                self.disclosure.check_reveal(task.study_id, task.round_index, task.attempt)
-            except PolicyError as err:
-                raise self._attribute(err) from None
-        return self.secure.mask(ctx, arrays)
+        return self.secure.mask(task.context, arrays)
 
     def reveal(self, task: Task) -> bytes:
         """Release the self-mask seed of the task's attempt (once every vector is in).
