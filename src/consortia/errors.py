@@ -57,6 +57,10 @@ class SecureAggregationError(PrivacyError):
     """A secure-aggregation rule was broken (late reveal, replayed attempt, ...)."""
 
 
+class SecretSharingError(SecureAggregationError):
+    """Secret shares could not be made or combined (too few, duplicated, inconsistent)."""
+
+
 class PolicyError(ConsortiaError):
     """A node's disclosure policy refused to release a contribution.
 

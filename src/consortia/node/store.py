@@ -21,6 +21,7 @@ from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, SecureAggregationError
 from consortia.node.releases import PinStore, SqlReleaseLedger
 from consortia.privacy.keys import PeerKey
+from consortia.privacy.ledger import AttemptRecord
 from consortia.privacy.secagg import Ledger
 
 __all__ = ["NodeStore", "SqlLedger"]
@@ -41,6 +42,15 @@ _reveals = sa.Table(
     sa.Column("round_index", sa.Integer, primary_key=True),
     sa.Column("attempt", sa.Integer, nullable=False),
 )
+_attempts = sa.Table(  # attempts whose seed was split into shares (privacy.recovery)
+    "secagg_attempts",
+    _meta,
+    sa.Column("study_id", sa.String(64), primary_key=True),
+    sa.Column("round_index", sa.Integer, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("participants", sa.JSON, nullable=False),
+    sa.Column("threshold", sa.Integer, nullable=False),
+)
 _peers = sa.Table(
     "peers",
     _meta,
@@ -52,16 +62,20 @@ _peers = sa.Table(
 
 _INSERT_SEED = _seeds.insert()  # built once: parameters are bound at execution
 _INSERT_REVEAL = _reveals.insert()
+_INSERTS = {"seed": _INSERT_SEED, "reveal": _INSERT_REVEAL, "attempt": _attempts.insert()}
 
 
 class _RoundLedger:
     """The cached ledger state of one round: seeds by attempt and the revealed attempt."""
 
-    __slots__ = ("revealed", "seeds")
+    __slots__ = ("attempts", "revealed", "seeds")
 
-    def __init__(self, seeds: dict[int, bytes], revealed: int | None) -> None:
+    def __init__(
+        self, seeds: dict[int, bytes], revealed: int | None, attempts: dict[int, AttemptRecord]
+    ) -> None:
         self.seeds = seeds
         self.revealed = revealed
+        self.attempts = attempts
 
 
 class SqlLedger(Ledger):
@@ -108,7 +122,13 @@ class SqlLedger(Ledger):
                     _reveals.c.study_id == study_id, _reveals.c.round_index == round_index
                 )
             )
-        state = _RoundLedger({int(a): bytes(s) for a, s in rows}, revealed)
+            shared = c.execute(
+                sa.select(
+                    _attempts.c.attempt, _attempts.c.participants, _attempts.c.threshold
+                ).where(_attempts.c.study_id == study_id, _attempts.c.round_index == round_index)
+            ).all()
+        attempts = {int(a): (tuple(p), int(t)) for a, p, t in shared}
+        state = _RoundLedger({int(a): bytes(s) for a, s in rows}, revealed, attempts)
         self._cache[key] = state
         while len(self._cache) > self.cache_rounds:
             old = next(iter(self._cache))
@@ -133,7 +153,7 @@ class SqlLedger(Ledger):
 
     @staticmethod
     def _insert(c: sa.Connection, kind: str, row: dict) -> None:
-        c.execute(_INSERT_SEED if kind == "seed" else _INSERT_REVEAL, row)
+        c.execute(_INSERTS[kind], row)
 
     def add_seed(self, study_id: str, round_index: int, attempt: int, seed: bytes) -> None:
         state = self._state(study_id, round_index)
@@ -150,6 +170,24 @@ class SqlLedger(Ledger):
         row = {"study_id": study_id, "round_index": round_index, "attempt": attempt}
         self._write("reveal", row)
         state.revealed = attempt
+
+    def attempts(self, study_id: str, round_index: int) -> dict[int, AttemptRecord]:
+        return dict(self._state(study_id, round_index).attempts)
+
+    def add_attempt(
+        self,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        participants: tuple[str, ...],
+        threshold: int,
+    ) -> None:
+        state = self._state(study_id, round_index)
+        if attempt in state.attempts:
+            return
+        row = {"study_id": study_id, "round_index": round_index, "attempt": attempt}
+        self._write("attempt", {**row, "participants": list(participants), "threshold": threshold})
+        state.attempts[attempt] = (tuple(participants), int(threshold))
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

@@ -11,9 +11,11 @@ from consortia.privacy.secagg import (
     Ledger,
     MaskedContribution,
     MemoryLedger,
+    Reveal,
     RoundContext,
     SecureAggregator,
     SecureSite,
+    SeedShares,
 )
 
 __all__ = [
@@ -24,9 +26,11 @@ __all__ = [
     "MemoryLedger",
     "PeerKey",
     "Policy",
+    "Reveal",
     "RoundContext",
     "SecureAggregator",
     "SecureSite",
+    "SeedShares",
     "SiteIdentity",
     "verify_peers",
 ]

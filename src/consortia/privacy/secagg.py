@@ -11,6 +11,11 @@ Protocol for one attempt ``a`` of round ``r`` of study ``s`` with participants `
    ``sum(x) + sum(b)``.
 3. Only when every participant's vector is in does the aggregator ask each site
    to *reveal* its self-mask seed for that attempt, and subtracts the streams.
+4. Liveness (rounds of 3 or more participants): with its vector each site sends
+   its seed split into Shamir shares, each encrypted to one peer; a site whose
+   vector is in the sum but that never reveals has its seed rebuilt from the
+   shares that the surviving sites release with their own reveal.  Why that is
+   safe, and the rules that keep it so: :mod:`consortia.privacy.recovery`.
 
 Why the self-mask: if a site is excluded and the round re-runs among the
 survivors, a late vector from the excluded site would otherwise complete the
@@ -20,167 +25,59 @@ than one it has contributed to, and never contributes after it revealed.  Hence
 the aggregator obtains at most one unmasked sum per round, whatever the order or
 timing of messages.
 
-The rules are kept in a :class:`Ledger`; :class:`MemoryLedger` is the in-process
-implementation, a node persists the same records in its own database.
+The rules are kept in a :class:`~consortia.privacy.ledger.Ledger`;
+:class:`~consortia.privacy.ledger.MemoryLedger` is the in-process implementation, a
+node persists the same records in its own database.
 """
 
 from __future__ import annotations
 
-import abc
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from consortia.errors import ProtocolError, SecureAggregationError, ValidationError
-from consortia.precision import DEFAULT_FRAC_BITS
-from consortia.privacy.fixedpoint import FixedPoint
+from consortia.errors import (
+    ProtocolError,
+    SecretSharingError,
+    SecureAggregationError,
+)
+from consortia.privacy.context import RoundContext
 from consortia.privacy.keys import PeerKey, SiteIdentity, verify_peers
+from consortia.privacy.layout import Layout
+from consortia.privacy.ledger import Ledger, MemoryLedger
 from consortia.privacy.masking import CHUNK_WORDS, apply_masks, derive_key
+from consortia.privacy.recovery import (
+    Reveal,
+    SeedShares,
+    commitment,
+    open_share,
+    rebuild_seed,
+    seal_shares,
+)
 
 __all__ = [
     "Layout",
     "Ledger",
     "MaskedContribution",
     "MemoryLedger",
+    "Reveal",
     "RoundContext",
     "SecureAggregator",
     "SecureSite",
+    "SeedShares",
 ]
 
 
 @dataclass(frozen=True)
-class RoundContext:
-    """Public facts of one attempt of one round, known to every participant.
-
-    Attributes
-    ----------
-    study_id, round_index, attempt
-        Identify the attempt; they salt the masks.
-    participants
-        Signed masking keys of every participant, sorted by site name.
-    frac_bits
-        Fixed-point resolution agreed for the study.
-    """
-
-    study_id: str
-    round_index: int
-    attempt: int
-    participants: tuple[PeerKey, ...]
-    frac_bits: int = DEFAULT_FRAC_BITS
-
-    def __post_init__(self) -> None:
-        peers = tuple(sorted(self.participants, key=lambda p: p.site))
-        object.__setattr__(self, "participants", peers)
-        if self.round_index < 0 or self.attempt < 0:
-            raise ValidationError("round_index and attempt must be non-negative")
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        """Participant names in canonical (sorted) order."""
-        return tuple(p.site for p in self.participants)
-
-    @property
-    def codec(self) -> FixedPoint:
-        """The fixed-point codec of this round."""
-        return FixedPoint(self.frac_bits)
-
-    def context_bytes(self) -> bytes:
-        """Bytes that bind masks to this study, round, attempt and participant set."""
-        parts = [
-            b"consortia/round/v1",
-            self.study_id.encode(),
-            str(self.round_index).encode(),
-            str(self.attempt).encode(),
-            b",".join(s.encode() for s in self.sites),
-        ]
-        return b"\x00".join(parts)
-
-
-_MAX_LAYOUT_ARRAYS = 4096
-_MAX_ELEMENTS = 2**40
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Names and shapes of the arrays packed in a flat vector, in order."""
-
-    entries: tuple[tuple[str, tuple[int, ...]], ...]
-
-    @classmethod
-    def of(cls, arrays: Mapping[str, np.ndarray]) -> Layout:
-        """The layout of ``arrays`` in sorted-name order."""
-        return cls(tuple((k, tuple(int(d) for d in np.shape(arrays[k]))) for k in sorted(arrays)))
-
-    @property
-    def size(self) -> int:
-        """Total number of elements."""
-        return int(sum(int(np.prod(shape)) for _, shape in self.entries))
-
-    def pack(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Concatenate ``arrays`` (float) into one flat vector in layout order."""
-        if not self.entries:
-            return np.zeros(0, dtype=np.float64)
-        if len(self.entries) == 1:
-            name = self.entries[0][0]
-            return np.ascontiguousarray(np.ravel(arrays[name]), dtype=np.float64)
-        return np.concatenate([np.ravel(arrays[k]).astype(np.float64) for k, _ in self.entries])
-
-    def split(self, vec: np.ndarray) -> dict[str, np.ndarray]:
-        """Inverse of :meth:`pack`."""
-        out, pos = {}, 0
-        for name, shape in self.entries:
-            n = int(np.prod(shape))
-            out[name] = vec[pos : pos + n].reshape(shape)
-            pos += n
-        return out
-
-    def to_json(self) -> list[list]:
-        """JSON form: ``[[name, [dims...]], ...]``."""
-        return [[name, list(shape)] for name, shape in self.entries]
-
-    @classmethod
-    def from_json(cls, obj: Any) -> Layout:
-        """Inverse of :meth:`to_json`, for untrusted input.
-
-        Raises
-        ------
-        ValidationError
-            Not a list of ``[name, [dims...]]`` pairs, a name that is not a string of
-            1-128 characters, a dimension that is not a non-negative integer, more than
-            32 dimensions or 4096 arrays, or more than 2**40 elements in all.
-        """
-        shape_error = "a layout is a list of [name, [dims...]] pairs"
-        if not isinstance(obj, list) or len(obj) > _MAX_LAYOUT_ARRAYS:
-            raise ValidationError(f"{shape_error} (at most {_MAX_LAYOUT_ARRAYS})")
-        entries, total = [], 0
-        for pair in obj:
-            if not isinstance(pair, list | tuple) or len(pair) != 2:
-                raise ValidationError(shape_error)
-            name, dims = pair
-            if not isinstance(name, str) or not 0 < len(name) <= 128:
-                raise ValidationError("a layout array name must be a string of 1-128 characters")
-            if not isinstance(dims, list | tuple) or len(dims) > 32:
-                raise ValidationError(f"layout array {name!r}: dims must be a list of <= 32")
-            for d in dims:
-                if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= _MAX_ELEMENTS:
-                    raise ValidationError(
-                        f"layout array {name!r}: dimensions must be non-negative integers"
-                    )
-            size = math.prod(dims)
-            total += size
-            if total > _MAX_ELEMENTS:
-                raise ValidationError(f"the layout holds more than {_MAX_ELEMENTS} elements")
-            entries.append((name, tuple(int(d) for d in dims)))
-        return cls(tuple(entries))
-
-
-@dataclass(frozen=True)
 class MaskedContribution:
-    """What a site sends to the aggregator: a masked uint64 vector and its layout."""
+    """What a site sends to the aggregator: a masked uint64 vector and its layout.
+
+    ``shares`` holds the site's seed split among its peers, each share encrypted
+    to one peer (None when the attempt shares no seeds); the hub stores and forwards
+    it (:meth:`SeedShares.to_json <consortia.privacy.recovery.SeedShares.to_json>`).
+    """
 
     study_id: str
     round_index: int
@@ -188,46 +85,7 @@ class MaskedContribution:
     site: str
     layout: Layout
     data: np.ndarray
-
-
-class Ledger(abc.ABC):
-    """The records a site keeps to enforce the one-reveal-per-round rule."""
-
-    @abc.abstractmethod
-    def seeds(self, study_id: str, round_index: int) -> dict[int, bytes]:
-        """Self-mask seeds of the attempts this site contributed to, by attempt."""
-
-    @abc.abstractmethod
-    def add_seed(self, study_id: str, round_index: int, attempt: int, seed: bytes) -> None:
-        """Record that this site contributed to ``attempt`` with ``seed``."""
-
-    @abc.abstractmethod
-    def revealed(self, study_id: str, round_index: int) -> int | None:
-        """The attempt whose seed was revealed, if any."""
-
-    @abc.abstractmethod
-    def set_revealed(self, study_id: str, round_index: int, attempt: int) -> None:
-        """Record that the seed of ``attempt`` was revealed."""
-
-
-class MemoryLedger(Ledger):
-    """An in-memory :class:`Ledger` (simulation and tests)."""
-
-    def __init__(self) -> None:
-        self._seeds: dict[tuple[str, int], dict[int, bytes]] = {}
-        self._revealed: dict[tuple[str, int], int] = {}
-
-    def seeds(self, study_id: str, round_index: int) -> dict[int, bytes]:
-        return dict(self._seeds.get((study_id, round_index), {}))
-
-    def add_seed(self, study_id: str, round_index: int, attempt: int, seed: bytes) -> None:
-        self._seeds.setdefault((study_id, round_index), {})[attempt] = seed
-
-    def revealed(self, study_id: str, round_index: int) -> int | None:
-        return self._revealed.get((study_id, round_index))
-
-    def set_revealed(self, study_id: str, round_index: int, attempt: int) -> None:
-        self._revealed[(study_id, round_index)] = attempt
+    shares: SeedShares | None = None
 
 
 class SecureSite:
@@ -316,8 +174,10 @@ class SecureSite:
         Raises
         ------
         SecureAggregationError
-            If this site already revealed a seed for this round, or already
-            contributed to a later attempt of it.
+            If this site already revealed a seed for this round, already
+            contributed to a later attempt of it, or shared its seed of an earlier
+            attempt that this one leaves too many sites out of (see
+            :mod:`consortia.privacy.recovery`).
         EncodingRangeError
             If a value is outside the fixed-point range.
         """
@@ -332,6 +192,7 @@ class SecureSite:
                 "this site already contributed to a later attempt of this round"
             )
         pair_keys = self._pair_keys(ctx)
+        self._check_exclusions(ctx)
         layout = Layout.of(arrays)
         codec = ctx.codec
         n = len(ctx.sites)
@@ -348,13 +209,34 @@ class SecureSite:
                     codec.encode(np.ravel(arrays[name]), n_parties=n, name=name)
 
         seed = seeds.get(ctx.attempt)
+        t = ctx.threshold
+        if t is not None and ctx.attempt not in self.ledger.attempts(*key):
+            self.ledger.add_attempt(*key, ctx.attempt, ctx.sites, t)
         if seed is None:
             seed = os.urandom(32)
             self.ledger.add_seed(ctx.study_id, ctx.round_index, ctx.attempt, seed)
         apply_masks(vec, [*pair_keys, (_self_key(seed, ctx), 1)], fill=fill)
+        shares = None
+        if t is not None:
+            by_site = {p.site: p for p in ctx.participants}
+            shares = seal_shares(seed, ctx, self.site, lambda s: self._secret(by_site[s]))
         return MaskedContribution(
-            ctx.study_id, ctx.round_index, ctx.attempt, self.site, layout, vec
+            ctx.study_id, ctx.round_index, ctx.attempt, self.site, layout, vec, shares
         )
+
+    def _check_exclusions(self, ctx: RoundContext) -> None:
+        # A later attempt that leaves out t_A of an earlier attempt A's participants
+        # would let those left out (who may have finalised A) rebuild this site's
+        # seed of A while this site's vector also counts in the later sum.
+        now = set(ctx.sites)
+        for attempt, (sites, t) in self.ledger.attempts(ctx.study_id, ctx.round_index).items():
+            left_out = len(set(sites) - now)
+            if attempt < ctx.attempt and left_out >= t:
+                raise SecureAggregationError(
+                    f"attempt {ctx.attempt} leaves out {left_out} of the {len(sites)} "
+                    f"participants of attempt {attempt}, whose seed shares need {t}: this "
+                    "site will not contribute (the round cannot shed that many sites)"
+                )
 
     def reveal(self, ctx: RoundContext) -> bytes:
         """Release this site's self-mask seed for ``ctx.attempt`` (at most one per round)."""
@@ -371,6 +253,77 @@ class SecureSite:
             raise SecureAggregationError("this site already revealed another attempt")
         self.ledger.set_revealed(ctx.study_id, ctx.round_index, ctx.attempt)
         return seeds[ctx.attempt]
+
+    def check_share_request(
+        self,
+        ctx: RoundContext,
+        missing: Collection[str],
+        shares: Mapping[str, bytes] | None = None,
+    ) -> dict[str, bytes]:
+        """Check a request for shares of the ``missing`` seeds and open them (nothing is
+        recorded or released): see :meth:`reveal_and_share`."""
+        lost = set(missing)
+        if self.site in lost:
+            raise SecureAggregationError(
+                f"site {self.site!r} holds no share of its own seed and is revealing it"
+            )
+        strangers = lost - set(ctx.sites)
+        if strangers:
+            raise SecureAggregationError(
+                f"sites {sorted(strangers)} are not participants of this attempt"
+            )
+        if not lost:
+            return {}
+        if ctx.threshold is None:
+            raise SecureAggregationError(
+                "this attempt shares no seeds (recovery off, or fewer than 3 participants): "
+                "a missing seed cannot be rebuilt"
+            )
+        self._pair_keys(ctx)  # verifies the participants' keys and this site's place
+        by_site = {p.site: p for p in ctx.participants}
+        given = shares or {}
+        opened = {}
+        for peer in sorted(lost):
+            if peer not in given:
+                raise SecureAggregationError(
+                    f"no share from site {peer!r} addressed to {self.site!r}: a share is given "
+                    "only for a site whose contribution is in the sum"
+                )
+            secret = self._secret(by_site[peer])
+            opened[peer] = open_share(given[peer], ctx, peer, self.site, secret)
+        return opened
+
+    def reveal_and_share(
+        self,
+        ctx: RoundContext,
+        missing: Collection[str] = (),
+        shares: Mapping[str, bytes] | None = None,
+    ) -> Reveal:
+        """Release this site's seed for ``ctx.attempt`` and its shares of the missing seeds.
+
+        Parameters
+        ----------
+        ctx
+            The attempt (every participant's vector is in its sum).
+        missing
+            Participants whose vector is in the sum but whose seed the hub lacks.
+        shares
+            For each missing peer, the ciphertext that peer sent, with its vector,
+            addressed to this site (``SeedShares.ciphertexts[this site]``).
+
+        Raises
+        ------
+        SecureAggregationError
+            Nothing is released when: a missing site is this site or not a
+            participant; the attempt shares no seeds; a missing peer's ciphertext is
+            absent (its contribution never reached the hub) or does not authenticate
+            for this attempt and this site; or the one-reveal-per-round rule refuses
+            (as in :meth:`reveal`: shares are given only with this site's own reveal
+            of the same attempt).
+        """
+        opened = self.check_share_request(ctx, missing, shares)
+        seed = self.reveal(ctx)  # the one-reveal-per-round rule, then its record
+        return Reveal(ctx.study_id, ctx.round_index, ctx.attempt, self.site, seed, opened)
 
 
 def _self_key(seed: bytes, ctx: RoundContext) -> bytes:
@@ -391,6 +344,7 @@ class SecureAggregator:
         self.layout: Layout | None = None
         self._acc: np.ndarray | None = None
         self.received: set[str] = set()
+        self.bundles: dict[str, SeedShares] = {}
 
     @property
     def missing(self) -> set[str]:
@@ -413,10 +367,19 @@ class SecureAggregator:
         layout: Layout | None,
         masked_sum: np.ndarray | None,
         received: Iterable[str],
+        bundles: Mapping[str, SeedShares] | None = None,
     ) -> SecureAggregator:
-        """Rebuild an aggregator from a persisted running sum and the sites it holds."""
+        """Rebuild an aggregator from a persisted running sum and the sites it holds.
+
+        ``bundles`` are the seed shares that came with the received vectors, by site.
+        """
         agg = cls(ctx)
         sites = set(received)
+        for site, bundle in (bundles or {}).items():
+            if site not in sites or bundle.sender != site:
+                raise ProtocolError(f"seed shares of {site!r} without its vector")
+            bundle.check(ctx)
+            agg.bundles[site] = bundle
         if not sites:
             return agg
         if layout is None or masked_sum is None:
@@ -446,6 +409,10 @@ class SecureAggregator:
         data = np.asarray(masked.data)
         if data.dtype != np.uint64 or data.ndim != 1 or data.size != masked.layout.size:
             raise ProtocolError("the masked vector does not match its layout")
+        if masked.shares is not None:
+            if masked.shares.sender != masked.site:
+                raise ProtocolError(f"site {masked.site!r} sent another site's seed shares")
+            masked.shares.check(c)
         if self.layout is None:
             self.layout = masked.layout
             self._acc = data.copy()
@@ -458,23 +425,69 @@ class SecureAggregator:
             assert self._acc is not None
             np.add(self._acc, data, out=self._acc)
         self.received.add(masked.site)
+        if masked.shares is not None:
+            self.bundles[masked.site] = masked.shares
 
-    def finish(self, seeds: Mapping[str, bytes], *, consume: bool = False) -> dict[str, np.ndarray]:
-        """Remove the revealed self-masks and decode the sum, by array name.
+    def finish(
+        self,
+        seeds: Mapping[str, bytes],
+        *,
+        consume: bool = False,
+        shares: Mapping[str, Mapping[str, bytes]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Remove the self-masks and decode the sum, by array name.
 
-        With ``consume=True`` the self-masks are removed in place from the running
-        sum (no payload-sized copy) and the aggregator cannot be finished again.
+        Parameters
+        ----------
+        seeds
+            The revealed seeds, by site.
+        consume
+            Remove the self-masks in place from the running sum (no payload-sized
+            copy); the aggregator cannot be finished again.
+        shares
+            For a participant whose seed is missing from ``seeds``: the shares of it
+            that the other sites revealed, by holder (``Reveal.shares[site]`` of
+            each).  Its seed is rebuilt from them and checked against the
+            commitment it sent with its vector.
+
+        Raises
+        ------
+        SecretSharingError
+            A missing seed cannot be rebuilt: fewer shares than its threshold,
+            inconsistent shares, or no seed shares came with that site's vector.
+        SecureAggregationError
+            A vector is missing, a seed is neither revealed nor shared, a revealed
+            seed does not match its site's commitment, or the aggregator was consumed.
         """
+        ctx = self.ctx
         if self.missing:
             raise SecureAggregationError(
                 f"cannot finish: no contribution yet from {sorted(self.missing)}"
             )
-        if set(seeds) != set(self.ctx.sites):
+        shares = shares or {}
+        if not set(seeds) <= set(ctx.sites):
+            raise SecureAggregationError("seeds were given for sites that are not participants")
+        lost = set(ctx.sites) - set(seeds)
+        if not lost <= set(shares):
             raise SecureAggregationError("finishing needs the seed of every participant")
         if self._acc is None or self.layout is None:
             raise SecureAggregationError("this aggregator was already finished (consumed)")
+        full = dict(seeds)
+        for site in sorted(lost):
+            bundle = self.bundles.get(site)
+            if bundle is None:
+                raise SecretSharingError(
+                    f"cannot rebuild the seed of site {site!r}: no seed shares came with its vector"
+                )
+            full[site] = rebuild_seed(bundle, shares[site], ctx)
+        for site, seed in seeds.items():
+            bundle = self.bundles.get(site)
+            if bundle is not None and commitment(seed, ctx, site) != bundle.commitment:
+                raise SecureAggregationError(
+                    f"the seed revealed by site {site!r} does not match its commitment"
+                )
         total = self._acc if consume else self._acc.copy()
         if consume:
             self._acc = None
-        apply_masks(total, [(_self_key(seeds[s], self.ctx), -1) for s in self.ctx.sites])
-        return self.layout.split(self.ctx.codec.decode(total))
+        apply_masks(total, [(_self_key(full[s], ctx), -1) for s in ctx.sites])
+        return self.layout.split(ctx.codec.decode(total))

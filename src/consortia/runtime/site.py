@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from consortia.privacy.disclosure import (
 from consortia.privacy.dp import add_noise
 from consortia.privacy.keys import PeerKey, SiteIdentity
 from consortia.privacy.policy import Policy
-from consortia.privacy.secagg import Ledger, MaskedContribution, SecureSite
+from consortia.privacy.secagg import Ledger, MaskedContribution, Reveal, SecureSite
 from consortia.protocol import Algorithm, Contribution, algorithm_from_spec
 from consortia.runtime.task import Task
 
@@ -207,7 +207,12 @@ class SiteWorker:
         }
 
     def contribute(self, task: Task) -> MaskedContribution:
-        """Answer a task: policy, compute, encode and mask.  Only the masked vector leaves."""
+        """Answer a task: policy, compute, encode and mask.  Only the masked vector leaves.
+
+        In an attempt that shares seeds (3 or more participants, see
+        :mod:`consortia.privacy.recovery`) the contribution carries this site's seed
+        shares, encrypted to its peers.
+        """
         contribution = self.compute(task)
         arrays = contribution.arrays
         if contribution.noise:  # this site's share of the sum's DP noise, before masking
@@ -225,3 +230,34 @@ class SiteWorker:
         except PolicyError as err:
             raise self._attribute(err) from None
         return self.secure.reveal(task.context)
+
+    def reveal_and_share(
+        self,
+        task: Task,
+        missing: Collection[str] = (),
+        shares: Mapping[str, bytes] | None = None,
+    ) -> Reveal:
+        """Release the task attempt's seed, and this site's shares of the missing seeds.
+
+        Parameters
+        ----------
+        task
+            The attempt whose every vector is in the sum.
+        missing
+            Participants whose vector is in the sum but whose seed the hub lacks.
+        shares
+            Missing peer -> the ciphertext it sent with its vector, addressed to
+            this site (``SeedShares.ciphertexts[this site]``).
+
+        The request is checked in full (:meth:`SecureSite.reveal_and_share
+        <consortia.privacy.secagg.SecureSite.reveal_and_share>`) before the
+        disclosure rules run and anything is released.
+        """
+        ctx = task.context
+        if missing:  # refuse a bad request before the disclosure ledger is touched
+            self.secure.check_share_request(ctx, missing, shares)
+        try:
+            self.disclosure.before_reveal(task.study_id, task.round_index, task.attempt)
+        except PolicyError as err:
+            raise self._attribute(err) from None
+        return self.secure.reveal_and_share(ctx, missing, shares)

@@ -36,6 +36,9 @@ class Task:
         Fixed-point resolution of the study.
     researcher
         Who submitted the study (for the node's audit and budget).
+    recovery_threshold
+        Seed-sharing threshold of the attempt (``RoundContext.recovery_threshold``:
+        None for a majority, 0 for no sharing).
     """
 
     study_id: str
@@ -49,6 +52,7 @@ class Task:
     frac_bits: int = DEFAULT_FRAC_BITS
     researcher: str = "local"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    recovery_threshold: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public", MappingProxyType(dict(self.public)))
@@ -62,4 +66,5 @@ class Task:
             attempt=self.attempt,
             participants=self.participants,
             frac_bits=self.frac_bits,
+            recovery_threshold=self.recovery_threshold,
         )
