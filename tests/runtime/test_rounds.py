@@ -19,6 +19,7 @@ from consortia.runtime.rounds import (
     RevealReceived,
     RoundRejected,
     RoundState,
+    SharesReceived,
     SitesSilent,
     VectorReceived,
     apply,
@@ -117,11 +118,60 @@ def test_when_every_site_is_silent_the_study_fails():
 
 
 def test_a_site_silent_at_reveal_fails_the_study_instead_of_a_new_attempt():
-    state = apply(_collected(RoundState.open(2, SITES)), RevealReceived("a", 0, "sa")).state
+    state = RoundState.open(2, SITES, recovery=0)  # seeds not shared: nothing to recover
+    state = apply(_collected(state), RevealReceived("a", 0, "sa")).state
     t = apply(state, SitesSilent(("b",)))
     assert t.outcome is Outcome.FAILED
     assert "['b'] did not reveal their self-mask seed" in (t.state.failure or "")
     assert "round 2" in (t.state.failure or "")
+
+
+def test_sites_lost_at_reveal_are_recovered_from_the_survivors_shares():
+    sites = ("a", "b", "c", "d", "e")
+    state = RoundState.open(0, sites)
+    assert state.threshold == 3  # a majority by default
+    state = apply(_collected(state), RevealReceived("a", 0, "sa")).state
+    t = apply(state, SitesSilent(("d", "e")))
+    assert t.outcome is Outcome.RECOVERY_OPENED and t.excluded == ("d", "e")
+    state = t.state
+    assert state.phase is Phase.RECOVER and state.lost == ("d", "e")
+    assert state.awaiting == ("a", "b", "c")  # "a" revealed, but gives its shares too
+    with pytest.raises(RoundRejected, match="send the seed with its shares"):
+        apply(state, RevealReceived("b", 0, "sb"))
+    with pytest.raises(RoundRejected, match="other shares or another seed"):
+        apply(state, SharesReceived("a", 0, "not-sa", "h"))  # a seed it did not reveal
+    with pytest.raises(RoundRejected, match="not waiting for this node's shares"):
+        apply(state, SharesReceived("d", 0, "sd", "h"))  # a lost site
+    for s in ("a", "b"):
+        t = apply(state, SharesReceived(s, 0, f"s{s}", f"h{s}"))
+        assert t.outcome is Outcome.ACCEPTED
+        state = t.state
+    assert apply(state, SharesReceived("a", 0, "sa", "ha")).outcome is Outcome.DUPLICATE
+    t = apply(state, SharesReceived("c", 0, "sc", "hc"))
+    assert t.outcome is Outcome.ROUND_COMPLETE and t.state.survivors == ("a", "b", "c")
+    assert dict(t.state.seeds) == {"a": "sa", "b": "sb", "c": "sc"}
+
+
+@pytest.mark.parametrize(
+    ("sites", "silent", "recovery"),
+    [
+        (("a", "b", "c", "d", "e"), ("c", "d", "e"), None),  # 2 left < threshold 3
+        (("a", "b"), ("b",), None),  # 2 participants never share seeds
+        (("a", "b", "c", "d"), ("d",), 0),  # recovery off
+    ],
+)
+def test_recovery_needs_enough_survivors(sites, silent, recovery):
+    state = _collected(RoundState.open(0, sites, recovery=recovery))
+    t = apply(state, SitesSilent(silent))
+    assert t.outcome is Outcome.FAILED and "did not reveal" in (t.state.failure or "")
+
+
+def test_a_survivor_silent_during_recovery_fails_the_study():
+    state = _collected(RoundState.open(0, ("a", "b", "c", "d")))
+    state = apply(state, SitesSilent(("d",))).state
+    state = apply(state, SharesReceived("a", 0, "sa", "ha")).state
+    t = apply(state, SitesSilent(("b", "c")))
+    assert t.outcome is Outcome.FAILED and "did not send their shares" in (t.state.failure or "")
 
 
 @pytest.mark.parametrize(("anonymous", "where"), [(False, "site 'b'"), (True, "one of the sites")])

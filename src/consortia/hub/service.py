@@ -229,7 +229,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         new = LiveRound(
             step=rnd.step,
             public=pack_arrays(dict(rnd.public)),
-            state=RoundState.open(live.coord.round_index, participants),
+            state=RoundState.open(live.coord.round_index, participants, recovery=0),
         )
         now = time.time()
         s.execute(
@@ -497,6 +497,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                         "waiting": node in live.waiting,  # for its owner's approval
                         # seconds between the heartbeats of a node still computing
                         "heartbeat": self.node_timeout / 3,
+                        "recovery_threshold": rnd.state.recovery,
                     }
                 )
             for sid in broken:

@@ -102,6 +102,7 @@ def round_state(row: RoundRow) -> RoundState:
         phase=Phase.DONE if row.done else Phase(row.phase),
         received=dict(row.received or {}),
         seeds=dict(row.seeds or {}),
+        recovery=0,  # seed recovery is not yet carried by the hub
     )
 
 

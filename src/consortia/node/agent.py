@@ -328,6 +328,7 @@ class NodeAgent:
             participants=tuple(PeerKey.from_json(p) for p in msg["participants"]),
             frac_bits=int(msg["frac_bits"]),
             researcher=str(msg.get("researcher", "")),
+            recovery_threshold=msg.get("recovery_threshold"),
         )
 
     def _path(self, task: Task, what: str) -> str:

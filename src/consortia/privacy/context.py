@@ -63,10 +63,7 @@ class RoundContext:
         The default is a majority of the participants, ``n // 2 + 1``.  Rounds of one
         or two participants cannot recover: their threshold is None.
         """
-        n = len(self.participants)
-        if self.recovery_threshold == 0 or n < 3:
-            return None
-        return self.recovery_threshold or n // 2 + 1
+        return seed_threshold(len(self.participants), self.recovery_threshold)
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -88,3 +85,16 @@ class RoundContext:
             b",".join(s.encode() for s in self.sites),
         ]
         return b"\x00".join(parts)
+
+
+def seed_threshold(n: int, configured: int | None = None) -> int | None:
+    """Shares that rebuild a lost seed among ``n`` participants (None: no recovery).
+
+    ``configured`` is None for the default (a majority, ``n // 2 + 1``), 0 for no
+    recovery, else the threshold itself (no recovery when ``n`` cannot reach it).
+    """
+    if configured == 0 or n < 3:
+        return None
+    if configured is None:
+        return n // 2 + 1
+    return configured if 2 <= configured <= n - 1 else None

@@ -21,7 +21,16 @@ participants and two phases:
     Every participant reveals its self-mask seed (:class:`RevealReceived`); the
     last one completes the round (``done``).  A participant silent here cannot
     be replaced by a new attempt (seeds already revealed would let a fresh
-    attempt's sum be differenced against this one), so the study fails.
+    attempt's sum be differenced against this one).  Instead, when the attempt
+    shared its seeds (a recovery ``threshold`` t, see
+    :mod:`consortia.privacy.recovery`) and at least t participants remain, the
+    silent ones are *lost* and the attempt moves to ``recover``; otherwise the
+    study fails.
+``recover``
+    Each survivor reveals its own seed (again, if it already did) with its shares
+    of the lost sites' seeds (:class:`SharesReceived`).  Once every survivor's seed
+    is in and t survivors gave their shares, the round completes: the lost seeds
+    are rebuilt from the shares.  A survivor silent here fails the study.
 
 A refusal (:class:`Refused`) from a participant of the open attempt fails the
 study, naming the rule (and the site, unless the rule depends on the data).
@@ -40,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from consortia.errors import ProtocolError
+from consortia.privacy.context import seed_threshold
 
 __all__ = [
     "Event",
@@ -49,6 +59,7 @@ __all__ = [
     "RevealReceived",
     "RoundRejected",
     "RoundState",
+    "SharesReceived",
     "SitesSilent",
     "Transition",
     "VectorReceived",
@@ -62,6 +73,7 @@ class Phase(enum.StrEnum):
 
     COLLECT = "collect"
     REVEAL = "reveal"
+    RECOVER = "recover"
     DONE = "done"
     FAILED = "failed"
 
@@ -75,6 +87,8 @@ class Outcome(enum.StrEnum):
     """The very same message was already recorded; nothing changed."""
     REVEAL_OPENED = "reveal_opened"
     """The last vector arrived: participants are now asked for their seeds."""
+    RECOVERY_OPENED = "recovery_opened"
+    """Sites died after their vector: the survivors are asked for their shares."""
     NEW_ATTEMPT = "new_attempt"
     """Silent participants were excluded; the round re-runs among the survivors."""
     ROUND_COMPLETE = "round_complete"
@@ -122,6 +136,13 @@ class RoundState:
         Site -> digest of the masked vector it posted (this attempt).
     seeds
         Site -> its revealed self-mask seed (hex; this attempt).
+    recovery
+        The study's seed-recovery setting: None for the default (a majority of each
+        attempt's participants), 0 for none (see :attr:`threshold`).
+    lost
+        Participants whose vector is in the sum but who fell silent at the reveal.
+    shared
+        Survivor -> digest of the shares it gave of the lost seeds (``recover``).
     failure, rule
         Why the study failed, and the policy rule that refused (if one did).
     """
@@ -132,6 +153,9 @@ class RoundState:
     phase: Phase = Phase.COLLECT
     received: Mapping[str, str] = field(default_factory=dict)
     seeds: Mapping[str, str] = field(default_factory=dict)
+    recovery: int | None = None
+    lost: tuple[str, ...] = ()
+    shared: Mapping[str, str] = field(default_factory=dict)
     failure: str | None = None
     rule: str | None = None
 
@@ -140,21 +164,38 @@ class RoundState:
         object.__setattr__(self, "phase", Phase(self.phase))
         object.__setattr__(self, "received", _frozen(self.received))
         object.__setattr__(self, "seeds", _frozen(self.seeds))
+        object.__setattr__(self, "lost", tuple(self.lost))
+        object.__setattr__(self, "shared", _frozen(self.shared))
 
     @classmethod
-    def open(cls, index: int, participants: Iterable[str]) -> RoundState:
-        """The first attempt of round ``index`` among ``participants``."""
+    def open(
+        cls, index: int, participants: Iterable[str], *, recovery: int | None = None
+    ) -> RoundState:
+        """The first attempt of round ``index`` among ``participants``.
+
+        ``recovery`` is the study's seed-recovery setting (see :attr:`threshold`).
+        """
         sites = tuple(participants)
         if not sites:
             raise ProtocolError(f"round {index} needs at least one participant")
         if len(set(sites)) != len(sites):
             raise ProtocolError(f"round {index}: a participant is listed twice")
-        return cls(index=index, attempt=0, participants=sites)
+        return cls(index=index, attempt=0, participants=sites, recovery=recovery)
+
+    @property
+    def threshold(self) -> int | None:
+        """Shares that rebuild a lost seed in this attempt (None: seeds are not shared)."""
+        return seed_threshold(len(self.participants), self.recovery)
 
     @property
     def open_for_messages(self) -> bool:
-        """Whether the attempt still takes vectors or seeds."""
-        return self.phase in (Phase.COLLECT, Phase.REVEAL)
+        """Whether the attempt still takes vectors, seeds or shares."""
+        return self.phase in (Phase.COLLECT, Phase.REVEAL, Phase.RECOVER)
+
+    @property
+    def survivors(self) -> tuple[str, ...]:
+        """The participants not lost at the reveal."""
+        return tuple(p for p in self.participants if p not in self.lost)
 
     @property
     def awaiting(self) -> tuple[str, ...]:
@@ -163,6 +204,8 @@ class RoundState:
             return tuple(p for p in self.participants if p not in self.received)
         if self.phase is Phase.REVEAL:
             return tuple(p for p in self.participants if p not in self.seeds)
+        if self.phase is Phase.RECOVER:
+            return tuple(p for p in self.survivors if p not in self.shared)
         return ()
 
 
@@ -185,6 +228,19 @@ class RevealReceived:
 
 
 @dataclass(frozen=True)
+class SharesReceived:
+    """In ``recover``: ``site`` revealed its ``seed`` (hex) and its shares of the lost seeds.
+
+    ``digest`` identifies the shares it gave (a retry must give the same ones).
+    """
+
+    site: str
+    attempt: int
+    seed: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class SitesSilent:
     """The driver gave up waiting for these sites (deadline passed, simulated fault)."""
 
@@ -202,7 +258,7 @@ class Refused:
     anonymous: bool = False
 
 
-Event = VectorReceived | RevealReceived | SitesSilent | Refused
+Event = VectorReceived | RevealReceived | SharesReceived | SitesSilent | Refused
 
 
 @dataclass(frozen=True)
@@ -254,6 +310,8 @@ def _reveal(state: RoundState, ev: RevealReceived) -> Transition:
     if not state.open_for_messages:
         raise RoundRejected(f"round {state.index} is not open")
     _same_attempt(state, ev.attempt)
+    if state.phase is Phase.RECOVER:
+        raise RoundRejected("this attempt is recovering lost seeds: send the seed with its shares")
     if state.phase is not Phase.REVEAL or ev.site not in state.received:
         raise RoundRejected("this attempt is not waiting for this node's seed")
     if ev.site in state.seeds:
@@ -264,13 +322,47 @@ def _reveal(state: RoundState, ev: RevealReceived) -> Transition:
     return Transition(replace(state, seeds=seeds), Outcome.ACCEPTED)
 
 
+def _shares(state: RoundState, ev: SharesReceived) -> Transition:
+    if (
+        ev.attempt == state.attempt
+        and state.shared.get(ev.site) == ev.digest
+        and state.seeds.get(ev.site) == ev.seed
+    ):
+        return Transition(state, Outcome.DUPLICATE)
+    if not state.open_for_messages:
+        raise RoundRejected(f"round {state.index} is not open")
+    _same_attempt(state, ev.attempt)
+    if state.phase is not Phase.RECOVER or ev.site not in state.survivors:
+        raise RoundRejected("this attempt is not waiting for this node's shares")
+    if ev.site in state.shared or state.seeds.get(ev.site, ev.seed) != ev.seed:
+        raise RoundRejected("this node already revealed other shares or another seed")
+    seeds = {**state.seeds, ev.site: ev.seed}
+    shared = {**state.shared, ev.site: ev.digest}
+    new = replace(state, seeds=seeds, shared=shared)
+    if len(shared) == len(state.survivors):
+        return Transition(replace(new, phase=Phase.DONE), Outcome.ROUND_COMPLETE)
+    return Transition(new, Outcome.ACCEPTED)
+
+
 def _silent(state: RoundState, ev: SitesSilent) -> Transition:
     missing = tuple(p for p in state.awaiting if p in set(ev.sites))
     if not missing:
         return Transition(state, Outcome.NOTHING)
     if state.phase is Phase.REVEAL:
+        left = len(state.participants) - len(missing)
+        if state.threshold is not None and left >= state.threshold:
+            recovering = replace(state, phase=Phase.RECOVER, lost=missing)
+            return Transition(recovering, Outcome.RECOVERY_OPENED, missing)
         failure = (
             f"nodes {sorted(missing)} did not reveal their self-mask seed in time; "
+            f"round {state.index} cannot be finished"
+        )
+        if state.threshold is not None:
+            failure += f" ({left} survivors hold fewer than the {state.threshold} shares needed)"
+        return Transition(replace(state, phase=Phase.FAILED, failure=failure), Outcome.FAILED)
+    if state.phase is Phase.RECOVER:
+        failure = (
+            f"nodes {sorted(missing)} did not send their shares in time; "
             f"round {state.index} cannot be finished"
         )
         return Transition(replace(state, phase=Phase.FAILED, failure=failure), Outcome.FAILED)
@@ -278,7 +370,12 @@ def _silent(state: RoundState, ev: SitesSilent) -> Transition:
     if not survivors:
         failed = replace(state, phase=Phase.FAILED, failure="every site dropped out")
         return Transition(failed, Outcome.FAILED, missing)
-    nxt = RoundState(index=state.index, attempt=state.attempt + 1, participants=survivors)
+    nxt = RoundState(
+        index=state.index,
+        attempt=state.attempt + 1,
+        participants=survivors,
+        recovery=state.recovery,
+    )
     return Transition(nxt, Outcome.NEW_ATTEMPT, missing)
 
 
@@ -306,6 +403,8 @@ def apply(state: RoundState, event: Event) -> Transition:
         return _vector(state, event)
     if isinstance(event, RevealReceived):
         return _reveal(state, event)
+    if isinstance(event, SharesReceived):
+        return _shares(state, event)
     if isinstance(event, SitesSilent):
         return _silent(state, event)
     if isinstance(event, Refused):

@@ -22,6 +22,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import PolicyError, SiteFailure, StudyFailed, ValidationError
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.privacy.policy import Policy
+from consortia.privacy.recovery import SeedShares
 from consortia.privacy.secagg import SecureAggregator
 from consortia.protocol import Algorithm, Coordinator, Round
 from consortia.runtime.rounds import (
@@ -29,6 +30,7 @@ from consortia.runtime.rounds import (
     Refused,
     RevealReceived,
     RoundState,
+    SharesReceived,
     SitesSilent,
     VectorReceived,
     apply,
@@ -58,6 +60,15 @@ class Simulation:
     fail
         Optional fault injection: ``fail(site, round_index, attempt)`` returning
         True makes that site drop out of that attempt (and of the rest of the study).
+    fail_at_reveal
+        Optional fault injection at the reveal: ``fail_at_reveal(site, round_index,
+        attempt)`` returning True makes that site fall silent after its vector
+        reached the aggregator and before it revealed its seed.  The survivors then
+        rebuild its seed from their shares (when at least the attempt's threshold
+        of them remain, see :mod:`consortia.privacy.recovery`).
+    recovery
+        Seed-recovery setting of every attempt: None for a majority threshold, 0
+        for none, else the threshold.
     progress
         Optional callback ``progress(round_index, step)`` called at every round.
     researcher
@@ -87,6 +98,8 @@ class Simulation:
         dataset: str = "data",
         precision: FixedPoint | None = None,
         fail: FailureHook | None = None,
+        fail_at_reveal: FailureHook | None = None,
+        recovery: int | None = None,
         progress: Callable[[int, str], None] | None = None,
         researcher: str = "local",
     ) -> None:
@@ -98,6 +111,8 @@ class Simulation:
         self.dataset = dataset
         self.precision = precision or FixedPoint()
         self.fail = fail
+        self.fail_at_reveal = fail_at_reveal
+        self.recovery = recovery
         self.progress = progress
         self.researcher = researcher
         self.workers: dict[str, SiteWorker] = {}
@@ -139,18 +154,20 @@ class Simulation:
             assert rnd is not None
             if self.progress is not None:
                 self.progress(coord.round_index, rnd.step)
-            state = RoundState.open(coord.round_index, alive)
+            state = RoundState.open(coord.round_index, alive, recovery=self.recovery)
             while True:
                 attempts += 1
-                state, aggregator, task = self._collect(study_id, spec, rnd, state)
+                state, aggregator, task, bundles = self._collect(study_id, spec, rnd, state)
                 if state.phase is Phase.REVEAL:
                     break
                 if state.phase is Phase.FAILED:
                     raise StudyFailed(f"study {study_id}: {state.failure}")
-            state = self._reveal(task, state)
-            alive = state.participants
+            state, shares = self._reveal(task, state, bundles)
+            alive = state.survivors
             sums = aggregator.finish(
-                {s: bytes.fromhex(h) for s, h in state.seeds.items()}, consume=True
+                {s: bytes.fromhex(h) for s, h in state.seeds.items()},
+                consume=True,
+                shares=shares or None,
             )
             coord.advance(sums)
         self.last_study = {
@@ -173,14 +190,16 @@ class Simulation:
             participants=tuple(self.workers[s].peer_key for s in state.participants),
             frac_bits=self.precision.frac_bits,
             researcher=self.researcher,
+            recovery_threshold=self.recovery if state.threshold is not None else 0,
         )
 
     def _collect(
         self, study_id: str, spec: Mapping[str, Any], rnd: Round, state: RoundState
-    ) -> tuple[RoundState, SecureAggregator, Task]:
+    ) -> tuple[RoundState, SecureAggregator, Task, dict[str, SeedShares]]:
         """One attempt's collect phase: every participant's masked vector, or exclusions."""
         task = self._task(study_id, spec, rnd, state)
         aggregator = self.aggregator_cls(task.context)
+        bundles: dict[str, SeedShares] = {}
         silent = []
         for site in state.participants:
             try:
@@ -191,30 +210,57 @@ class Simulation:
                 silent.append(site)
                 continue
             except PolicyError as err:
-                apply(
-                    state,
-                    Refused(site, state.attempt, err.rule, err.detail, anonymous=err.site is None),
-                )
+                self._refused(state, site, err)
                 raise
             aggregator.add(masked)
+            if masked.shares is not None:
+                bundles[site] = masked.shares
             digest = hashlib.sha256(np.ascontiguousarray(masked.data).data).hexdigest()
             state = apply(state, VectorReceived(site, state.attempt, digest)).state
         if silent:
             state = apply(state, SitesSilent(tuple(silent))).state
-        return state, aggregator, task
+        return state, aggregator, task, bundles
 
-    def _reveal(self, task: Task, state: RoundState) -> RoundState:
-        """The reveal phase: every participant's self-mask seed."""
+    def _refused(self, state: RoundState, site: str, err: PolicyError) -> None:
+        apply(state, Refused(site, state.attempt, err.rule, err.detail, anonymous=err.site is None))
+
+    def _reveal(
+        self, task: Task, state: RoundState, bundles: Mapping[str, SeedShares]
+    ) -> tuple[RoundState, dict[str, dict[str, bytes]]]:
+        """The reveal phase: every participant's self-mask seed (or recovery of lost ones).
+
+        Returns the completed state and, for each lost site, its seed's shares by holder.
+        """
+        silent = []
         for site in state.participants:
+            if self.fail_at_reveal is not None and self.fail_at_reveal(
+                site, state.index, state.attempt
+            ):
+                silent.append(site)
+                continue
             try:
                 seed = self.workers[site].reveal(task)
             except PolicyError as err:
-                apply(
-                    state,
-                    Refused(site, state.attempt, err.rule, err.detail, anonymous=err.site is None),
-                )
+                self._refused(state, site, err)
                 raise
             state = apply(state, RevealReceived(site, state.attempt, seed.hex())).state
+        shares: dict[str, dict[str, bytes]] = {}
+        if silent:
+            state = apply(state, SitesSilent(tuple(silent))).state
+            if state.phase is Phase.FAILED:
+                raise StudyFailed(f"study {task.study_id}: {state.failure}")
+            for site in state.survivors:
+                asked = {lost: bundles[lost].ciphertexts[site] for lost in state.lost}
+                try:
+                    out = self.workers[site].reveal_and_share(task, state.lost, asked)
+                except PolicyError as err:
+                    self._refused(state, site, err)
+                    raise
+                for lost, share in out.shares.items():
+                    shares.setdefault(lost, {})[site] = share
+                digest = hashlib.sha256(b"".join(out.shares[x] for x in state.lost)).hexdigest()
+                event = SharesReceived(site, state.attempt, out.seed.hex(), digest)
+                state = apply(state, event).state
         if state.phase is not Phase.DONE:  # pragma: no cover - the machine's invariant
             raise StudyFailed(f"round {state.index} did not complete: {state.failure}")
-        return state
+        return state, shares
