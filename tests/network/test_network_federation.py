@@ -428,6 +428,20 @@ def test_an_out_of_memory_local_step_is_a_refusal_and_the_node_lives_on(
         refusals = [e for e in agents[1].store.audit.entries() if e.action == "refusal"]
         assert [e.details["rule"] for e in refusals] == ["LocalStepError"]
         monkeypatch.undo()
+        # out of memory outside the algorithm (masking, say): refused too, class only
+        from consortia.runtime.site import SiteWorker
+
+        def no_memory(self, task):
+            raise MemoryError("Unable to allocate 3.1 TiB for an array with shape (424242,)")
+
+        monkeypatch.setattr(SiteWorker, "contribute", no_memory)
+        sid = fedn.fed.submit(Mean(columns=("y",)), dataset="oom")
+        for a in agents:
+            a.run_once()
+        st = fedn.fed.wait(sid, timeout=60)
+        assert st.status == "failed" and st.error_rule == "MemoryError"
+        assert "424242" not in str(st.error) and "TiB" not in str(st.error)
+        monkeypatch.undo()
         sid = fedn.fed.submit(Mean(columns=("y",)), dataset="oom")
 
         def answered() -> bool:
