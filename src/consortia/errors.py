@@ -37,6 +37,33 @@ class ConvergenceError(AlgorithmError):
     """An iterative algorithm did not converge within its round budget."""
 
 
+class LocalStepError(AlgorithmError):
+    """A site's local step failed unexpectedly: out of memory, a defect, bad public arrays.
+
+    The site reports it as a refusal; its process lives on.  The message names the
+    step, the algorithm and the class of the original exception only: never that
+    exception's message, which may hold patient values.
+
+    Parameters
+    ----------
+    step
+        The step that failed.
+    cause
+        The class name of the original exception (``"MemoryError"`` for any
+        out-of-memory error, numpy's included).
+    algorithm
+        The algorithm's registered name, when known.
+    """
+
+    def __init__(self, step: str, cause: str, *, algorithm: str | None = None) -> None:
+        self.step = step
+        self.cause = cause
+        self.algorithm = algorithm
+        what = f" of {algorithm!r}" if algorithm else ""
+        hint = ": the step needs more memory than the site has" if cause == "MemoryError" else ""
+        super().__init__(f"the local step {step[:100]!r}{what} failed at the site ({cause}){hint}")
+
+
 class ProtocolError(ConsortiaError):
     """A message breaks the federation protocol (wrong layout, round, study, ...)."""
 

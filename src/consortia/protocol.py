@@ -45,6 +45,7 @@ __all__ = [
     "Algorithm",
     "Contribution",
     "Coordinator",
+    "Requirements",
     "Round",
     "Sums",
     "algorithm_from_spec",
@@ -240,6 +241,35 @@ class Contribution:
         object.__setattr__(self, "bins", MappingProxyType(bins))
 
 
+@dataclass(frozen=True)
+class Requirements:
+    """What one step of an algorithm declares before it runs (see :meth:`Algorithm.requirements`).
+
+    Parameters
+    ----------
+    n_parameters
+        The number of model parameters the study fits (0: not a model).  The
+        node refuses the step, before :meth:`Algorithm.local` runs, when this
+        exceeds its parameters-per-sample ratio times the dataset's row count.
+    columns
+        The columns of ``data.frame`` the step reads; the node refuses the step
+        when one is missing, before :meth:`Algorithm.local` runs.
+    """
+
+    n_parameters: int = 0
+    columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = self.n_parameters
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValidationError("Requirements.n_parameters must be a non-negative integer")
+        object.__setattr__(self, "n_parameters", int(n))
+        cols = (self.columns,) if isinstance(self.columns, str) else tuple(self.columns)
+        if not all(isinstance(c, str) and c for c in cols):
+            raise ValidationError("Requirements.columns must be a tuple of column names")
+        object.__setattr__(self, "columns", cols)
+
+
 Coordination = Generator[Round, Sums, Any]
 
 
@@ -260,6 +290,23 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
         """Site side: compute this site's contribution to ``step``."""
+
+    def requirements(self, step: str) -> Requirements | None:
+        """What ``step`` needs, known from the parameters alone; ``None`` (default): not declared.
+
+        A site checks the declaration *before* :meth:`local` runs, so that a
+        step its policy must refuse never allocates anything: the declared
+        ``n_parameters`` against the parameters-per-sample rule and the dataset's
+        row count against the minimum cohort size (the rows bound every cohort
+        a step can use, so such a refusal is certain), and the declared columns
+        against the dataset's.  The checks on the contribution itself still run
+        after :meth:`local`.
+
+        An algorithm that declares must not declare more parameters than the
+        model it fits has, nor compute a contribution whose ``cohort`` exceeds
+        the dataset's rows.  Pure and cheap: it is called at every round.
+        """
+        return None
 
     def privacy_cost(self) -> tuple[float, float]:
         """The ``(epsilon, delta)`` the whole study spends at each site's dataset.

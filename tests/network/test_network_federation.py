@@ -399,3 +399,58 @@ def test_a_node_refuses_a_substituted_peer_key(fedn, tmp_path):
     finally:
         for a in agents:
             a.close()
+
+
+def test_an_out_of_memory_local_step_is_a_refusal_and_the_node_lives_on(
+    fedn, tmp_path, monkeypatch
+):
+    """A node whose local step runs out of memory refuses (rule and exception class only)
+    instead of dying; the hub fails the study naming the rule; the node serves the next."""
+    agents = _in_process_agents(fedn, tmp_path, "oom", 50, 30)
+    real = Mean.local
+
+    def hungry(self, step, public, data):
+        if data.site == "oom1":  # numpy's MemoryError, its message holding a shape from the data
+            np.empty((len(data.frame) * 2**30, 1000))
+        return real(self, step, public, data)
+
+    monkeypatch.setattr(Mean, "local", hungry)
+    try:
+        sid = fedn.fed.submit(Mean(columns=("y",)), dataset="oom")
+        for a in agents:
+            a.run_once()  # the agent's loop calls the same handle(): it must not raise
+        st = fedn.fed.wait(sid, timeout=60)
+        assert st.status == "failed" and st.error_rule == "LocalStepError"
+        with pytest.raises(StudyFailed, match=r"LocalStepError.*MemoryError") as err:
+            fedn.fed.result(sid)
+        assert "TiB" not in str(err.value) and str(30 * 2**30) not in str(err.value)
+        assert "oom1" not in str(err.value)  # anonymous: it may be a fact about the data
+        refusals = [e for e in agents[1].store.audit.entries() if e.action == "refusal"]
+        assert [e.details["rule"] for e in refusals] == ["LocalStepError"]
+        monkeypatch.undo()
+        # out of memory outside the algorithm (masking, say): refused too, class only
+        from consortia.runtime.site import SiteWorker
+
+        def no_memory(self, task):
+            raise MemoryError("Unable to allocate 3.1 TiB for an array with shape (424242,)")
+
+        monkeypatch.setattr(SiteWorker, "contribute", no_memory)
+        sid = fedn.fed.submit(Mean(columns=("y",)), dataset="oom")
+        for a in agents:
+            a.run_once()
+        st = fedn.fed.wait(sid, timeout=60)
+        assert st.status == "failed" and st.error_rule == "MemoryError"
+        assert "424242" not in str(st.error) and "TiB" not in str(st.error)
+        monkeypatch.undo()
+        sid = fedn.fed.submit(Mean(columns=("y",)), dataset="oom")
+
+        def answered() -> bool:
+            for a in agents:
+                a.run_once()
+            return fedn.fed.status(sid).status != "running"
+
+        wait_until(answered, 60, "the next study")
+        assert fedn.fed.result(sid).n == 90
+    finally:
+        for a in agents:
+            a.close()

@@ -443,6 +443,12 @@ class NodeAgent:
                 # a bad column, a missing value, an empty group: may be a fact about this
                 # site's data, so the researcher is not told which site (the log is)
                 anonymous = isinstance(err, (ValidationError, AlgorithmError))
+            except Exception as exc:  # out of memory, a defect: refused, never a dead node
+                cause = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__
+                log.error("task of study %s failed: %s", task.study_id, cause)
+                # the class only: the exception's message may hold patient values
+                refusal = (cause, f"the node failed to answer the task ({cause})")
+                anonymous = True
             else:
                 if reveal:
                     where = {"study": task.study_id, "round": task.round_index}

@@ -1,9 +1,11 @@
 """A node's disclosure policy, enforced before anything leaves the node.
 
-The policy is checked twice for every round: once before the algorithm runs
-(:meth:`Policy.check_round`: is the algorithm allowed, are there enough peers)
-and once on the contribution it produced (:meth:`Policy.check_contribution`:
-cohort size, small cells, parameters per sample).  A breach raises
+The policy is checked twice for every round: before the algorithm runs
+(:meth:`Policy.check_round`: is the algorithm allowed, are there enough peers;
+:meth:`Policy.check_requirements`: what the algorithm declared of the step
+against the dataset's size, so that a doomed step never computes) and on the
+contribution it produced (:meth:`Policy.check_contribution`: cohort size,
+small cells, parameters per sample).  A breach raises
 :class:`~consortia.errors.PolicyError` naming the rule and its threshold, never
 the offending value, and nothing is released.
 """
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from consortia.errors import PolicyError, ValidationError
-from consortia.protocol import Contribution
+from consortia.protocol import Contribution, Requirements
 
 __all__ = ["Policy"]
 
@@ -141,14 +143,44 @@ class Policy:
                 "node's owner trusts (pinned identities)",
             )
 
+    def _cohort_error(self) -> PolicyError:
+        return PolicyError(
+            "min_cohort_size",
+            f"a contribution must come from at least {self.min_cohort_size} patients",
+        )
+
+    def _parameters_error(self) -> PolicyError:
+        return PolicyError(
+            "max_params_per_sample",
+            f"a model may have at most {self.max_params_per_sample} parameters per patient "
+            "in this site's cohort",
+        )
+
+    def check_requirements(self, requirements: Requirements, n_rows: int) -> None:
+        """Refuse, before anything is computed, a step that no cohort of the dataset can pass.
+
+        Parameters
+        ----------
+        requirements
+            What the algorithm declared of the step
+            (:meth:`~consortia.protocol.Algorithm.requirements`).
+        n_rows
+            The dataset's row count: an upper bound on the cohort of any
+            contribution, so every refusal here is one that
+            :meth:`check_contribution` would make on the contribution (with the
+            same rule and message).
+        """
+        if n_rows < self.min_cohort_size:
+            raise self._cohort_error()
+        n = requirements.n_parameters
+        if n and n > self.max_params_per_sample * n_rows:
+            raise self._parameters_error()
+
     def check_contribution(self, contribution: Contribution) -> None:
         """Refuse a contribution that breaks a cohort, cell or parameter rule."""
         cohort = contribution.cohort
         if cohort < self.min_cohort_size:
-            raise PolicyError(
-                "min_cohort_size",
-                f"a contribution must come from at least {self.min_cohort_size} patients",
-            )
+            raise self._cohort_error()
         if contribution.per_site and not self.allow_per_site:
             raise PolicyError(
                 "allow_per_site",
@@ -173,8 +205,4 @@ class Policy:
         if contribution.n_parameters and (
             contribution.n_parameters > self.max_params_per_sample * cohort
         ):
-            raise PolicyError(
-                "max_params_per_sample",
-                f"a model may have at most {self.max_params_per_sample} parameters per patient "
-                "in this site's cohort",
-            )
+            raise self._parameters_error()

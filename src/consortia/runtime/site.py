@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from consortia.data.dataset import Dataset, as_dataset
-from consortia.errors import AlgorithmError, PolicyError, ValidationError
+from consortia.errors import (
+    AlgorithmError,
+    ConsortiaError,
+    LocalStepError,
+    PolicyError,
+    SchemaError,
+    ValidationError,
+)
 from consortia.privacy.disclosure import (
     DATA_DEPENDENT_RULES,
     DisclosureControl,
@@ -22,12 +31,37 @@ from consortia.privacy.dp import add_noise
 from consortia.privacy.keys import PeerKey, SiteIdentity
 from consortia.privacy.policy import Policy
 from consortia.privacy.secagg import Ledger, MaskedContribution, Reveal, SecureSite
-from consortia.protocol import Algorithm, Contribution, algorithm_from_spec
+from consortia.protocol import Algorithm, Contribution, Requirements, algorithm_from_spec
 from consortia.runtime.task import Task
 
 __all__ = ["SiteWorker"]
 
+log = logging.getLogger("consortia.site")
+
 _ALGORITHM_CACHE = 64
+_MISSING_SHOWN = 20  # missing columns named in an error, at most
+
+T = TypeVar("T")
+
+
+def _guarded(algo: Algorithm, step: str, call: Callable[[], T]) -> T:
+    """Run algorithm code; an unexpected failure becomes a :class:`LocalStepError`.
+
+    consortia's own errors pass unchanged.  Anything else (numpy's out-of-memory
+    error, a defect, public arrays of the wrong shape) is raised as a typed error
+    naming the step and the exception's class only: its message may hold patient
+    values.  It is raised outside the ``except`` block, so that it carries no
+    reference to the original exception (whose frames may hold large arrays).
+    """
+    try:
+        return call()
+    except ConsortiaError:
+        raise
+    except Exception as exc:  # MemoryError included: the site lives on
+        cause = "MemoryError" if isinstance(exc, MemoryError) else type(exc).__name__
+        # the traceback only in this site's own debug log (it may show values)
+        log.debug("local step %r of %s failed", step, algo.name, exc_info=True)
+    raise LocalStepError(step, cause, algorithm=algo.name)
 
 
 class SiteWorker:
@@ -140,8 +174,47 @@ class SiteWorker:
             self._algorithms.pop(next(iter(self._algorithms)))
         return algo
 
+    @staticmethod
+    def _before_local(algo: Algorithm, step: str, policy: Policy, data: Dataset) -> None:
+        """Judge what the algorithm declared of ``step`` before it computes anything.
+
+        The dataset's row count bounds every cohort: a refusal here is certain, and
+        a step that could never be released allocates nothing.
+        """
+        needs = _guarded(algo, step, lambda: algo.requirements(step))
+        if needs is None:
+            return
+        if not isinstance(needs, Requirements):
+            raise ValidationError(
+                f"{type(algo).__name__}.requirements() returned {type(needs).__name__}, "
+                "expected Requirements or None"
+            )
+        policy.check_requirements(needs, data.n_rows)
+        columns = data.frame.columns
+        missing = [c for c in needs.columns if c not in columns]
+        if missing:
+            more = len(missing) - _MISSING_SHOWN
+            tail = f" and {more} more" if more > 0 else ""
+            raise SchemaError(
+                f"column(s) {missing[:_MISSING_SHOWN]}{tail} not found in the site's data"
+            )
+
     def compute(self, task: Task) -> Contribution:
-        """Check the policy and compute the (unmasked) contribution; nothing leaves."""
+        """Check the policy and compute the (unmasked) contribution; nothing leaves.
+
+        Everything the policy can judge from the task (algorithm, trusted peers,
+        declared parameters and columns against the dataset) is judged before the
+        algorithm's :meth:`~consortia.protocol.Algorithm.local` runs; the
+        contribution is judged after.
+
+        Raises
+        ------
+        PolicyError
+            A rule of the dataset's policy refused (nothing was released).
+        LocalStepError
+            The local step failed unexpectedly (out of memory, for example); the
+            message names the step and the exception's class, never its message.
+        """
         if task.dataset not in self.datasets:
             raise ValidationError(
                 f"site {self.name!r} has no dataset {task.dataset!r} "
@@ -155,7 +228,11 @@ class SiteWorker:
         try:
             policy.check_round(algo.name, len(self.trusted_sites(task.participants)))
             self.disclosure.before_compute(policy=policy, cost=cost, **common)
-            contribution = algo.local(task.step, task.public, self.datasets[task.dataset])
+            data = self.datasets[task.dataset]
+            self._before_local(algo, task.step, policy, data)
+            contribution = _guarded(
+                algo, task.step, lambda: algo.local(task.step, task.public, data)
+            )
             if not isinstance(contribution, Contribution):
                 raise ValidationError(
                     f"{type(algo).__name__}.local() returned {type(contribution).__name__}, "
@@ -176,6 +253,10 @@ class SiteWorker:
         except PolicyError as err:
             self.disclosure.refused(rule=err.rule, **common)
             raise self._attribute(err) from None
+        except LocalStepError:
+            # whether a step fails may depend on the data: it counts like a refusal
+            self.disclosure.refused(rule="LocalStepError", **common)
+            raise
         self.disclosure.released(
             dataset=task.dataset,
             study_id=task.study_id,

@@ -11,7 +11,14 @@ from scipy import stats as sps
 
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
-from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.protocol import (
+    Algorithm,
+    Contribution,
+    Coordination,
+    Requirements,
+    Round,
+    register,
+)
 from consortia.stats._glm import Standardizer, check_rank, join, moments, site_rows, split
 from consortia.stats._validate import check_columns_param, numeric_rows, used_rows
 
@@ -130,6 +137,10 @@ class LinearRegression(Algorithm):
     def terms(self) -> tuple[str, ...]:
         """Names of the fitted coefficients."""
         return ("Intercept", *self.covariates)
+
+    def requirements(self, step: str) -> Requirements:
+        """Every step: ``len(covariates) + 1`` parameters; the outcome and covariate columns."""
+        return Requirements(n_parameters=len(self.terms), columns=(self.outcome, *self.covariates))
 
     def _read(self, data: Dataset) -> tuple[np.ndarray, np.ndarray | None]:
         # columns: outcome first, then covariates; and the rows used (None: all)

@@ -12,7 +12,14 @@ from scipy.special import expit
 
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ConvergenceError, SchemaError, ValidationError
-from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.protocol import (
+    Algorithm,
+    Contribution,
+    Coordination,
+    Requirements,
+    Round,
+    register,
+)
 from consortia.stats._glm import Standardizer, check_rank, join, site_rows, split
 from consortia.stats._validate import check_columns_param, numeric_rows, used_rows
 
@@ -187,6 +194,10 @@ class LogisticRegression(Algorithm):
     def terms(self) -> tuple[str, ...]:
         """Names of the fitted coefficients."""
         return ("Intercept", *self.covariates)
+
+    def requirements(self, step: str) -> Requirements:
+        """Every step: ``len(covariates) + 1`` parameters; the outcome and covariate columns."""
+        return Requirements(n_parameters=len(self.terms), columns=(self.outcome, *self.covariates))
 
     # ------------------------------------------------------------------ hub side
 

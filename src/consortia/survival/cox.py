@@ -41,7 +41,9 @@ Rounds and what they release
    time (``S2`` packed symmetric) and Efron's tie sums at times with two or more
    events; site-stratified mode, the site's log-likelihood, gradient and
    Hessian.  Every contribution declares ``n_parameters`` = number of
-   covariates (parameters-per-sample rule).
+   covariates (parameters-per-sample rule); every step declares it beforehand
+   (:meth:`CoxPH.requirements`), so a site whose rows cannot support the model
+   refuses at the first round without computing anything.
 3. ``score`` (only with ``robust=True``): the sum of the outer products of the
    site's patients' score residuals.  In pooled mode the hub first broadcasts
    the pooled risk-set means and Breslow hazard increments per event time.
@@ -76,7 +78,14 @@ import pandas as pd
 from consortia.data.dataset import Dataset
 from consortia.errors import ConvergenceError, SchemaError, ValidationError
 from consortia.precision import join, split
-from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.protocol import (
+    Algorithm,
+    Contribution,
+    Coordination,
+    Requirements,
+    Round,
+    register,
+)
 from consortia.stats._validate import numeric_columns
 from consortia.survival import _cox_math as cm
 from consortia.survival._cox_result import CoxPHResult
@@ -259,6 +268,19 @@ class CoxPH(Algorithm):
     @property
     def _n_strata(self) -> int:
         return 1 if self.strata_levels is None else len(self.strata_levels)
+
+    def requirements(self, step: str) -> Requirements:
+        """Every step: the model's ``len(covariates)`` parameters; the columns the step reads.
+
+        A site refuses the study at its first round, before any array is built,
+        when its rows cannot support that many parameters.
+        """
+        if step == "plan":
+            return Requirements(n_parameters=self._p, columns=(self.time, self.event))
+        roles = tuple(c for c in (self.weights, self.strata) if c is not None)
+        return Requirements(
+            n_parameters=self._p, columns=(self.time, self.event, *self.covariates, *roles)
+        )
 
     def privacy_cost(self) -> tuple[float, float]:
         """``(plan_epsilon, plan_delta)`` with a planned grid, else ``(0, 0)``."""
