@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from consortia.errors import ProtocolError
 from consortia.hub.db import RoundRow, RoundSumsRow, StudyRow, TaskRow
+from consortia.hub.payloads import round_public
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.wire import unpack_arrays
@@ -34,7 +35,7 @@ class LiveRound:
 
     index: int
     step: str
-    public: bytes
+    public: str  # sha256 (hex) of the packed public arrays (see consortia.hub.payloads)
     attempt: int
     participants: list[str]
     phase: str  # "collect" or "reveal"
@@ -108,7 +109,7 @@ def load_live(
     rnd = LiveRound(
         index=row.round_index,
         step=row.step,
-        public=bytes(row.public),
+        public=round_public(s, study.id, row.public),
         attempt=row.attempt,
         participants=list(row.participants),
         phase=row.phase,
