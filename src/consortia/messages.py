@@ -221,6 +221,11 @@ class ContributionHeader(_Strict):
             raise ValueError("an audit head is <seq>:<64 hex digits>")
         return value
 
+    @classmethod
+    def of(cls, layout: Layout, audit_head: tuple[int, str] | None = None) -> ContributionHeader:
+        """The headers of a contribution of ``layout`` (and the node's audit head)."""
+        return cls(layout=list(layout.entries), audit_head=audit_head)
+
     def to_layout(self) -> Layout:
         """The layout as a :class:`~consortia.privacy.secagg.Layout`."""
         return Layout(tuple(self.layout))

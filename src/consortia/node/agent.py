@@ -506,9 +506,7 @@ class NodeAgent:
             pack_arrays({"masked": masked.data}),
             content_type=CONTENT_TYPE,
             # the audit head anchors this node's log at the hub (detects truncation, rewrites)
-            headers=ContributionHeader(
-                layout=masked.layout, audit_head=self.store.audit.head()
-            ).to_headers(),
+            headers=ContributionHeader.of(masked.layout, self.store.audit.head()).to_headers(),
             wait=wait,
         )
         self._answered(task, "contribution", r)
