@@ -362,6 +362,11 @@ class AuditLog:
             except IntegrityError:
                 pass  # created by another process
 
+    @property
+    def engine(self) -> sa.Engine:
+        """The database of the log (an ``append(..., connection=...)`` must use it)."""
+        return self._engine
+
     def _head_mac(self, seq: int, hash_: str) -> str | None:
         if self._key is None:
             return None

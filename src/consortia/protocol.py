@@ -327,6 +327,9 @@ class Algorithm(abc.ABC):
 
 
 def _jsonable(value: Any) -> Any:
+    to_params = getattr(value, "to_params", None)
+    if callable(to_params):  # a compact form (a regular grid in three numbers...)
+        return _jsonable(to_params())
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     if isinstance(value, Mapping):

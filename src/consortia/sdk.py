@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import ValidationError as PydanticValidationError
 
 from consortia.errors import (
     ConsortiaError,
@@ -29,6 +30,7 @@ from consortia.errors import (
     StudyFailed,
     ValidationError,
 )
+from consortia.messages import StudyStatusMessage
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.protocol import Algorithm, Coordinator, algorithm_from_spec
 from consortia.wire import unpack_arrays
@@ -81,19 +83,30 @@ class StudyStatus:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> StudyStatus:
-        cur = obj.get("current") or {}
+        """Parse the hub's answer (a :class:`~consortia.messages.StudyStatusMessage`).
+
+        Raises
+        ------
+        ProtocolError
+            The answer is not a study status.
+        """
+        try:
+            msg = StudyStatusMessage.model_validate(obj)
+        except PydanticValidationError:
+            raise ProtocolError("the hub's answer is not a study status") from None
+        cur = msg.current
         return cls(
-            id=obj["id"],
-            status=obj["status"],
-            rounds_done=int(obj.get("rounds_done", 0)),
-            step=cur.get("step"),
-            attempt=cur.get("attempt"),
-            phase=cur.get("phase"),
-            participants=tuple(obj.get("participants", ())),
-            error=obj.get("error"),
-            error_rule=obj.get("error_rule"),
+            id=msg.id,
+            status=msg.status.value,
+            rounds_done=msg.rounds_done,
+            step=cur.step if cur else None,
+            attempt=cur.attempt if cur else None,
+            phase=cur.phase if cur else None,
+            participants=tuple(msg.participants),
+            error=msg.error,
+            error_rule=msg.error_rule,
             raw=obj,
-            waiting_approval=tuple(cur.get("waiting_approval", ())),
+            waiting_approval=tuple(cur.waiting_approval) if cur else (),
         )
 
     @property

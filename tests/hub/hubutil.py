@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
 
 from consortia.hub import bootstrap_token
+from consortia.hub.payloads import read_blob
+from consortia.messages import TaskMessage
 from consortia.privacy.keys import SiteIdentity
+from consortia.runtime.task import Task
+from consortia.wire import unpack_arrays
 
 KM = {
     "name": "survival.kaplan_meier",
@@ -30,3 +38,14 @@ def enrol(c: TestClient, db: str, name: str, datasets: tuple[str, ...] = ("data"
     r = c.put("/v1/node/catalogue", json={"datasets": entries}, headers=bearer(cred))
     assert r.status_code == 200, r.text
     return cred
+
+
+def task_of(engine: Engine, node: str, msg: dict[str, Any]) -> Task:
+    """The Task of a task message, its public arrays read by digest as the node's fetch does."""
+    m = TaskMessage.model_validate(msg)
+    public = {}
+    if m.public is not None:
+        raw = read_blob(engine, node, m.public.sha256)
+        assert hashlib.sha256(raw).hexdigest() == m.public.sha256 and len(raw) == m.public.size
+        public = unpack_arrays(raw, copy=True)
+    return m.to_task(public)

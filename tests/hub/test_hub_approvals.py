@@ -6,20 +6,18 @@ path (real processes, the CLI) is in tests/network/test_network_approvals.py.
 
 from __future__ import annotations
 
-import base64
-
 import pytest
+from hubutil import task_of
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consortia.hub.db import NodeRow, TaskRow, make_engine
 from consortia.hub.service import HubError, StudyEngine
-from consortia.privacy.keys import PeerKey
+from consortia.messages import TaskMessage
 from consortia.privacy.policy import Policy
 from consortia.runtime.site import SiteWorker
-from consortia.runtime.task import Task
 from consortia.stats.vector_sum import VectorSum
-from consortia.wire import pack_arrays, unpack_arrays
+from consortia.wire import pack_arrays
 
 DIGEST = "ab" * 32
 
@@ -52,19 +50,9 @@ def world(hub_url, toy_sites):
 def _answer(hub: StudyEngine, worker: SiteWorker, kind: str) -> int:
     done = 0
     for msg in hub.tasks_for(worker.name):
-        if msg["kind"] != kind:
+        if TaskMessage.model_validate(msg).kind != kind:
             continue
-        task = Task(
-            study_id=msg["study_id"],
-            round_index=msg["round_index"],
-            attempt=msg["attempt"],
-            algorithm=msg["algorithm"],
-            dataset=msg["dataset"],
-            step=msg["step"],
-            public=unpack_arrays(base64.b64decode(msg["public"]), copy=True),
-            participants=tuple(PeerKey.from_json(p) for p in msg["participants"]),
-            frac_bits=msg["frac_bits"],
-        )
+        task = task_of(hub.engine, worker.name, msg)
         if kind == "contribute":
             m = worker.contribute(task)
             hub.contribute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hubutil import task_of
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,6 +17,7 @@ from consortia import Simulation
 from consortia.hub.auth import create_token, resolve
 from consortia.hub.db import NodeRow, TokenRow, make_engine
 from consortia.hub.service import HubError, StudyEngine
+from consortia.messages import TaskKind, TaskMessage
 from consortia.privacy.policy import Policy
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
@@ -50,31 +52,18 @@ def world(hub_url, toy_sites):
     engine.dispose()
 
 
-def _task(msg) -> Task:
-    import base64
-
-    from consortia.privacy.keys import PeerKey
-
-    return Task(
-        study_id=msg["study_id"],
-        round_index=msg["round_index"],
-        attempt=msg["attempt"],
-        algorithm=msg["algorithm"],
-        dataset=msg["dataset"],
-        step=msg["step"],
-        public=unpack_arrays(base64.b64decode(msg["public"]), copy=True),
-        participants=tuple(PeerKey.from_json(p) for p in msg["participants"]),
-        frac_bits=msg["frac_bits"],
-    )
+def _task(hub: StudyEngine, node: str, msg) -> Task:
+    return task_of(hub.engine, node, msg)
 
 
 def _answer(hub: StudyEngine, worker: SiteWorker, kinds=("contribute", "reveal")) -> int:
     done = 0
     for msg in hub.tasks_for(worker.name):
-        if msg["kind"] not in kinds:
+        kind = TaskMessage.model_validate(msg).kind
+        if kind not in kinds:
             continue
-        task = _task(msg)
-        if msg["kind"] == "contribute":
+        task = _task(hub, worker.name, msg)
+        if kind is TaskKind.CONTRIBUTE:
             m = worker.contribute(task)
             hub.contribute(
                 worker.name,
@@ -143,7 +132,7 @@ def test_silent_node_is_excluded_and_the_round_reruns(world):
     sid = hub.submit("alice", algo.spec(), "data")
     for n in ("site0", "site1", "site2"):
         _answer(hub, workers[n], ("contribute",))
-    late_task = _task(hub.tasks_for("site3")[0])
+    late_task = _task(hub, "site3", hub.tasks_for("site3")[0])
     hub.check_timeouts()  # site3 is late
     st = hub.status(sid, "alice")
     assert st["participants"] == ["site0", "site1", "site2"]
@@ -172,7 +161,7 @@ def test_wrong_layout_and_unknown_study_are_refused_without_harm(world):
     hub = StudyEngine(engine)
     sid = hub.submit("alice", VectorSum(size=3, rounds=1).spec(), "data")
     w = workers["site0"]
-    m = w.contribute(_task(hub.tasks_for("site0")[0]))
+    m = w.contribute(_task(hub, "site0", hub.tasks_for("site0")[0]))
     with pytest.raises(HubError) as e:
         hub.contribute("site0", sid, 0, 0, [["v", [4]]], pack_arrays({"masked": m.data}))
     assert e.value.status == 400

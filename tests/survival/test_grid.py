@@ -7,11 +7,13 @@ import pytest
 
 from consortia.errors import SchemaError, ValidationError
 from consortia.survival._grid import (
+    Grid,
     administrative_censoring,
     day_grid,
     grid_counts,
     grid_index,
     grid_map,
+    grid_param,
     quantile_grid,
     regular_grid,
     round_up_to_grid,
@@ -108,3 +110,84 @@ def test_exact_counts_declare_their_grid_where_the_protocol_can() -> None:
         np.testing.assert_array_equal(declared, [0.0, 10.0, 20.0])
     else:  # a protocol without Contribution.bins: nothing to declare
         assert kwargs == {}
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "step", "explicit"),
+    [
+        (0, 200_000, 1, np.arange(0, 200_001, 1.0)),
+        (0, 3650, 30, np.arange(0, 3651, 30.0)),  # 3650 is not on the grid: 3630 ends it
+        (1, 10, 0.5, np.arange(1, 10.5, 0.5)),
+        (0, 0.3, 0.1, np.arange(0, 0.35, 0.1)),  # numpy's 0.30000000000000004 ends it
+        (0.5, 0.5, 1, np.array([0.5])),
+        (0, 10, 3, np.arange(0, 11, 3.0)),
+    ],
+)
+def test_a_regular_grid_is_the_explicit_numpy_arange_grid(start, stop, step, explicit) -> None:
+    grid = Grid(start, stop, step)
+    assert grid == tuple(explicit.tolist())  # numpy.arange's own values, bit for bit
+    assert grid_param(grid) is grid
+    assert grid_param(grid.to_params()) == grid_param(explicit) == grid
+    assert grid_param(explicit) == tuple(explicit.tolist())
+    assert grid[-1] <= stop + 1e-9 * step and grid[0] == start
+    assert len(Grid(0, 200_000, 1)) == 200_001
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"start": 0, "stop": 10}, "exactly the keys start, stop, step"),
+        ({"start": 0, "stop": 10, "step": 1, "n": 3}, "exactly the keys"),
+        ({"start": -1, "stop": 10, "step": 1}, "0 <= start <= stop"),
+        ({"start": 5, "stop": 1, "step": 1}, "0 <= start <= stop"),
+        ({"start": 0, "stop": 10, "step": 0}, "step must be positive"),
+        ({"start": 0, "stop": 10, "step": "1"}, "step must be a number"),
+        ({"start": 0, "stop": 10, "step": True}, "step must be a number"),
+        ({"start": 0, "stop": 1e300, "step": 1}, "more than"),
+        ({"start": 0, "stop": 2e6, "step": 1}, "more than"),
+        ({"start": 1e300, "stop": 1e300, "step": 1e-300}, "too small"),
+    ],
+)
+def test_a_malformed_regular_grid_is_refused_naming_the_parameter(params, words) -> None:
+    with pytest.raises(ValidationError, match=words) as e:
+        grid_param(params, name="time_grid")
+    assert "time_grid" in str(e.value)
+
+
+def test_a_regular_grid_gives_the_same_estimates_and_a_three_number_spec() -> None:
+    import pickle
+
+    import pandas as pd
+
+    from consortia import Policy, Simulation
+    from consortia.protocol import algorithm_from_spec
+    from consortia.survival import KaplanMeier, LogRank
+
+    rng = np.random.default_rng(3)
+    sites = {}
+    for i in range(3):
+        t = np.ceil(rng.exponential(200.0, 80))
+        c = np.ceil(rng.uniform(1, 400, 80))
+        arm = rng.choice(["a", "b"], 80)
+        sites[f"s{i}"] = pd.DataFrame(
+            {"T": np.minimum(t, c), "E": (t <= c).astype(int), "arm": arm}
+        )
+    open_policy = Policy(min_cell_count=1)
+    for make in (
+        lambda g: KaplanMeier(time="T", event="E", time_grid=g),
+        lambda g: LogRank(time="T", event="E", group="arm", groups=("a", "b"), time_grid=g),
+    ):
+        regular, explicit = make(Grid(0, 400, 5)), make(list(np.arange(0, 401, 5.0)))
+        assert regular == explicit
+        spec = regular.spec()
+        assert spec["params"]["time_grid"] == {"start": 0.0, "stop": 400.0, "step": 5.0}
+        assert algorithm_from_spec(spec) == explicit
+        assert pickle.loads(pickle.dumps(regular)) == regular
+        a = Simulation(sites, policy=open_policy).run(regular)
+        b = Simulation(sites, policy=open_policy).run(explicit)
+        if isinstance(regular, KaplanMeier):
+            np.testing.assert_array_equal(a["all"].survival, b["all"].survival)
+            np.testing.assert_array_equal(a["all"].timeline, b["all"].timeline)
+        else:
+            for field in ("observed", "expected", "variance"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))

@@ -10,7 +10,6 @@ without a valid token is answered 401 and leaves no trace.
 
 import asyncio
 import gc
-import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from consortia import __version__
 from consortia.audit import AuditLog
-from consortia.errors import KeyVerificationError, ValidationError
+from consortia.errors import KeyVerificationError, ProtocolError, ValidationError
 from consortia.hub.admin import add_admin_routes
-from consortia.hub.anchors import HEAD_HEADER, anchor_head, parse_head
+from consortia.hub.anchors import anchor_head
 from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, approval_router
 from consortia.hub.auth import (
     Principal,
@@ -48,6 +47,7 @@ from consortia.hub.checks import MAX_INDEX
 from consortia.hub.db import NodeRow, TokenRow, make_engine
 from consortia.hub.fastpath import HOT_PATH, FastPath, wait_param
 from consortia.hub.guard import RequestGuard, read_body
+from consortia.hub.payloads import read_blob
 from consortia.hub.schemas import (
     CatalogueRequest,
     EnrolRequest,
@@ -58,6 +58,7 @@ from consortia.hub.schemas import (
     StudyRequest,
 )
 from consortia.hub.service import HubError, StudyEngine
+from consortia.messages import ContributionHeader, StudyStatusMessage, TaskMessage
 from consortia.privacy.keys import PeerKey
 from consortia.wire import CONTENT_TYPE
 
@@ -294,9 +295,14 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     seen: dict[str, float] = {}  # node -> last time its last_seen was written
 
-    @app.get("/v1/node/tasks", tags=["node"], response_model=list[dict[str, Any]])
+    @app.get("/v1/node/tasks", tags=["node"], response_model=list[TaskMessage])
     def tasks(who: Node, wait: Annotated[float, Query(ge=0, le=60)] = 0.0) -> Response:
-        """This node's open tasks; waits up to ``wait`` seconds for one (long-poll)."""
+        """This node's open tasks; waits up to ``wait`` seconds for one (long-poll).
+
+        Each task names its round's public arrays by reference (``public``: SHA-256
+        and size, ``null`` when there are none): fetch them from
+        ``GET /v1/node/blobs/{sha256}``.
+        """
         now = time.time()
         if now - seen.get(who.name, 0.0) > 5:
             with Session(engine) as s:
@@ -307,6 +313,25 @@ def create_app(settings: HubSettings) -> FastAPI:
             seen[who.name] = now
         return JSONResponse(studies.wait_tasks(who.name, wait))
 
+    @app.get(
+        "/v1/node/blobs/{sha256}",
+        tags=["node"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}}},
+    )
+    def blob(sha256: Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")], who: Node) -> Response:
+        """A payload of one of this node's studies, by the SHA-256 of its bytes.
+
+        The answer is a consortia.wire frame (a round's public arrays); a digest that
+        none of the node's studies uses is answered 404, like an unknown one.
+        """
+        data = read_blob(engine, who.name, sha256)
+        return Response(
+            content=data,
+            media_type=CONTENT_TYPE,
+            headers={"Cache-Control": "private, max-age=31536000, immutable"},
+        )
+
     base = "/v1/node/studies/{study_id}/rounds/{round_index}/attempts/{attempt}"
 
     async def post_contribution(
@@ -316,12 +341,10 @@ def create_app(settings: HubSettings) -> FastAPI:
         if length is not None and (not length.isdigit() or int(length) > settings.max_payload):
             raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
         try:
-            layout = json.loads(request.headers.get("x-consortia-layout", ""))
-        except ValueError:
-            raise HubError(400, "the X-Consortia-Layout header is not JSON") from None
-        except RecursionError:
-            raise HubError(400, "the X-Consortia-Layout header is nested too deeply") from None
-        head = parse_head(request.headers.get(HEAD_HEADER))
+            header = ContributionHeader.from_headers(request.headers)
+        except ProtocolError as exc:
+            raise HubError(400, str(exc)) from None
+        layout, head = header.layout_json(), header.audit_head
         args = (who.name, study_id, round_index, attempt, layout)
         if length is not None and int(length) <= _SMALL_BODY:
             # a small body needs no upload slot: store it and wait, in one thread hop
@@ -475,7 +498,7 @@ def create_app(settings: HubSettings) -> FastAPI:
     def _scope(who: Principal) -> str | None:
         return None if who.role == "admin" else who.name
 
-    @app.post("/v1/studies", tags=["researcher"])
+    @app.post("/v1/studies", tags=["researcher"], response_model=StudyStatusMessage)
     def submit(body: StudyRequest, who: Researcher) -> dict[str, Any]:
         """Submit a study; it starts at once over every node publishing the dataset."""
         sid = studies.submit(
@@ -492,7 +515,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         """The caller's studies (all studies for an admin)."""
         return studies.list_studies(_scope(who))
 
-    @app.get("/v1/studies/{study_id}", tags=["researcher"])
+    @app.get("/v1/studies/{study_id}", tags=["researcher"], response_model=StudyStatusMessage)
     def study(
         study_id: str,
         who: Researcher,
@@ -523,7 +546,9 @@ def create_app(settings: HubSettings) -> FastAPI:
         data = studies.round_sums(study_id, _scope(who), round_index)
         return Response(content=data, media_type=CONTENT_TYPE)
 
-    @app.post("/v1/studies/{study_id}/cancel", tags=["researcher"])
+    @app.post(
+        "/v1/studies/{study_id}/cancel", tags=["researcher"], response_model=StudyStatusMessage
+    )
     def cancel(study_id: str, who: Researcher) -> dict[str, Any]:
         """Cancel a running study."""
         return studies.cancel(study_id, _scope(who), f"{who.role}:{who.name}")

@@ -1,4 +1,4 @@
-"""Writing the hub's payload-sized blobs: running masked sums and round sums.
+"""Writing the hub's payload-sized blobs: running masked sums, round sums, public arrays.
 
 Big blobs live in their own tables (``round_acc``, ``round_sums``) so that the
 small, frequent updates of a round never rewrite them.  On SQLite they are
@@ -28,16 +28,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from consortia.hub.db import RoundAccRow, RoundSumsRow
+from consortia.hub.db import BlobRow, RoundAccRow, RoundSumsRow
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["put_acc", "put_sums"]
+__all__ = ["put_acc", "put_blob", "put_sums"]
 
 # ``__table__`` is typed as a FromClause: a declarative class's is a Table
 _ACC = cast(Table, RoundAccRow.__table__)
 _SUMS = cast(Table, RoundSumsRow.__table__)
+_BLOBS = cast(Table, BlobRow.__table__)
 _CHUNK = 1 << 20
 _IN_PLACE = 1 << 16  # smaller blobs are simply bound (nothing big is kept alive)
 
@@ -73,9 +74,22 @@ _INS_SUMS_ZERO = insert(_SUMS).values(
     round_index=bindparam("k_round"),
     sums=func.zeroblob(bindparam("v_size")),
 )
+_INS_BLOB = insert(_BLOBS).values(
+    sha256=bindparam("k_digest"),
+    size=bindparam("v_size"),
+    data=bindparam("v_data", type_=_BLOBS.c.data.type),
+)
+_INS_BLOB_ZERO = insert(_BLOBS).values(
+    sha256=bindparam("k_digest"), size=bindparam("v_size"), data=func.zeroblob(bindparam("v_size"))
+)
 _ROWID: dict[str, Select[Any]] = {
     t.name: select(literal_column("rowid")).select_from(t).where(*_key(t)) for t in (_ACC, _SUMS)
 }
+_ROWID[_BLOBS.name] = (
+    select(literal_column("rowid"))
+    .select_from(_BLOBS)
+    .where(_BLOBS.c.sha256 == bindparam("k_digest"))
+)
 
 
 def _as_bytes(data: np.ndarray | bytes) -> memoryview:
@@ -127,3 +141,14 @@ def put_sums(s: Session, study_id: str, round_index: int, packed: bytes) -> None
         _write_in_place(s, _SUMS, key, "sums", data)
     else:
         s.execute(_INS_SUMS, {**key, "v_sums": data})
+
+
+def put_blob(s: Session, digest: str, data: bytes) -> None:
+    """Store a new content-addressed blob (the caller checked that ``digest`` is new)."""
+    key = {"k_digest": digest}
+    view = _as_bytes(data)
+    if _in_place(s, len(view)):
+        s.execute(_INS_BLOB_ZERO, {**key, "v_size": len(view)})
+        _write_in_place(s, _BLOBS, key, "data", view)
+    else:
+        s.execute(_INS_BLOB, {**key, "v_size": len(view), "v_data": view})

@@ -9,11 +9,15 @@ Tables
 ``tokens``           researcher, admin and one-time enrolment tokens (hashed)
 ``datasets``         the catalogue each node published (names, columns, rounded counts; no values)
 ``studies``          algorithm spec, dataset, researcher, status, participants, error
-``rounds``           one row per round: step, public arrays, the open attempt, the received
-                     set and revealed seeds (small columns only: updated on every request)
+``rounds``           one row per round: step, the SHA-256 of its public arrays (in ``blobs``),
+                     the open attempt, the received set and revealed seeds (small columns only:
+                     updated on every request)
 ``round_acc``        the open attempt's running masked sum (one big blob per open round)
 ``round_sums``       the SUMS of each finished round (written once)
 ``tasks``            per-node task state of every attempt
+``blobs``            payloads stored once, content-addressed: rounds' public arrays (packed
+                     consortia.wire frames, named by the SHA-256 of their bytes)
+``blob_refs``        which studies use which blob (a node may fetch the blobs of its studies)
 ``node_audit_heads`` each node's audit-log heads as anchored with its contributions (append-only)
 ``audit_log``        created by :class:`consortia.audit.AuditLog` on the same engine
 """
@@ -41,6 +45,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "BlobRefRow",
+    "BlobRow",
     "DatasetRow",
     "NodeAuditHeadRow",
     "NodeRow",
@@ -124,7 +130,7 @@ class RoundRow(Base):
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
     round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     step: Mapped[str] = mapped_column(String(128))
-    public: Mapped[bytes] = mapped_column(LargeBinary)
+    public: Mapped[str] = mapped_column(String(64))  # sha256 of the packed arrays (in blobs)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     participants: Mapped[list] = mapped_column(JSON)
     phase: Mapped[str] = mapped_column(String(16), default="collect")
@@ -157,6 +163,24 @@ class RoundSumsRow(Base):
     study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     sums: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BlobRow(Base):
+    """A payload stored once, named by the SHA-256 (hex) of its bytes."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class BlobRefRow(Base):
+    """A study that uses a blob: its nodes may fetch it."""
+
+    __tablename__ = "blob_refs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
 class TaskRow(Base):

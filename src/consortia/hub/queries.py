@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from consortia.audit import AuditLog
 from consortia.hub.db import DatasetRow, RoundRow, RoundSumsRow, StudyRow
 from consortia.hub.state import LiveStudy
+from consortia.messages import StudyStatusMessage
 
 __all__ = ["HubError", "StudyQueries"]
 
@@ -45,7 +46,10 @@ class StudyQueries:
         return study
 
     def status(self, study_id: str, researcher: str | None) -> dict[str, Any]:
-        """The study's public state (``researcher=None``: any study, for admins)."""
+        """The study's public state (``researcher=None``: any study, for admins).
+
+        The JSON of a :class:`~consortia.messages.StudyStatusMessage`.
+        """
         with Session(self.engine) as s:
             study = self._owned(s, study_id, researcher)
             out: dict[str, Any] = {
@@ -76,7 +80,7 @@ class StudyQueries:
                     "progress": dict(sorted(live.progress.items())),
                     "waiting_approval": sorted(live.waiting),
                 }
-        return out
+        return StudyStatusMessage.model_validate(out).model_dump(mode="json")
 
     def wait_status(
         self, study_id: str, researcher: str | None, known: int | None, timeout: float

@@ -1,10 +1,16 @@
-"""Pydantic models of the hub's control messages (arrays travel as consortia.wire frames)."""
+"""Pydantic models of the hub's control messages (arrays travel as consortia.wire frames).
+
+The messages nodes and researchers exchange with the hub are in :mod:`consortia.messages`
+(re-exported here under their former names); this module keeps the hub's own requests.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from consortia.messages import AlgorithmSpec, PeerKeyModel, RefusalMessage, RevealMessage
 
 __all__ = [
     "AlgorithmSpec",
@@ -20,20 +26,10 @@ __all__ = [
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-_HEX32 = r"^[0-9a-f]{64}$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class PeerKeyModel(_Strict):
-    """A node's signed masking key (hex fields)."""
-
-    site: str = Field(pattern=_NAME)
-    mask_key: str = Field(pattern=_HEX32)
-    identity_key: str = Field(pattern=_HEX32)
-    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
 
 
 class EnrolRequest(_Strict):
@@ -65,13 +61,6 @@ class TokenResponse(BaseModel):
     token: str
 
 
-class AlgorithmSpec(_Strict):
-    """A registered algorithm and its JSON parameters."""
-
-    name: str = Field(min_length=1, max_length=128)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
 class StudyRequest(_Strict):
     """A study: algorithm, dataset and (optionally) the nodes to include."""
 
@@ -81,10 +70,8 @@ class StudyRequest(_Strict):
     frac_bits: int = Field(default=24, ge=0, le=52)
 
 
-class RevealRequest(_Strict):
-    """A node's self-mask seed for one attempt."""
-
-    seed: str = Field(pattern=_HEX32)
+RevealRequest = RevealMessage
+"""A node's self-mask seed for one attempt (:class:`consortia.messages.RevealMessage`)."""
 
 
 class HeartbeatRequest(_Strict):
@@ -93,13 +80,8 @@ class HeartbeatRequest(_Strict):
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
-class RefusalRequest(_Strict):
-    """A node refused a task: the policy rule (or error class) and a message without values."""
-
-    rule: str = Field(min_length=1, max_length=64)
-    message: str = Field(max_length=2000)
-    anonymous: bool = False
-    """True when the rule depends on the data: the researcher is not told which site refused."""
+RefusalRequest = RefusalMessage
+"""A node refused a task (:class:`consortia.messages.RefusalMessage`)."""
 
 
 class CatalogueRequest(_Strict):

@@ -21,7 +21,6 @@ One hub process serves one database.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -43,6 +42,7 @@ from consortia.hub.db import (
     StudyRow,
     TaskRow,
 )
+from consortia.hub.payloads import store_public, submit_details, task_message
 from consortia.hub.queries import HubError, StudyQueries
 from consortia.hub.rounds import RoundHandling
 from consortia.hub.state import (
@@ -51,13 +51,13 @@ from consortia.hub.state import (
     load_live,
 )
 from consortia.hub.statements import ACC, ROUNDS, SET_TASK, TASKS, round_update
+from consortia.messages import TaskKind
 from consortia.privacy.keys import PeerKey
 from consortia.privacy.secagg import (
     RoundContext,
 )
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.runtime.rounds import Outcome, RoundState, SitesSilent, apply
-from consortia.wire import pack_arrays
 
 __all__ = ["DEFAULT_STEP_TIMEOUT", "HubError", "StudyEngine"]
 
@@ -228,7 +228,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         assert rnd is not None
         new = LiveRound(
             step=rnd.step,
-            public=pack_arrays(dict(rnd.public)),
+            public=store_public(s, live.id, rnd.public),
             state=RoundState.open(live.coord.round_index, participants, recovery=0),
         )
         now = time.time()
@@ -429,16 +429,19 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 )
                 live.round = self._new_round(s, live, holders)
                 self._arm(live)
+            # the audit entry (digests, never arrays) commits with the study, or neither does
+            submitted = ("researcher:" + researcher, "study.submit")
+            details = submit_details(study.id, spec, dataset, holders)
+            same = self.audit.engine is self.engine
+            if same:
+                self.audit.append(*submitted, details, connection=s.connection())
             s.commit()
             if live is not None:
                 self._live[study.id] = live
             self._bump(holders, study.id)
             sid = study.id
-        self.audit.append(
-            f"researcher:{researcher}",
-            "study.submit",
-            {"study": sid, "algorithm": spec, "dataset": dataset, "nodes": holders},
-        )
+        if not same:
+            self.audit.append(*submitted, details)
         return sid
 
     def cancel(self, study_id: str, researcher: str | None, actor: str) -> dict[str, Any]:
@@ -459,7 +462,11 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
     # ------------------------------------------------------------------ node side
 
     def tasks_for(self, node: str) -> list[dict[str, Any]]:
-        """The node's open tasks: ``contribute`` (collect phase) or ``reveal``."""
+        """The node's open tasks: ``contribute`` (collect phase) or ``reveal``.
+
+        Each is the JSON of a :class:`~consortia.messages.TaskMessage`; the round's
+        public arrays travel by reference (``GET /v1/node/blobs/{sha256}``).
+        """
         out = []
         broken: list[str] = []
         with self.lock:
@@ -469,9 +476,9 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 if node not in rnd.participants:
                     continue
                 if rnd.phase == "collect" and node not in rnd.received:
-                    kind = "contribute"
+                    kind = TaskKind.CONTRIBUTE
                 elif rnd.phase == "reveal" and node in rnd.received and node not in rnd.seeds:
-                    kind = "reveal"
+                    kind = TaskKind.REVEAL
                 else:
                     continue
                 for n in rnd.participants:
@@ -482,23 +489,15 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                     broken.append(live.id)
                     continue
                 out.append(
-                    {
-                        "kind": kind,
-                        "study_id": live.id,
-                        "round_index": rnd.index,
-                        "attempt": rnd.attempt,
-                        "algorithm": live.spec,
-                        "dataset": live.dataset,
-                        "step": rnd.step,
-                        "public": base64.b64encode(rnd.public).decode(),
-                        "participants": [self._peer_json[n] for n in rnd.participants],
-                        "frac_bits": live.frac_bits,
-                        "researcher": live.researcher,
-                        "waiting": node in live.waiting,  # for its owner's approval
+                    task_message(
+                        self.engine,
+                        live,
+                        kind,
+                        [self._peer_json[n] for n in rnd.participants],
+                        waiting=node in live.waiting,  # for its owner's approval
                         # seconds between the heartbeats of a node still computing
-                        "heartbeat": self.node_timeout / 3,
-                        "recovery_threshold": rnd.state.recovery,
-                    }
+                        heartbeat=self.node_timeout / 3 or None,
+                    )
                 )
             for sid in broken:
                 self._fail_unsendable(sid)

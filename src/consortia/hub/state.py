@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from consortia.errors import ProtocolError
 from consortia.hub.db import RoundRow, RoundSumsRow, StudyRow, TaskRow
+from consortia.hub.payloads import round_public
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.runtime.rounds import Phase, RoundState
@@ -40,7 +41,7 @@ class LiveRound:
     """
 
     step: str
-    public: bytes
+    public: str  # sha256 (hex) of the packed public arrays (see consortia.hub.payloads)
     state: RoundState
     layout: list | None = None
 
@@ -150,7 +151,10 @@ def load_live(
         s.scalars(select(TaskRow.node).where(TaskRow.study_id == study.id).distinct()).all()
     )
     rnd = LiveRound(
-        step=row.step, public=bytes(row.public), state=round_state(row), layout=row.layout
+        step=row.step,
+        public=round_public(s, study.id, row.public),
+        state=round_state(row),
+        layout=row.layout,
     )
     wait = reveal_timeout if rnd.phase == "reveal" else node_timeout
     now = time.monotonic()

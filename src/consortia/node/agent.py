@@ -11,7 +11,6 @@ to the node's own audit log.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -33,6 +32,15 @@ from consortia.errors import (
     ProtocolError,
     ValidationError,
 )
+from consortia.messages import (
+    ContributionHeader,
+    RefusalKind,
+    RefusalMessage,
+    RevealMessage,
+    TaskKind,
+    TaskMessage,
+    refusal_kind,
+)
 from consortia.node._helpers import (
     audit_key,
     detail,
@@ -45,11 +53,11 @@ from consortia.node.approvals import Approvals, study_digest
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
 from consortia.node.link import Answer, HubLink
+from consortia.node.payloads import BlobCache, fetch_blob
 from consortia.node.store import NodeStore
-from consortia.privacy.keys import PeerKey
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
-from consortia.wire import CONTENT_TYPE, pack_arrays, unpack_arrays
+from consortia.wire import CONTENT_TYPE, DEFAULT_MAX_BYTES, pack_arrays, unpack_arrays
 
 __all__ = ["NodeAgent"]
 
@@ -102,6 +110,7 @@ class NodeAgent:
         # (study, round, attempt) -> (monotonic time until which it is held, last delay):
         # a task whose post the hub refused (4xx) is not answered again before then
         self._held: dict[tuple[str, int, int], tuple[float, float]] = {}
+        self.blobs = BlobCache()  # rounds' public arrays by digest (verified)
         self.unavailable: dict[str, str] = {}  # dataset -> error class (it did not load)
 
     @property
@@ -279,11 +288,7 @@ class NodeAgent:
         if r.status_code >= 500:
             log.warning("the hub failed on this node's %s (%s)", what, r.status_code)
             return
-        now = time.monotonic()
-        delay = min(max(1.0, 2 * self._held.get(key, (0.0, 0.0))[1]), _MAX_HOLD)
-        for k in [k for k, (until, _) in self._held.items() if until < now - _MAX_HOLD]:
-            del self._held[k]  # forgotten tasks
-        self._held[key] = (now + delay, delay)
+        delay = self._hold(key)
         log.warning(
             "the hub refused this node's %s (%s): %s; not retried for %.0fs",
             what,
@@ -304,6 +309,15 @@ class NodeAgent:
             },
         )
 
+    def _hold(self, key: tuple[str, int, int]) -> float:
+        """Hold a task back (1 s, doubling to 60 s); return the delay."""
+        now = time.monotonic()
+        delay = min(max(1.0, 2 * self._held.get(key, (0.0, 0.0))[1]), _MAX_HOLD)
+        for k in [k for k, (until, _) in self._held.items() if until < now - _MAX_HOLD]:
+            del self._held[k]  # forgotten tasks
+        self._held[key] = (now + delay, delay)
+        return delay
+
     def run_once(self, wait: float = 0.0) -> int:
         """Poll once and answer the tasks received; return how many (for tests and tools)."""
         r = self._client.get("/v1/node/tasks", params={"wait": wait}, headers=self._auth())
@@ -315,21 +329,34 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ one task
 
-    def _task(self, msg: Mapping[str, Any]) -> Task:
-        public = unpack_arrays(base64.b64decode(msg["public"]), copy=True)
-        return Task(
-            study_id=str(msg["study_id"]),
-            round_index=int(msg["round_index"]),
-            attempt=int(msg["attempt"]),
-            algorithm=msg["algorithm"],
-            dataset=str(msg["dataset"]),
-            step=str(msg["step"]),
-            public=public,
-            participants=tuple(PeerKey.from_json(p) for p in msg["participants"]),
-            frac_bits=int(msg["frac_bits"]),
-            researcher=str(msg.get("researcher", "")),
-            recovery_threshold=msg.get("recovery_threshold"),
-        )
+    def _task(self, msg: Mapping[str, Any] | TaskMessage) -> Task:
+        """Validate a task message and fetch its round's public arrays (by digest).
+
+        A reveal, or a round without public arrays, needs no fetch; a fetched frame
+        is checked against its digest and cached (:attr:`blobs`).
+
+        Raises
+        ------
+        pydantic.ValidationError
+            The message is not a :class:`~consortia.messages.TaskMessage`.
+        ProtocolError
+            The public arrays could not be fetched or are not what the task announced
+            (the task is then held back, as after a refused post).
+        httpx.TransportError
+            The hub could not be reached.
+        """
+        m = msg if isinstance(msg, TaskMessage) else TaskMessage.model_validate(msg)
+        if m.kind is TaskKind.REVEAL or m.public is None:
+            return m.to_task({})
+        try:
+            raw = fetch_blob(
+                self._client, m.public, self._auth(), cache=self.blobs, max_bytes=_MAX_PUBLIC
+            )
+            public = unpack_arrays(raw, max_bytes=_MAX_PUBLIC, copy=True)
+        except ProtocolError:
+            self._hold((m.study_id, m.round_index, m.attempt))
+            raise
+        return m.to_task(public)
 
     def _path(self, task: Task, what: str) -> str:
         return (
@@ -373,7 +400,22 @@ class NodeAgent:
             self._pins = (study_id, pins)
         return pins
 
-    def _refuse(self, task: Task, rule: str, message: str, *, anonymous: bool = False) -> None:
+    def _refuse(
+        self,
+        task: Task,
+        rule: str,
+        message: str,
+        *,
+        anonymous: bool = False,
+        kind: RefusalKind | None = None,
+    ) -> None:
+        """Report a refusal to the hub (and the node's audit log).
+
+        ``kind`` defaults to :func:`consortia.messages.refusal_kind` of the rule: a
+        policy rule, a local failure (an error class of the local step) or a
+        protocol error.
+        """
+        kind = refusal_kind(rule) if kind is None else kind
         self.store.audit.append(
             f"node:{self.config.name}",
             "refusal",
@@ -385,10 +427,13 @@ class NodeAgent:
                 "dataset": task.dataset,
                 "researcher": task.researcher,
                 "rule": rule,
+                "kind": kind.value,
             },
         )
-        refusal = {"rule": rule, "message": message[:2000], "anonymous": anonymous}
-        body = json.dumps(refusal).encode()
+        refusal = RefusalMessage(
+            rule=rule[:64] or "refused", message=message[:2000], anonymous=anonymous, kind=kind
+        )
+        body = refusal.model_dump_json().encode()
         self._answered(task, "refusal", self._post(self._path(task, "refusal"), body))
 
     def handle(self, msg: Mapping[str, Any], *, follow: float | None = None) -> list[dict]:
@@ -459,7 +504,7 @@ class NodeAgent:
             self._refuse(task, *refusal, anonymous=anonymous)
             return []
         if reveal:
-            body = json.dumps({"seed": seed.hex()}).encode()
+            body = RevealMessage(seed=seed.hex()).model_dump_json().encode()
             r = self._post(self._path(task, "reveal"), body, wait=wait)
             self._answered(task, "reveal", r)
             return next_tasks(r)
@@ -468,11 +513,8 @@ class NodeAgent:
             self._path(task, "contribution"),
             pack_arrays({"masked": masked.data}),
             content_type=CONTENT_TYPE,
-            headers={
-                "X-Consortia-Layout": json.dumps(masked.layout.to_json()),
-                # anchors this node's audit head at the hub (detects truncation, rewrites)
-                "X-Consortia-Audit-Head": "{}:{}".format(*self.store.audit.head()),
-            },
+            # the audit head anchors this node's log at the hub (detects truncation, rewrites)
+            headers=ContributionHeader.of(masked.layout, self.store.audit.head()).to_headers(),
             wait=wait,
         )
         self._answered(task, "contribution", r)
@@ -557,3 +599,4 @@ class NodeAgent:
 
 
 _MAX_HOLD = 60.0  # longest a refused task is held back, in seconds
+_MAX_PUBLIC = DEFAULT_MAX_BYTES  # largest public arrays a node fetches

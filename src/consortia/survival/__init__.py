@@ -3,12 +3,14 @@
 Algorithms in this package register themselves on import; the registry imports
 every public submodule, so adding a module is enough to make its algorithms
 available by name.  Time grids: ``day_grid``, ``regular_grid``, ``quantile_grid``
-(explicit), or ``horizon=...`` to plan one from differentially private counts
-(``consortia.survival._plan``).
+(explicit), ``Grid(start, stop, step)`` (a regular grid that travels as three
+numbers; also ``{"start": .., "stop": .., "step": ..}`` in JSON), or ``horizon=...``
+to plan one from differentially private counts (``consortia.survival._plan``).
 """
 
 from consortia.survival._cox_result import CoxPHResult
 from consortia.survival._grid import (
+    Grid,
     administrative_censoring,
     day_grid,
     quantile_grid,
@@ -28,6 +30,7 @@ __all__ = [
     "CoxPHResult",
     "DPKaplanMeier",
     "DPKaplanMeierResult",
+    "Grid",
     "KaplanMeier",
     "KaplanMeierCurve",
     "KaplanMeierResult",

@@ -27,9 +27,21 @@ binary search with one-point grids (each refusal answering "some time lies
 beyond ``g``").  A pooled reference applies the same rule
 (:func:`administrative_censoring`).
 
+Regular grids in three numbers
+------------------------------
+Wherever a grid is a parameter (``time_grid``), a regular one may be given as
+``{"start": 0, "stop": 3650, "step": 1}`` (or :class:`Grid`): the study's
+parameters, what the hub stores and audits and what every task carries stay three
+numbers, and every site expands them identically.  ``Grid(start, stop, step)`` is
+``start, start + step, ...`` up to ``stop`` **inclusive**: the points of
+``numpy.arange`` (same values, bit for bit) with ``n = floor((stop - start) / step
++ 1e-9) + 1`` points, a ``stop`` within a billionth of a step of a grid point
+counting as on the grid.  It equals the explicit grid of those points.
+
 Helpers
 -------
-:func:`validate_grid` checks a grid, :func:`grid_index` maps times to grid
+:func:`validate_grid` checks a grid, :func:`grid_param` reads a grid parameter
+(explicit or regular), :func:`grid_index` maps times to grid
 indices, :func:`grid_map` maps times and events (administrative censoring),
 :func:`round_up_to_grid` gives the mapped times (for pooled references),
 :func:`grid_counts` builds the per-grid-point event and at-risk counts a site
@@ -40,7 +52,8 @@ as a published reference cohort: never from a site's private times).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,12 +61,14 @@ import numpy as np
 from consortia.errors import SchemaError, ValidationError
 
 __all__ = [
+    "Grid",
     "administrative_censoring",
     "binned_on",
     "day_grid",
     "grid_counts",
     "grid_index",
     "grid_map",
+    "grid_param",
     "quantile_grid",
     "regular_grid",
     "round_up_to_grid",
@@ -105,6 +120,115 @@ def validate_grid(grid: Sequence[float] | np.ndarray, *, name: str = "time_grid"
         raise ValidationError(f"{name} must be strictly increasing")
     arr.setflags(write=False)
     return arr
+
+
+class Grid(tuple[float, ...]):
+    """A regular grid ``start, start + step, ...`` up to ``stop`` inclusive, in three numbers.
+
+    A :class:`Grid` *is* the tuple of its points (it is accepted, compared and used
+    wherever an explicit grid is) but an algorithm's spec writes it as
+    ``{"start": ..., "stop": ..., "step": ...}`` (:meth:`to_params`): a 200,001-point
+    day grid travels, is stored and is audited as three numbers.
+
+    The points are ``numpy.arange(start, start + (n - 0.5) * step, step)`` with
+    ``n = floor((stop - start) / step + 1e-9) + 1``: numpy's values, with ``stop``
+    included when it lies on the grid (within a billionth of a step).
+
+    Parameters
+    ----------
+    start
+        The first point (non-negative).
+    stop
+        The last point at most (inclusive), ``>= start``.
+    step
+        The spacing, positive.
+
+    Raises
+    ------
+    ValidationError
+        A value that is not a finite number, ``step <= 0``, ``start < 0``,
+        ``stop < start``, or more than :data:`MAX_GRID_POINTS` points.
+
+    Examples
+    --------
+    >>> Grid(0, 3, 1)
+    Grid(start=0.0, stop=3.0, step=1.0)
+    >>> Grid(0, 3, 1) == (0.0, 1.0, 2.0, 3.0)
+    True
+    """
+
+    start: float
+    stop: float
+    step: float
+
+    def __new__(cls, start: float, stop: float, step: float) -> Grid:
+        values = {}
+        for label, value in (("start", start), ("stop", stop), ("step", step)):
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValidationError(f"a grid's {label} must be a number")
+            values[label] = float(value)
+            if not math.isfinite(values[label]):
+                raise ValidationError(f"a grid's {label} must be a finite number")
+        lo, hi, width = values["start"], values["stop"], values["step"]
+        if width <= 0:
+            raise ValidationError("a grid's step must be positive")
+        if lo < 0 or hi < lo:
+            raise ValidationError("a grid needs 0 <= start <= stop")
+        q = (hi - lo) / width
+        if not q < MAX_GRID_POINTS:
+            raise ValidationError(f"the grid would have more than {MAX_GRID_POINTS} points")
+        n = math.floor(q + 1e-9) + 1
+        if n > MAX_GRID_POINTS:
+            raise ValidationError(f"the grid would have more than {MAX_GRID_POINTS} points")
+        points = np.arange(lo, lo + (n - 0.5) * width, width, dtype=np.float64)
+        if points.size != n or np.any(np.diff(points) <= 0):  # a step lost in rounding
+            raise ValidationError("a grid's step is too small for its start")
+        self = super().__new__(cls, points.tolist())
+        self.start, self.stop, self.step = lo, hi, width
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Grid, (self.start, self.stop, self.step))
+
+    def __repr__(self) -> str:
+        return f"Grid(start={self.start!r}, stop={self.stop!r}, step={self.step!r})"
+
+    def to_params(self) -> dict[str, float]:
+        """The grid's form in an algorithm's spec: ``{"start", "stop", "step"}``."""
+        return {"start": self.start, "stop": self.stop, "step": self.step}
+
+    @classmethod
+    def from_params(cls, obj: Mapping[str, Any], *, name: str = "time_grid") -> Grid:
+        """Inverse of :meth:`to_params` (a ValidationError names ``name`` if malformed)."""
+        if set(obj) != {"start", "stop", "step"}:
+            raise ValidationError(
+                f"{name} as a regular grid is an object with exactly the keys start, stop, step"
+            )
+        try:
+            return cls(obj["start"], obj["stop"], obj["step"])
+        except ValidationError as exc:
+            raise ValidationError(f"{name}: {exc}") from None
+
+
+def grid_param(value: Any, *, name: str = "time_grid") -> tuple[float, ...]:
+    """Read a grid parameter: an explicit grid, a :class:`Grid` or its ``{start, stop, step}``.
+
+    Returns
+    -------
+    tuple of float
+        The :class:`Grid` itself (a tuple of its points, written back to a spec in
+        three numbers) or the explicit grid's points as floats.
+
+    Raises
+    ------
+    ValidationError
+        As :func:`validate_grid` or :class:`Grid`, naming ``name``.
+    """
+    if isinstance(value, Grid):
+        return value
+    if isinstance(value, Mapping):
+        return Grid.from_params(value, name=name)
+    return tuple(float(x) for x in validate_grid(value, name=name))
 
 
 def grid_index(

@@ -68,7 +68,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
 from consortia.stats._validate import numeric_columns
-from consortia.survival._grid import binned_on, grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_map, grid_param
 from consortia.survival._validate import survival_columns
 from consortia.survival.logrank import site_code
 
@@ -256,8 +256,7 @@ class Concordance(Algorithm):
     refinements: int = 2
 
     def __post_init__(self) -> None:
-        grid = validate_grid(self.time_grid)
-        object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+        object.__setattr__(self, "time_grid", grid_param(self.time_grid))
         ref = self.refinements
         if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref <= 10:
             raise ValidationError("refinements must be an integer between 0 and 10")

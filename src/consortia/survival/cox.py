@@ -89,7 +89,7 @@ from consortia.protocol import (
 from consortia.stats._validate import numeric_columns
 from consortia.survival import _cox_math as cm
 from consortia.survival._cox_result import CoxPHResult
-from consortia.survival._grid import binned_on, grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_map, grid_param
 from consortia.survival._plan import (
     PlanSettings,
     cells_below,
@@ -222,8 +222,7 @@ class CoxPH(Algorithm):
                 "with stratify_by_site, strata or robust"
             )
         if self.time_grid is not None:
-            object.__setattr__(self, "time_grid", tuple(float(g) for g in self.time_grid))
-            validate_grid(self.time_grid)
+            object.__setattr__(self, "time_grid", grid_param(self.time_grid))
         if (self.strata is None) != (self.strata_levels is None):
             raise ValidationError("strata and strata_levels must be given together")
         if self.strata_levels is not None:

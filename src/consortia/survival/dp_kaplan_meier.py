@@ -36,7 +36,7 @@ import numpy as np
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import validate_grid
+from consortia.survival._grid import grid_param
 from consortia.survival._plan import PlanSettings, plan_contribution
 from consortia.survival._validate import check_levels, level_codes, survival_columns
 
@@ -119,10 +119,10 @@ class DPKaplanMeier(Algorithm):
                 raise ValidationError(f"{label} must be a positive finite number")
         if self.delta >= 1e-2:
             raise ValidationError("delta must be below 0.01 (typically 1e-6 or smaller)")
-        grid = validate_grid(self.time_grid)
+        grid = grid_param(self.time_grid)
         if grid[0] <= 0:
             raise ValidationError("time_grid must hold positive times")
-        object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+        object.__setattr__(self, "time_grid", grid)
         if self.group is None:
             if self.groups is not None:
                 raise ValidationError("groups are declared but no group column is given")

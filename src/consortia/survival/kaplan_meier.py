@@ -35,7 +35,7 @@ from scipy.stats import norm
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_counts, grid_map, grid_param
 from consortia.survival._plan import (
     GridPlan,
     PlanSettings,
@@ -461,8 +461,7 @@ class KaplanMeier(Algorithm):
         plan = self._plan  # validates the planned-grid parameters
         if plan is None:
             assert self.time_grid is not None  # no plan: check_plan_params saw a grid
-            grid = validate_grid(self.time_grid)
-            object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+            object.__setattr__(self, "time_grid", grid_param(self.time_grid))
         elif self.exact_times:
             raise ValidationError("exact_times needs an explicit time_grid (not a planned one)")
         if self.group is None:

@@ -43,7 +43,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
-from consortia.survival._grid import binned_on, grid_counts, grid_map, validate_grid
+from consortia.survival._grid import binned_on, grid_counts, grid_map, grid_param
 from consortia.survival._plan import (
     GridPlan,
     PlanSettings,
@@ -336,8 +336,7 @@ class LogRank(Algorithm):
         plan = self._plan  # validates the planned-grid parameters
         if plan is None:
             assert self.time_grid is not None  # no plan: check_plan_params saw a grid
-            grid = validate_grid(self.time_grid)
-            object.__setattr__(self, "time_grid", tuple(float(x) for x in grid))
+            object.__setattr__(self, "time_grid", grid_param(self.time_grid))
         elif self.strata is not None or self.stratify_by_site or self.exact_times:
             raise ValidationError(
                 "horizon (a planned grid) is for the plain log-rank test: not with strata, "
