@@ -207,6 +207,12 @@ class Sampler(threading.Thread):
                 next_mark = now + self.every
             self._halt.wait(self.interval)
 
+    def threads_cpu(self, name: str) -> dict[int, float]:
+        """CPU seconds (user + system) used so far by each thread of one process."""
+        with contextlib.suppress(psutil.Error):
+            return {t.id: t.user_time + t.system_time for t in self.tracks[name].proc.threads()}
+        return {}
+
     def stop(self) -> dict[str, int]:
         """Stop; the peak above baseline of every process (bytes)."""
         self._halt.set()
@@ -334,6 +340,7 @@ class RoundResult:
     timeline: dict[str, list[tuple[float, int, float]]]
     t_submit: float
     max_abs_err: float
+    hub_threads_cpu: dict[str, float]
 
 
 def run_round(fed: Federation, n: int) -> RoundResult:
@@ -343,12 +350,15 @@ def run_round(fed: Federation, n: int) -> RoundResult:
     if fed.profile:
         fed.control.touch()
     t_submit = time.monotonic() - sampler.t0
+    hub_pid = fed.hub.pid
+    threads0 = sampler.threads_cpu("hub")
     t0 = time.perf_counter()
     try:
         study = fed.fed.submit(VectorSum(size=n, rounds=1), dataset="bench")
         st = fed.fed.wait(study, timeout=3600)
     finally:
         fed.control.unlink(missing_ok=True)
+        threads1 = sampler.threads_cpu("hub")
         peaks = sampler.stop()
     sdk_s = time.perf_counter() - t0
     if st.status != "finished":
@@ -359,6 +369,9 @@ def run_round(fed: Federation, n: int) -> RoundResult:
     expected = site_vector(_ROWS, 0, n)
     expected *= fed.n
     err = float(np.max(np.abs(np.asarray(result.last) - expected)))
+    # the event loop (receiving bodies) runs in the hub's main thread, whose id is its pid
+    main = threads1.get(hub_pid or -1, 0.0) - threads0.get(hub_pid or -1, 0.0)
+    others = sum(threads1.values()) - sum(threads0.values()) - main
     return RoundResult(
         finished - opened,
         sdk_s,
@@ -366,6 +379,7 @@ def run_round(fed: Federation, n: int) -> RoundResult:
         {k: t.timeline for k, t in sampler.tracks.items()},
         t_submit,
         err,
+        {"main": main, "others": others},
     )
 
 
@@ -486,6 +500,8 @@ def main() -> None:
         f"sdk_s={res.sdk_s:.2f} round_over_floor={res.round_s / floor_s:.2f} "
         f"max_abs_err={res.max_abs_err:.3g} hub_cpu_s={cpu['hub']:.2f} "
         f"node_cpu_s_max={max(v for k, v in cpu.items() if k != 'hub'):.2f} "
+        f"hub_cpu_s_event_loop={res.hub_threads_cpu['main']:.2f} "
+        f"hub_cpu_s_other_threads={res.hub_threads_cpu['others']:.2f} "
         f"load1={psutil.getloadavg()[0]:.1f} node_peaks_over_payload="
         + ",".join(f"{k}:{v / payload:.2f}" for k, v in sorted(res.peaks.items())),
         flush=True,
