@@ -1,10 +1,10 @@
 """Round latency and hub memory: a hub and N node processes on loopback, 50 rounds each.
 
-    python bench/round_latency.py                 # N = 3 and 10, 10 and 1,000,000 float64
+    python bench/round_latency.py                 # N = 10, 10 and 1,000,000 float64
     python bench/round_latency.py --rounds 10     # quicker
-    python bench/round_latency.py --nodes 10 --sizes 10
+    python bench/round_latency.py --nodes 3 10 --sizes 10
 
-Each configuration runs one study of the trivial ``stats.vector_sum`` algorithm
+Each configuration runs one study of the trivial vector-sum algorithm (``VectorSum``)
 (every node contributes a vector of ``size`` float64 per round, masked and
 securely summed) for ``--rounds`` rounds, over a hub (SQLite in WAL mode, plain
 HTTP on 127.0.0.1) and N node agents, every one a separate process.
@@ -38,12 +38,14 @@ here; the hub's own CPU per round is a floor too, its requests being served one
 at a time).  For a sampling profile of the hub or a node during a run, attach
 ``py-spy record -p PID --gil -f raw`` to its process (not a dependency of consortia).
 
-The last line is::
+The last line is (for the largest N; ``cpu_floor_ms`` is that of the small run,
+measured in the same run as ``small_ms``)::
 
-    round_latency nodes=10 small_ms=<median> large_ms=<median> hub_peak_mb=<peak RSS MB>
+    round_latency nodes=10 small_ms=<median> cpu_floor_ms=<floor> large_ms=<median> \
+hub_peak_mb=<peak RSS MB>
 
-Targets (issue 3): ``small_ms <= 10``; the hub's peak memory within a few
-payloads of its baseline, not N of them.
+Targets (issue 8): ``small_ms <= 1.2 * cpu_floor_ms`` and no worse than 36 ms; the
+hub's peak memory within a few payloads of its baseline, not N of them.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ from consortia.node import DatasetConfig, NodeConfig, NodeProcess
 from consortia.node.identity import mutual_pins
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
-from consortia.stats.vector_sum import VectorSum
+
+try:  # the benchmark-only algorithm is leaving the product's ``stats.*`` names (issue 8)
+    from consortia.testing import VectorSum
+except ImportError:
+    from consortia.stats.vector_sum import VectorSum
 
 MB = 2**20
 _CORES = psutil.cpu_count() or 1
@@ -160,7 +166,7 @@ class Federation:
         for name in names:
             csv = self.root / f"{name}.csv"
             pd.DataFrame({"x": np.arange(20.0)}).to_csv(csv, index=False)
-            policy = Policy(allowed_algorithms=("stats.vector_sum",), min_sites=3)
+            policy = Policy(allowed_algorithms=(VectorSum.name,), min_sites=3)
             cfg = NodeConfig(
                 name=name,
                 hub=self.hub.url,
@@ -276,6 +282,11 @@ class Federation:
         self.hub.stop(timeout=30)
 
 
+def _floor_ms(r: RunResult) -> float:
+    """``(hub CPU + N * node CPU per round) / cores``: the latency bound on this machine."""
+    return (r.hub_cpu_ms + r.nodes * r.node_cpu_ms) / _CORES
+
+
 def _line(r: RunResult) -> str:
     payload = r.size * 8 / MB
     # in payloads only where a payload is large enough for the ratio to mean something
@@ -285,7 +296,7 @@ def _line(r: RunResult) -> str:
         f"median_ms={r.median_ms:8.2f} p90_ms={r.p90_ms:8.2f} "
         f"collect_reveal_ms={r.collect_reveal_ms:8.2f} sdk_ms_per_round={r.sdk_ms:8.2f} "
         f"hub_cpu_ms_per_round={r.hub_cpu_ms:7.2f} node_cpu_ms_per_round={r.node_cpu_ms:7.2f} "
-        f"cpu_floor_ms={(r.hub_cpu_ms + r.nodes * r.node_cpu_ms) / _CORES:7.2f} "
+        f"cpu_floor_ms={_floor_ms(r):7.2f} "
         f"sdk_requests_per_round={r.sdk_requests:5.1f} "
         f"hub_baseline_mb={r.baseline_mb:6.1f} hub_peak_mb={r.peak_mb:6.1f} "
         f"peak_over_baseline_payloads={ratio} "
@@ -295,7 +306,7 @@ def _line(r: RunResult) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
+    p.add_argument("--nodes", type=int, nargs="+", default=[10])
     p.add_argument("--sizes", type=int, nargs="+", default=[10, 1_000_000])
     p.add_argument("--rounds", type=int, default=50)
     a = p.parse_args()
@@ -326,6 +337,7 @@ def main() -> None:
         return
     print(
         f"round_latency nodes={n} small_ms={small.median_ms:.2f} "
+        f"cpu_floor_ms={_floor_ms(small):.2f} "
         f"large_ms={large.median_ms:.2f} hub_peak_mb={large.peak_mb:.1f}"
     )
 
