@@ -51,7 +51,8 @@ random characters (48 of its 256 random bits)."""
 REVOKED = "this bearer token has been revoked"
 EXPIRED = "this bearer token has expired"
 
-Expiry = float | None | Literal["role-default"]
+Expiry = float | Literal["role-default"] | None
+"""Seconds a token lives, ``None`` (never expires) or :data:`ROLE_DEFAULT`."""
 
 
 def new_secret(role: str) -> str:
