@@ -15,11 +15,12 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from hubutil import bearer
+from racer import open_hub_database
 from sqlalchemy.pool import NullPool
 
 from consortia.cli import main
 from consortia.errors import MigrationError
-from consortia.hub import HubSettings, bootstrap_token, create_app
+from consortia.hub import HubSettings, create_app
 from consortia.hub.db import make_engine
 from consortia.migrations import current, head, metadata, upgrade
 from consortia.privacy.keys import SiteIdentity
@@ -191,24 +192,14 @@ def test_a_database_that_is_not_the_old_release_is_refused(tmp_path):
         make_engine(str(db))
 
 
-def _open(db: str, start, out) -> None:  # a separate process (spawned)
-    try:
-        start.wait()
-        make_engine(db).dispose()
-        bootstrap_token(db, "researcher", "racer")
-        out.put("ok")
-    except Exception as exc:  # reported to the parent test
-        out.put(repr(exc))
-
-
 @pytest.mark.parametrize("legacy", [False, True], ids=["new", "legacy"])
 def test_hubs_starting_at_once_on_one_database_migrate_it_once(hub_url, legacy):
     if legacy:
         _load_legacy(hub_url)
     ctx = mp.get_context("spawn")
-    n = 4
+    n = 3
     start, out = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_open, args=(hub_url, start, out)) for _ in range(n)]
+    procs = [ctx.Process(target=open_hub_database, args=(hub_url, start, out)) for _ in range(n)]
     for p in procs:
         p.start()
     results = [out.get(timeout=240) for _ in procs]
