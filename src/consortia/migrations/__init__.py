@@ -46,6 +46,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
 from consortia.errors import MigrationError
@@ -135,23 +137,22 @@ def upgrade(engine: sa.Engine, database: Database, revision: str = "head") -> No
         return
     script = _script(database)
     with _locked(engine, database) as conn:
-        now = (
-            conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-            if (sa.inspect(conn).has_table("alembic_version"))
-            else None
-        )
+        inspector = sa.inspect(conn)
+        now = None
+        if inspector.has_table("alembic_version"):
+            now = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         if now == target:
             return  # another process migrated it while this one waited for the lock
         if now is not None:
             try:
                 script.get_revision(now)
-            except Exception as exc:  # alembic's ResolutionError / CommandError
+            except (CommandError, RevisionError) as exc:
                 raise MigrationError(
                     f"the {database} database is at revision {now!r}, which this release "
                     f"does not know (newest: {head(database)!r}): it was made by a newer "
                     "release of consortia"
                 ) from exc
-        elif sa.inspect(conn).get_table_names():
+        elif inspector.get_table_names():
             _log.info("adopting a %s database made before migrations", database)
         cfg = alembic_config(database)
         cfg.attributes["connection"] = conn

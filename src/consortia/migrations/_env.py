@@ -18,7 +18,7 @@ def run() -> None:
     config = context.config
     connection = config.attributes.get("connection")
     if connection is not None:
-        _run(connection, config.attributes.get("database"))
+        _run(connection, None)
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
@@ -33,8 +33,9 @@ def run() -> None:
 
 
 def _run(connection: sa.Connection, database: str | None) -> None:
+    """Migrate on ``connection``; with ``database`` named, autogenerate compares its models."""
     target = None
-    if database is not None and context.config.cmd_opts is not None:  # autogenerate
+    if database is not None:
         from consortia.migrations import metadata
 
         target = metadata(database)  # type: ignore[arg-type]
