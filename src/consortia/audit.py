@@ -59,6 +59,7 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "AuditReport",
+    "audit_tables",
     "canonical_json",
     "generate_key",
     "read_key_file",
@@ -254,6 +255,36 @@ def _retryable(exc: DBAPIError) -> bool:
     return any(word in text for word in ("locked", "busy", "serializ", "deadlock"))
 
 
+def audit_tables(metadata: sa.MetaData, table: str = "audit_log") -> tuple[sa.Table, sa.Table]:
+    """Define the entries table ``table`` and its head record ``<table>_head`` in ``metadata``.
+
+    The hub's and the node's database migrations create them (see
+    :mod:`consortia.migrations`); :class:`AuditLog` creates them itself in any other database.
+    """
+    log = sa.Table(
+        table,
+        metadata,
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("timestamp", sa.String(40), nullable=False),
+        sa.Column("actor", sa.String(_MAX_LABEL), nullable=False),
+        sa.Column("action", sa.String(_MAX_LABEL), nullable=False),
+        sa.Column("details", sa.Text, nullable=False),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("mac", sa.String(64), nullable=True),
+    )
+    head = sa.Table(
+        f"{table}_head",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.Column("mac", sa.String(64), nullable=True),
+        sa.Column("version", sa.BigInteger, nullable=False),
+    )
+    return log, head
+
+
 class AuditLog:
     """An append-only, hash-chained audit log stored through SQLAlchemy.
 
@@ -287,27 +318,7 @@ class AuditLog:
         self._key = key
         self._lock = _engine_lock(engine)
         metadata = sa.MetaData()
-        self._log = sa.Table(
-            table,
-            metadata,
-            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-            sa.Column("timestamp", sa.String(40), nullable=False),
-            sa.Column("actor", sa.String(_MAX_LABEL), nullable=False),
-            sa.Column("action", sa.String(_MAX_LABEL), nullable=False),
-            sa.Column("details", sa.Text, nullable=False),
-            sa.Column("prev_hash", sa.String(64), nullable=False),
-            sa.Column("hash", sa.String(64), nullable=False, unique=True),
-            sa.Column("mac", sa.String(64), nullable=True),
-        )
-        self._head = sa.Table(
-            f"{table}_head",
-            metadata,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-            sa.Column("seq", sa.BigInteger, nullable=False),
-            sa.Column("hash", sa.String(64), nullable=False),
-            sa.Column("mac", sa.String(64), nullable=True),
-            sa.Column("version", sa.BigInteger, nullable=False),
-        )
+        self._log, self._head = audit_tables(metadata, table)
         # the append path's statements, built once with bound parameters (hot on nodes)
         head = self._head
         self._stmt_lock = sa.update(head).where(head.c.id == 1).values(version=head.c.version + 1)

@@ -118,6 +118,14 @@ class AuditError(ConsortiaError):
     """The audit log could not be written or read (missing head record, persistent lock)."""
 
 
+class MigrationError(ConsortiaError):
+    """A database cannot be brought to the schema of this release (newer, or not consortia's)."""
+
+
+class AuthenticationError(ConsortiaError):
+    """A known credential was refused: the token expired or was revoked (answered 401)."""
+
+
 class SiteFailure(ConsortiaError):
     """A site failed to answer a round (crash, timeout, network error)."""
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from consortia.cli.tokens import DB_HELP as _DB_HELP
+from consortia.cli.tokens import command as token_group
+from consortia.cli.tokens import create_token_command, key_option
 from consortia.errors import ConsortiaError
-
-_DB_HELP = "Database URL (sqlite:///..., postgresql+psycopg://...) or path of a SQLite file."
 
 
 @click.group(name="hub")
@@ -100,49 +101,6 @@ def start(
         raise click.ClickException(str(exc)) from exc
 
 
-_key_option = click.option(
-    "--audit-key-file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="HMAC key of the hub's audit log (needed when the hub was started with one).",
-)
-
-
-def _create(db: str, role: str, name: str, out: Path | None, key_file: str | None) -> None:
-    from consortia.audit import read_key_file
-    from consortia.hub import bootstrap_token
-
-    try:
-        key = read_key_file(key_file) if key_file else None
-        token = bootstrap_token(db, role, name, audit_key=key)
-    except ConsortiaError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if out is not None:
-        from consortia.node.identity import write_private
-
-        write_private(out, (token + "\n").encode())
-        click.echo(f"{role} token for {name!r} written to {out} (mode 0600)")
-    else:
-        click.echo(token)
-
-
-@command.group("token")
-def token() -> None:
-    """Researcher and admin tokens (stored hashed; shown once)."""
-
-
-@token.command("create")
-@click.option("--db", required=True, help=_DB_HELP)
-@click.option("--role", type=click.Choice(["researcher", "admin"]), required=True)
-@click.option("--name", required=True, help="Who the token is for (a researcher's name).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file.")
-@_key_option
-def token_create(
-    db: str, role: str, name: str, out: Path | None, audit_key_file: str | None
-) -> None:
-    """Create a token and print it (or write it to --out)."""
-    _create(db, role, name, out, audit_key_file)
-
-
 @command.group("enrolment-token")
 def enrolment_token() -> None:
     """One-time tokens with which a node enrols."""
@@ -152,7 +110,19 @@ def enrolment_token() -> None:
 @click.option("--db", required=True, help=_DB_HELP)
 @click.option("--node", default="*", show_default=True, help="The node name it may enrol.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file.")
-@_key_option
-def enrolment_create(db: str, node: str, out: Path | None, audit_key_file: str | None) -> None:
+@click.option(
+    "--expires-in",
+    default=None,
+    metavar="DURATION",
+    help="How long it stays valid if unused: 7d, 12h, or 'never' [default: 7d].",
+)
+@key_option
+def enrolment_create(
+    db: str, node: str, out: Path | None, expires_in: str | None, audit_key_file: str | None
+) -> None:
     """Create a one-time enrolment token and print it (or write it to --out)."""
-    _create(db, "enrolment", node, out, audit_key_file)
+    create_token_command(db, "enrolment", node, out, audit_key_file, expires_in)
+
+
+# ``consortia hub token`` is ``consortia token`` (create, list, revoke)
+command.add_command(token_group, "token")

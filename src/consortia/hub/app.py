@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,7 +31,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from consortia import __version__
 from consortia.audit import AuditLog
-from consortia.errors import KeyVerificationError, ProtocolError, ValidationError
+from consortia.errors import (
+    AuthenticationError,
+    KeyVerificationError,
+    ProtocolError,
+    ValidationError,
+)
 from consortia.hub.admin import add_admin_routes
 from consortia.hub.anchors import anchor_head
 from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, approval_router
@@ -156,7 +161,8 @@ def create_app(settings: HubSettings) -> FastAPI:
             return resolve(s, token)
 
     async def lookup(token: str | None) -> Principal | None:
-        # no cache: a token deleted from the database stops working at the next request
+        # no cache: a token revoked (or deleted) stops working at its next request; a
+        # revoked or expired one raises AuthenticationError (answered 401, saying which)
         if not token:
             return None
         return await anyio.to_thread.run_sync(_lookup, token)
@@ -168,7 +174,10 @@ def create_app(settings: HubSettings) -> FastAPI:
         # RequestGuard resolved the token of every /v1 request before its body was read
         who = getattr(request.state, "principal", None)
         if who is None:
-            who = await lookup(cred.credentials if cred is not None else None)
+            try:
+                who = await lookup(cred.credentials if cred is not None else None)
+            except AuthenticationError as exc:
+                raise HTTPException(401, str(exc)) from None
         if who is None:
             raise HTTPException(401, "missing or invalid bearer token")
         request.state.principal = who
@@ -247,7 +256,12 @@ def create_app(settings: HubSettings) -> FastAPI:
             # same token exactly one sees used = false (the others wait for its commit)
             spend = (
                 update(TokenRow)
-                .where(TokenRow.id == who.token_id, TokenRow.used.is_(False))
+                .where(
+                    TokenRow.id == who.token_id,
+                    TokenRow.used.is_(False),
+                    TokenRow.revoked_at.is_(None),  # revoked or expired since it was read
+                    or_(TokenRow.expires_at.is_(None), TokenRow.expires_at > time.time()),
+                )
                 .values(used=True)
             )
             # an UPDATE's result is a CursorResult (typed as a plain Result)

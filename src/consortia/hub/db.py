@@ -6,7 +6,8 @@ example ``postgresql+psycopg://user@host/db``, works without code change.
 Tables
 ------
 ``nodes``            enrolled nodes: name, identity and signed masking key, hashed credential
-``tokens``           researcher, admin and one-time enrolment tokens (hashed)
+``tokens``           researcher, admin and one-time enrolment tokens (hashed), their expiry
+                     and revocation
 ``datasets``         the catalogue each node published (names, columns, rounded counts; no values)
 ``studies``          algorithm spec, dataset, researcher, status, participants, error
 ``rounds``           one row per round: step, the SHA-256 of its public arrays (in ``blobs``),
@@ -19,7 +20,10 @@ Tables
                      consortia.wire frames, named by the SHA-256 of their bytes)
 ``blob_refs``        which studies use which blob (a node may fetch the blobs of its studies)
 ``node_audit_heads`` each node's audit-log heads as anchored with its contributions (append-only)
-``audit_log``        created by :class:`consortia.audit.AuditLog` on the same engine
+``audit_log``        written by :class:`consortia.audit.AuditLog` on the same engine
+
+The tables are made and upgraded by the migrations of :mod:`consortia.migrations`
+(``migrations/hub/versions``): a model changed here needs a revision there.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ class TokenRow(Base):
     name: Mapped[str] = mapped_column(String(128))
     used: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float, default=_now)
+    hint: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DatasetRow(Base):
@@ -210,12 +217,14 @@ class NodeAuditHeadRow(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine for ``url`` and the hub's tables.
+    """Create an engine for ``url`` and bring its database to the newest schema.
 
     A bare path (no ``://``) is taken as a SQLite file; a new SQLite file is created
     readable by its owner only (0600; SQLite gives its WAL files the same mode).
     SQLite files are put in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a
-    crash of the hub process (``kill -9``).
+    crash of the hub process (``kill -9``).  The tables are made or upgraded in place by
+    :func:`consortia.migrations.upgrade_hub` (a database of a release before migrations
+    included).
     """
     if "://" not in url:
         url = f"sqlite:///{url}"
@@ -238,7 +247,9 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    from consortia.migrations import upgrade_hub
+
+    upgrade_hub(engine)
     return engine
 
 

@@ -6,7 +6,8 @@ token with 401 *before* a byte of its body is read, refuses a declared
 streamed (chunked) body as soon as it passes that limit.  The principal it
 resolved is left in the request's state (``request.state.principal``) for the
 routes and the fast path, so a token is looked up once per request, in the
-database: a deleted token stops working at once.
+database: a revoked or deleted token stops working at once, and a revoked or
+expired one is answered 401 with a message that says which.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consortia.errors import AuthenticationError
 from consortia.hub.auth import Principal
 from consortia.hub.fastpath import bearer_token
 from consortia.hub.queries import HubError
@@ -61,7 +63,8 @@ class RequestGuard:
     app
         The wrapped ASGI application.
     resolve
-        ``await resolve(token)``: the principal of a bearer token, or None.
+        ``await resolve(token)``: the principal of a bearer token, or None; it raises
+        :class:`~consortia.errors.AuthenticationError` for a revoked or expired token.
     limit
         ``limit(path)``: the largest body accepted on that path, in bytes.
     rejected
@@ -80,7 +83,11 @@ class RequestGuard:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        who = await self.resolve(bearer_token(scope))
+        try:
+            who = await self.resolve(bearer_token(scope))
+        except AuthenticationError as exc:  # a known token, revoked or expired: say which
+            await _answer(send, 401, str(exc), [(b"www-authenticate", b"Bearer")])
+            return
         if who is None:
             await _answer(
                 send, 401, "missing or invalid bearer token", [(b"www-authenticate", b"Bearer")]

@@ -51,6 +51,9 @@ class TokenRequest(_Strict):
 
     role: Literal["researcher", "admin", "enrolment"]
     name: str = Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})$")
+    expires_in: float | None = Field(
+        default=None, gt=0, description="Seconds it lives; default: the role's default expiry"
+    )
 
 
 class TokenResponse(BaseModel):
@@ -59,6 +62,8 @@ class TokenResponse(BaseModel):
     role: str
     name: str
     token: str
+    id: int | None = None
+    expires_at: float | None = None
 
 
 class StudyRequest(_Strict):

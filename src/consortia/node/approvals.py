@@ -172,7 +172,8 @@ class Approvals:
     Parameters
     ----------
     engine
-        The node's database (:attr:`consortia.node.store.NodeStore.engine`).
+        The node's database (:attr:`consortia.node.store.NodeStore.engine`), whose
+        tables the node's migrations made.
     audit
         The node's audit log (on the same database).
     mode
@@ -203,7 +204,6 @@ class Approvals:
         self.mode = mode
         self.auto_approve = tuple(auto_approve)
         self._final: dict[tuple[str, str], Status] = {}  # decisions are final: cached
-        _meta.create_all(engine)
 
     @property
     def required(self) -> bool:

@@ -94,8 +94,14 @@ _pins = sa.Table(
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create this module's tables in the node's database (idempotent)."""
-    _meta.create_all(engine)
+    """Bring the node's database, this module's tables included, to the newest schema.
+
+    The tables are made by the node's migrations (:func:`consortia.migrations.upgrade_node`,
+    which :class:`~consortia.node.store.NodeStore` runs when it opens the database).
+    """
+    from consortia.migrations import upgrade_node
+
+    upgrade_node(engine)
 
 
 def _insert_once(c: sa.Connection, table: sa.Table, **values: object) -> None:
@@ -118,9 +124,8 @@ class SqlReleaseLedger(ReleaseLedger):
     """
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+        self.engine = engine  # migrated by NodeStore (or create_tables)
         self._queue: list[tuple[str, dict]] | None = None
-        create_tables(engine)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -338,8 +343,7 @@ class PinStore:
     """Peer identities pinned by the data owner (``consortia node peers add``)."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        create_tables(engine)
+        self.engine = engine  # migrated by NodeStore (or create_tables)
 
     def all(self) -> dict[str, str]:
         """Site name -> pinned identity fingerprint (64 hex)."""

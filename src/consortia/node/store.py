@@ -19,6 +19,7 @@ from sqlalchemy import event
 
 from consortia.audit import AuditLog
 from consortia.errors import KeyVerificationError, SecureAggregationError
+from consortia.migrations import upgrade_node
 from consortia.node.releases import PinStore, SqlReleaseLedger
 from consortia.privacy.keys import PeerKey
 from consortia.privacy.ledger import AttemptRecord
@@ -251,7 +252,7 @@ class NodeStore:
             cur.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             cur.close()
 
-        _meta.create_all(self.engine)
+        upgrade_node(self.engine)  # tables made, or upgraded in place, by the migrations
         self.path.chmod(0o600)
         self.ledger = SqlLedger(self.engine)
         self._known: dict[str, bytes] = {}  # peers already bound (cache of the peers table)

@@ -1,0 +1,1 @@
+"""The hub database's migration environment (Alembic; see :mod:`consortia.migrations`)."""

@@ -1,0 +1,1 @@
+"""The hub database's revisions, oldest first (``hub_0001``, ``hub_0002``...)."""

@@ -1,0 +1,1 @@
+"""The node database's migration environment (Alembic; see :mod:`consortia.migrations`)."""
