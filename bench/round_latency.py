@@ -4,7 +4,7 @@
     python bench/round_latency.py --rounds 10     # quicker
     python bench/round_latency.py --nodes 10 --sizes 10
 
-Each configuration runs one study of the trivial ``stats.vector_sum`` algorithm
+Each configuration runs one study of the trivial ``testing.vector_sum`` algorithm
 (every node contributes a vector of ``size`` float64 per round, masked and
 securely summed) for ``--rounds`` rounds, over a hub (SQLite in WAL mode, plain
 HTTP on 127.0.0.1) and N node agents, every one a separate process.
@@ -67,7 +67,7 @@ from consortia.node import DatasetConfig, NodeConfig, NodeProcess
 from consortia.node.identity import mutual_pins
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 
 MB = 2**20
 _CORES = psutil.cpu_count() or 1
@@ -160,7 +160,7 @@ class Federation:
         for name in names:
             csv = self.root / f"{name}.csv"
             pd.DataFrame({"x": np.arange(20.0)}).to_csv(csv, index=False)
-            policy = Policy(allowed_algorithms=("stats.vector_sum",), min_sites=3)
+            policy = Policy(allowed_algorithms=("testing.vector_sum",), min_sites=3)
             cfg = NodeConfig(
                 name=name,
                 hub=self.hub.url,

@@ -18,7 +18,7 @@ from consortia.privacy.keys import PeerKey
 from consortia.privacy.policy import Policy
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 from consortia.wire import pack_arrays, unpack_arrays
 
 DIGEST = "ab" * 32

@@ -11,7 +11,7 @@ from netutil import start_federation, wait_until
 
 from consortia import Simulation
 from consortia.errors import PolicyError
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 
 pytestmark = pytest.mark.timeout(180)
 

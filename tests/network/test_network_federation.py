@@ -23,8 +23,8 @@ from consortia.sdk import connect
 from consortia.stats.descriptive import Mean
 from consortia.stats.linear import LinearRegression
 from consortia.stats.logistic import LogisticRegression
-from consortia.stats.vector_sum import VectorSum
 from consortia.survival import CoxPH, KaplanMeier, LogRank, day_grid
+from consortia.testing.vector_sum import VectorSum
 
 pytestmark = pytest.mark.timeout(180)
 

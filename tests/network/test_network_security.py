@@ -26,7 +26,7 @@ from consortia.hub import HubProcess
 from consortia.node import DatasetConfig, NodeAgent, NodeConfig
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 
 pytestmark = pytest.mark.timeout(180)
 
