@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -349,18 +348,19 @@ def test_append_inside_the_callers_transaction(db):
 def test_verify_while_others_append_never_raises_a_false_alarm(db):
     log = AuditLog(db.engine, key=KEY)
     _fill(log, 3)
-    stop = threading.Event()
+    stop, writing = threading.Event(), threading.Event()
 
     def writer() -> None:
         own = AuditLog(db.make_engine(), key=KEY)
         while not stop.is_set():
-            own.append("hub", "round", {})
+            entry = own.append("hub", "round", {})
+            if entry.seq >= 6:
+                writing.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while len(log) < 6 and thread.is_alive():
-            time.sleep(0.005)
+        assert writing.wait(300)  # three entries appended by the writer: it is under way
         reports = [log.verify() for _ in range(15)]
     finally:
         stop.set()
