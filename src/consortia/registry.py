@@ -78,7 +78,12 @@ def register(cls: A) -> A:
         raise AlgorithmError(f"{cls.__name__} must define a class attribute 'name'")
     with _LOCK:
         existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
+        # the same class re-imported (a module reloaded) may register again; a class of the
+        # same name from another module (a package taking over a built-in name) may not
+        if existing is not None and (existing.__module__, existing.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
             raise AlgorithmError(f"algorithm name {name!r} is already registered by {existing}")
         _REGISTRY[name] = cls
     return cls
@@ -86,8 +91,11 @@ def register(cls: A) -> A:
 
 def _distribution(ep: EntryPoint) -> str | None:
     dist = getattr(ep, "dist", None)
-    name = None if dist is None else dist.metadata["Name"]
-    return None if name is None else name.lower().replace("_", "-")
+    try:
+        name = None if dist is None else dist.metadata["Name"]
+    except Exception:  # unreadable metadata: an entry point of no known distribution
+        return None
+    return None if not name else str(name).lower().replace("_", "-")
 
 
 def _label(ep: EntryPoint) -> str:
