@@ -74,12 +74,7 @@ from consortia.privacy import (
 )
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
-
-try:  # the benchmark-only algorithm is leaving the product's ``stats.*`` names (issue 8)
-    from consortia.testing import VectorSum
-except ImportError:
-    from consortia.stats.vector_sum import VectorSum
-site_vector = sys.modules[VectorSum.__module__].site_vector  # the vector each node sends
+from consortia.testing import VectorSum, site_vector  # the vector each node sends
 
 MB = 2**20
 _CORES = psutil.cpu_count() or 1

@@ -4,7 +4,7 @@
     python bench/round_latency.py --rounds 10     # quicker
     python bench/round_latency.py --nodes 3 10 --sizes 10
 
-Each configuration runs one study of the trivial vector-sum algorithm (``VectorSum``)
+Each configuration runs one study of the trivial ``testing.vector_sum`` algorithm
 (every node contributes a vector of ``size`` float64 per round, masked and
 securely summed) for ``--rounds`` rounds, over a hub (SQLite in WAL mode, plain
 HTTP on 127.0.0.1) and N node agents, every one a separate process.
@@ -69,11 +69,7 @@ from consortia.node import DatasetConfig, NodeConfig, NodeProcess
 from consortia.node.identity import mutual_pins
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
-
-try:  # the benchmark-only algorithm is leaving the product's ``stats.*`` names (issue 8)
-    from consortia.testing import VectorSum
-except ImportError:
-    from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 
 MB = 2**20
 _CORES = psutil.cpu_count() or 1

@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -349,18 +348,19 @@ def test_append_inside_the_callers_transaction(db):
 def test_verify_while_others_append_never_raises_a_false_alarm(db):
     log = AuditLog(db.engine, key=KEY)
     _fill(log, 3)
-    stop = threading.Event()
+    stop, writing = threading.Event(), threading.Event()
 
     def writer() -> None:
         own = AuditLog(db.make_engine(), key=KEY)
         while not stop.is_set():
-            own.append("hub", "round", {})
+            entry = own.append("hub", "round", {})
+            if entry.seq >= 6:
+                writing.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while len(log) < 6 and thread.is_alive():
-            time.sleep(0.005)
+        assert writing.wait(300)  # three entries appended by the writer: it is under way
         reports = [log.verify() for _ in range(15)]
     finally:
         stop.set()
@@ -385,3 +385,67 @@ def test_entries_added_behind_the_head_are_detected(db):
     )
     report = log.verify()
     assert not report.ok and report.first_bad_seq == 4 and "after the head" in report.reason
+
+
+def _hold_exclusive_lock(path, release: threading.Event, held: threading.Event) -> None:
+    """Another writer: takes SQLite's exclusive lock and keeps it until ``release``."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        held.set()
+        release.wait(120)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_verify_waits_out_a_writer_that_holds_the_lock_past_the_busy_timeout(tmp_path):
+    path = tmp_path / "audit.db"
+    log = AuditLog(sa.create_engine(f"sqlite:///{path}"), key=KEY)
+    _fill(log, 4)
+    # a reader that gives up on a lock after 50 ms: every wait beyond is the log's retries
+    impatient = AuditLog(
+        sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05}),
+        key=KEY,
+        create=False,
+    )
+    release, held = threading.Event(), threading.Event()
+    writer = threading.Thread(target=_hold_exclusive_lock, args=(path, release, held))
+    writer.start()
+    try:
+        assert held.wait(60)
+        raw = impatient._engine.connect()
+        with pytest.raises(sa.exc.OperationalError, match="locked"):  # the raw failure
+            raw.execute(sa.text("SELECT count(*) FROM audit_log")).all()
+        raw.close()
+        threading.Timer(1.0, release.set).start()  # the writer commits a second later
+        report = impatient.verify()
+    finally:
+        release.set()
+        writer.join()
+    assert report.ok and report.n_entries == 4
+
+
+def test_verify_raises_a_typed_error_when_the_log_cannot_be_read(tmp_path, monkeypatch):
+    path = tmp_path / "audit.db"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
+    log = AuditLog(engine, key=KEY)
+    _fill(log, 2)
+    monkeypatch.setattr("consortia.audit._READ_RETRIES", 3)
+    release, held = threading.Event(), threading.Event()
+    writer = threading.Thread(target=_hold_exclusive_lock, args=(path, release, held))
+    writer.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(AuditError, match=r"verify.*stayed locked.*3 retries"):
+            log.verify()
+    finally:
+        release.set()
+        writer.join()
+    assert log.verify().ok
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE audit_log"))
+    with pytest.raises(AuditError, match=r"cannot read the audit log \(verify\): no such table"):
+        log.verify()

@@ -107,7 +107,7 @@ def test_tls_handshake_trusting_the_ca(pki):
     with https_server(server) as port:
         for host in ("127.0.0.1", "localhost"):
             response = httpx.get(
-                f"https://{host}:{port}/", verify=client_ssl_context(ca.certificate), timeout=5
+                f"https://{host}:{port}/", verify=client_ssl_context(ca.certificate), timeout=60
             )
             assert response.status_code == 200 and response.text == "hello over tls"
 
@@ -159,16 +159,17 @@ def test_uvicorn_serves_the_issued_certificate(pki):
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not uv.started and time.monotonic() < deadline:
+        deadline = time.monotonic() + 300  # a generous ceiling: the server says when it is up
+        while not uv.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert uv.started, "the TLS server did not start"
         response = httpx.get(
-            f"https://localhost:{port}/", verify=client_ssl_context(ca.certificate), timeout=5
+            f"https://localhost:{port}/", verify=client_ssl_context(ca.certificate), timeout=60
         )
         assert response.status_code == 200 and response.text == "ok"
     finally:
         uv.should_exit = True
-        thread.join(10)
+        thread.join(60)
 
 
 def test_bad_input(pki, tmp_path: Path):

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -27,8 +28,17 @@ def test_writing_algorithms_example_runs_and_matches_pooled(capsys):
 def test_readme_python_snippet_runs(capsys):
     text = (DOCS.parent / "README.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
-    exec(compile(code, "README.md", "exec"), {})
-    assert "[" in capsys.readouterr().out
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "[" in out
+    # the printed federated mean is a finite number equal to the pooled mean of the data
+    printed = re.fullmatch(r"\[\s*([^\]\s]+)\s*\]", out.strip())
+    assert printed is not None, out
+    federated = float(printed.group(1))
+    pooled = np.concatenate([frame["age"].to_numpy() for frame in namespace["sites"].values()])
+    assert len(pooled) == 300 and np.isfinite(federated)
+    assert federated == pytest.approx(float(pooled.mean()), rel=1e-6)
 
 
 def test_first_analysis_example_matches_pooled(capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -65,14 +64,12 @@ def test_unpack_is_zero_copy_and_read_only_unless_copy_requested():
     assert int(view[0]) == 0 and int(copied[0]) == 1
 
 
-def test_million_uint64_round_trip_is_fast():
+def test_million_uint64_round_trip():
+    # its speed (one 8 MB copy, ~2 ms) is measured by bench/timings.py, not asserted here
     masked = np.random.default_rng(0).integers(0, 2**64, 10**6, dtype=np.uint64)
-    start = time.perf_counter()
     for _ in range(10):
         out = unpack_arrays(pack_arrays({"masked": masked}))
-    per_round_trip = (time.perf_counter() - start) / 10
     np.testing.assert_array_equal(out["masked"], masked)
-    assert per_round_trip < 0.05  # one 8 MB copy; measured ~2 ms
 
 
 def test_not_a_tensor_file():

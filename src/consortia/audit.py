@@ -43,11 +43,12 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -76,7 +77,10 @@ _MIN_KEY = 16
 _ENTRY_DOMAIN = b"consortia-audit-entry\x00"
 _HEAD_DOMAIN = b"consortia-audit-head\x00"
 _RETRIES = 60
+_READ_RETRIES = 120
 _BATCH = 1000
+
+_T = TypeVar("_T")
 
 _LOCKS: weakref.WeakKeyDictionary[sa.Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -248,9 +252,8 @@ def _check_label(name: str, value: Any) -> str:
     return value
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True
+def _contended(exc: DBAPIError) -> bool:
+    """Whether a database error means "someone else holds a lock": worth retrying."""
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
     return any(word in text for word in ("locked", "busy", "serializ", "deadlock"))
 
@@ -283,6 +286,21 @@ def audit_tables(metadata: sa.MetaData, table: str = "audit_log") -> tuple[sa.Ta
         sa.Column("version", sa.BigInteger, nullable=False),
     )
     return log, head
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return isinstance(exc, IntegrityError) or _contended(exc)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (exponential to 0.2-0.6 s, with jitter)."""
+    return min(0.4, 0.002 * 2 ** min(attempt, 8)) * (0.5 + secrets.randbelow(100) / 100)
+
+
+def _db_reason(exc: DBAPIError) -> str:
+    """The first line of the driver's message (table and lock names, never row values)."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 class AuditLog:
@@ -336,24 +354,39 @@ class AuditLog:
         if create:
             self._create(metadata)
         else:
-            try:  # a query rather than the inspector: schema translation maps apply
-                with engine.connect() as conn:
+            self._probe(table)
+
+    def _probe(self, table: str) -> None:
+        """Check that the tables exist (a query rather than the inspector: schema
+        translation maps apply), waiting out another process's lock."""
+        for attempt in range(_READ_RETRIES):
+            try:
+                with self._engine.connect() as conn:
                     conn.execute(sa.select(self._log.c.seq).limit(1)).all()
                     conn.execute(sa.select(self._head.c.id).limit(1)).all()
+                return
             except DBAPIError as exc:
-                raise ValidationError(f"no audit log table {table!r} in this database") from exc
+                if not _contended(exc):
+                    raise ValidationError(f"no audit log table {table!r} in this database") from exc
+                time.sleep(_backoff(attempt))
+        raise AuditError(
+            f"cannot read the audit log table {table!r}: the database stayed locked by "
+            f"another writer through {_READ_RETRIES} retries"
+        )
 
     # -- setup ---------------------------------------------------------------------------
 
     def _create(self, metadata: sa.MetaData) -> None:
-        for attempt in range(5):
+        for attempt in range(_RETRIES):
             try:
                 metadata.create_all(self._engine, checkfirst=True)
                 break
-            except DBAPIError:  # another process created them concurrently
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+            except DBAPIError as exc:  # another process created them, or holds the lock
+                if attempt == _RETRIES - 1:
+                    raise AuditError(
+                        f"cannot create the audit log tables: {_db_reason(exc)}"
+                    ) from exc
+                time.sleep(_backoff(attempt))
         with self._lock:
             try:
                 with self._engine.begin() as conn:
@@ -438,10 +471,7 @@ class AuditLog:
                     if not _retryable(exc):
                         raise
                     last_exc = exc
-                    time.sleep(
-                        min(0.2, 0.002 * 2 ** min(attempt, 7))
-                        * (0.5 + secrets.randbelow(100) / 100)
-                    )
+                    time.sleep(_backoff(attempt))
         raise AuditError(f"audit append failed after {_RETRIES} retries: {last_exc}")
 
     def _append_in(
@@ -497,50 +527,113 @@ class AuditLog:
             None if row.mac is None else str(row.mac),
         )
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[sa.Connection]:
+        """A connection reading one consistent snapshot of the database, then rolled back.
+
+        PostgreSQL: a ``REPEATABLE READ`` transaction.  SQLite: an explicit ``BEGIN`` (the
+        Python driver opens no transaction for a ``SELECT``), so that every read after the
+        first sees the same state: in WAL mode other processes keep appending meanwhile.
+        """
+        with self._engine.connect() as conn:
+            dialect = conn.dialect.name
+            if dialect == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.begin()
+            if dialect == "sqlite":
+                raw = conn.connection.driver_connection
+                if raw is not None and not getattr(raw, "in_transaction", True):
+                    conn.exec_driver_sql("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    def _read(self, what: str, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run ``work`` on a snapshot; retry while another writer holds a lock.
+
+        SQLite answers "database is locked" when a writer holds the lock longer than the
+        connection's busy timeout (or during WAL recovery), PostgreSQL may report a
+        serialisation failure: both are retried with backoff, ``_READ_RETRIES`` times
+        (over a minute in all, on top of each connection's own busy timeout).
+
+        Raises
+        ------
+        AuditError
+            The database stayed locked through every retry, or could not be read at all;
+            the message names the operation and the driver's reason.
+        """
+        last: DBAPIError | None = None
+        for attempt in range(_READ_RETRIES):
+            try:
+                with self._snapshot() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not _contended(exc):
+                    raise AuditError(
+                        f"cannot read the audit log ({what}): {_db_reason(exc)}"
+                    ) from exc
+                last = exc
+                time.sleep(_backoff(attempt))
+        assert last is not None
+        raise AuditError(
+            f"cannot read the audit log ({what}): the database stayed locked by another "
+            f"writer through {_READ_RETRIES} retries: {_db_reason(last)}"
+        ) from last
+
     def entries(self, *, since: int = 0, limit: int | None = None) -> list[AuditEntry]:
-        """Return the entries with ``seq > since`` in order, at most ``limit`` of them."""
+        """Return the entries with ``seq > since`` in order, at most ``limit`` of them.
+
+        Raises
+        ------
+        AuditError
+            The database could not be read (see :meth:`verify`).
+        """
         query = sa.select(self._log).where(self._log.c.seq > since).order_by(self._log.c.seq)
         if limit is not None:
             query = query.limit(max(0, int(limit)))
-        with self._engine.connect() as conn:
-            return [self._to_entry(row) for row in conn.execute(query)]
+        return self._read(
+            "entries", lambda conn: [self._to_entry(row) for row in conn.execute(query)]
+        )
 
     def tail(self, n: int) -> list[AuditEntry]:
         """Return the last ``n`` entries (by ``seq``) in order."""
         query = sa.select(self._log).order_by(self._log.c.seq.desc()).limit(max(0, int(n)))
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+        rows = self._read("tail", lambda conn: conn.execute(query).all())
         return [self._to_entry(row) for row in reversed(rows)]
 
-    def _iter_rows(self, since: int | None = None, upto: int | None = None) -> Iterator[Any]:
+    def _iter_rows(
+        self, conn: sa.Connection, since: int | None = None, upto: int | None = None
+    ) -> Iterator[Any]:
         while True:
             query = sa.select(self._log).order_by(self._log.c.seq).limit(_BATCH)
             if since is not None:
                 query = query.where(self._log.c.seq > since)
             if upto is not None:
                 query = query.where(self._log.c.seq <= upto)
-            with self._engine.connect() as conn:
-                rows = conn.execute(query).all()
+            rows = conn.execute(query).all()
             yield from rows
             if len(rows) < _BATCH:
                 return
             since = int(rows[-1].seq)
 
-    def _read_head(self) -> tuple[int, str, str | None] | None:
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(self._head.c.seq, self._head.c.hash, self._head.c.mac)
-            ).all()
+    def _read_head_in(self, conn: sa.Connection) -> tuple[int, str, str | None] | None:
+        rows = conn.execute(sa.select(self._head.c.seq, self._head.c.hash, self._head.c.mac)).all()
         if len(rows) != 1:
             return None
         return int(rows[0].seq), str(rows[0].hash), rows[0].mac
+
+    def _read_head(self) -> tuple[int, str, str | None] | None:
+        return self._read("head record", self._read_head_in)
 
     def head(self) -> tuple[int, str]:
         """Return ``(seq, hash)`` of the last entry per the head record (``(0, GENESIS_HASH)``
         for an empty log).  Publish it elsewhere to detect rollbacks (see ``verify(anchor=)``).
         """
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(self._head.c.seq, self._head.c.hash)).first()
+        row = self._read(
+            "head record",
+            lambda conn: conn.execute(sa.select(self._head.c.seq, self._head.c.hash)).first(),
+        )
         if row is None:
             raise AuditError("audit log head record is missing: the log was tampered with")
         return int(row.seq), str(row.hash)
@@ -552,10 +645,8 @@ class AuditLog:
         return head is not None and head[2] is not None
 
     def __len__(self) -> int:
-        with self._engine.connect() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.count()).select_from(self._log)).scalar() or 0
-            )
+        count = sa.select(sa.func.count()).select_from(self._log)
+        return int(self._read("count", lambda conn: conn.execute(count).scalar()) or 0)
 
     # -- verification --------------------------------------------------------------------
 
@@ -570,8 +661,9 @@ class AuditLog:
         Detects edited entries (hash or MAC mismatch), reordered entries, deleted entries
         (sequence gaps, broken chain), forged entries (MAC, with a key) and a truncated tail
         (head record).  See the module docstring for the exact guarantees.  Safe to run while
-        other threads or processes append: entries appended during the check are covered up
-        to the head record read at its end.
+        other threads or processes append: the head record and every entry are read in one
+        snapshot of the database (entries appended meanwhile are left to the next check),
+        and a lock held by a writer is waited for and retried.
 
         Parameters
         ----------
@@ -581,23 +673,26 @@ class AuditLog:
         anchors
             More such heads (for example those a hub recorded): each must still be in the
             log unchanged, so a truncated log, or one rewritten and re-chained, fails.
+
+        Raises
+        ------
+        AuditError
+            The log could not be read: the database stayed locked by other writers through
+            every retry, or a table is missing or unreadable.
         """
         pins = dict(anchors)
         if anchor is not None:
             pins[int(anchor[0])] = anchor[1]
+        # One snapshot: the head record and the rows are read as of the same moment, so
+        # appends by other processes during the check neither disturb it nor are seen.
+        return self._read("verify", lambda conn: self._verify_in(conn, pins))
+
+    def _verify_in(self, conn: sa.Connection, pins: dict[int, str]) -> AuditReport:
         chain = _ChainCheck(self._key, pins)
-        # Rows only grow legitimately and every row commits together with the head update,
-        # so a head read *before* the rows never exceeds the rows read afterwards.
-        head = self._read_head()
-        bad = chain.feed(self._iter_rows())
+        head = self._read_head_in(conn)
+        bad = chain.feed(self._iter_rows(conn))
         if bad is not None:
             return bad
-        if head is not None and head[0] < chain.last_seq:
-            head = self._read_head()  # concurrent appends, or rows added behind the head
-            if head is not None and head[0] > chain.last_seq:
-                bad = chain.feed(self._iter_rows(since=chain.last_seq, upto=head[0]))
-                if bad is not None:
-                    return bad
         last = chain.last_seq
         if head is None:
             return chain.bad(last + 1, "the head record is missing or duplicated")

@@ -33,6 +33,14 @@ class UnknownAlgorithmError(AlgorithmError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AlgorithmEntryPointWarning(UserWarning):
+    """An entry point of the ``consortia.algorithms`` group failed to load.
+
+    The warning names the entry point and its distribution; the algorithms it would
+    have registered are unavailable, every other algorithm is not affected.
+    """
+
+
 class ConvergenceError(AlgorithmError):
     """An iterative algorithm did not converge within its round budget."""
 

@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from consortia.errors import (
     AlgorithmError,
     ProtocolError,
-    UnknownAlgorithmError,
     ValidationError,
 )
+from consortia.registry import get_algorithm, register, registered_algorithms
 
 if TYPE_CHECKING:
     from consortia.data.dataset import Dataset
@@ -352,61 +350,8 @@ def _from_json(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type[Algorithm]] = {}
-_BUILTIN_PACKAGES = ("consortia.stats", "consortia.survival")
-_builtins_loaded = False
-
-A = TypeVar("A", bound=type[Algorithm])
-
-
-def register(cls: A) -> A:
-    """Class decorator: register an algorithm under its ``name``."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise AlgorithmError(f"{cls.__name__} must define a class attribute 'name'")
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing.__qualname__ != cls.__qualname__:
-        raise AlgorithmError(f"algorithm name {name!r} is already registered by {existing}")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    for pkg_name in _BUILTIN_PACKAGES:
-        pkg = importlib.import_module(pkg_name)
-        # every public submodule registers its algorithms on import
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg_name}."):
-            if info.name.rsplit(".", 1)[-1].startswith("_"):
-                continue
-            try:
-                importlib.import_module(info.name)
-            except Exception as exc:
-                raise AlgorithmError(
-                    f"built-in algorithm module {info.name!r} failed to import: {exc}"
-                ) from exc
-    _builtins_loaded = True
-
-
-def registered_algorithms() -> dict[str, type[Algorithm]]:
-    """Return a copy of the registry: algorithm name -> class."""
-    _load_builtins()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_algorithm(name: str) -> type[Algorithm]:
-    """Return the algorithm class registered under ``name``."""
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise UnknownAlgorithmError(
-            f"no algorithm is registered under {name!r} (known: {known})"
-        ) from None
+# The registry lives in consortia.registry (entry points ``consortia.algorithms``);
+# its functions are re-exported here, where algorithms have always found them.
 
 
 def algorithm_from_spec(spec: Mapping[str, Any]) -> Algorithm:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -117,6 +120,66 @@ def test_show(logged):
     assert [r["seq"] for r in rows] == [5, 6]
     assert rows[1]["details"] == {"study": "s1", "round": 5, "arrays": {"s": [2]}}
     assert rows[1]["prev_hash"] == rows[0]["hash"]
+
+
+_APPENDER = """
+import pathlib, sys
+import sqlalchemy as sa
+from consortia.audit import AuditLog, read_key_file
+db, key_file, mode, stop, bound = sys.argv[1:6]
+engine = sa.create_engine(f"sqlite:///{db}", connect_args={"timeout": 30})
+sa.event.listen(
+    engine, "connect", lambda conn, _: conn.execute(f"PRAGMA journal_mode={mode}")
+)
+log = AuditLog(engine, key=read_key_file(key_file))
+for i in range(int(bound)):
+    log.append("node:site-a", "release", {"study": "s2", "round": i, "arrays": {"s": [2]}})
+    if i == 50:
+        print("ready", flush=True)
+    if i % 10 == 0 and pathlib.Path(stop).exists():
+        break
+print(f"appended {i + 1}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_verify_never_fails_while_another_process_appends(logged, tmp_path, journal):
+    """`audit verify` while a node process appends in a tight loop: every check is OK.
+
+    The appender writes as fast as it can (bounded by a count, stopped by a file); the
+    verifications run meanwhile, each reading one snapshot and waiting out the lock.
+    """
+    db, key_file = logged
+    stop = tmp_path / "stop"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _APPENDER, str(db), str(key_file), journal, str(stop), "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    outputs = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"  # 51 entries appended: under way
+        runner = CliRunner()
+        for _ in range(6):
+            result = runner.invoke(
+                main, ["audit", "verify", "--db", str(db), "--key-file", str(key_file)]
+            )
+            assert result.exit_code == 0, result.output
+            outputs.append(result.output)
+        still_appending = proc.poll() is None
+    finally:
+        stop.touch()
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert still_appending  # the checks ran while the other process was writing
+    counts = [int(re.search(r"intact: (\d+) entries", o).group(1)) for o in outputs]
+    assert all(o.startswith("OK: ") for o in outputs)
+    assert counts == sorted(counts) and counts[0] >= 6 + 51
+    appended = int(out.split()[-1])
+    final = CliRunner().invoke(main, ["audit", "verify", "--db", str(db)])
+    assert final.exit_code == 0 and f"intact: {6 + appended} entries" in final.output
 
 
 @pytest.mark.skipif(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,6 +87,41 @@ def test_planted_hazard_ratios_are_recovered(large) -> None:
         assert 0.5 * abs(beta) < abs(fit2.params_[g]) < 1.2 * abs(beta)
 
 
+PLANTED_LOG_HR = {
+    "age": 0.02,
+    "female": -0.1,
+    "stage_II": 0.5,
+    "stage_III": 1.0,
+    "stage_IV": 1.9,
+    "grade_3": 0.2,
+    "msi_high": -0.4,
+    "treated": -0.35,
+}
+"""The documented planted log hazard ratios, written here, not read from the code."""
+
+
+def test_a_pooled_cox_recovers_the_documented_log_hazard_ratios() -> None:
+    """12,000 patients: lifelines' estimates lie within 4 standard errors of the
+    documented values (and within 0.15 absolutely: the standard errors are < 0.06)."""
+    c = synthetic_cohort(n_sites=4, patients_per_site=3000, n_genes=60, tiles=False, seed=2024)
+    assert c.truth.log_hr == PLANTED_LOG_HR
+    pooled = c.pooled()
+    df = pooled.frame[[*COVARIATES, "time", "event"]].astype(float)
+    # the prognostic genes' latent expression enters the true hazard: adjust for it, or
+    # the Cox model is misspecified and the clinical effects attenuate
+    latent = c.truth.prognostic_latent.loc[pooled.frame["pid"]]
+    for g in latent:
+        df[g] = latent[g].to_numpy()
+    assert df["event"].sum() > 2000
+    fit = CoxPHFitter().fit(df, "time", "event")
+    planted = pd.Series(PLANTED_LOG_HR)
+    estimate, se = fit.params_[planted.index], fit.standard_errors_[planted.index]
+    assert (se < 0.06).all(), se.to_dict()
+    z = ((estimate - planted) / se).abs()
+    assert z.max() < 4.0, z.to_dict()
+    assert ((estimate - planted).abs() < 0.15).all(), (estimate - planted).to_dict()
+
+
 def test_de_genes_have_the_planted_direction(large) -> None:
     pooled = large.pooled()
     expr = pooled.expression.to_numpy()
@@ -132,12 +165,10 @@ def test_site_effects(large) -> None:
     assert np.corrcoef(observed, planted)[0, 1] > 0.8
 
 
-def test_twenty_thousand_genes_is_fast() -> None:
-    t0 = time.perf_counter()
+def test_twenty_thousand_genes() -> None:
+    # the time it takes is measured by bench/synthetic_cohort.py (no wall clock in tests)
     c = synthetic_cohort(n_sites=2, patients_per_site=500, n_genes=20_000, tiles=False, seed=1)
-    elapsed = time.perf_counter() - t0
     assert c.pooled().expression.shape == (1000, 20_000)
-    assert elapsed < 10.0  # about 2 s on one core of the reference machine
 
 
 @pytest.mark.parametrize(

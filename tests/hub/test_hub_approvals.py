@@ -16,7 +16,7 @@ from consortia.hub.service import HubError, StudyEngine
 from consortia.messages import TaskMessage
 from consortia.privacy.policy import Policy
 from consortia.runtime.site import SiteWorker
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 from consortia.wire import pack_arrays
 
 DIGEST = "ab" * 32

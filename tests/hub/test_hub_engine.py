@@ -21,7 +21,7 @@ from consortia.messages import TaskKind, TaskMessage
 from consortia.privacy.policy import Policy
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 from consortia.wire import pack_arrays, unpack_arrays
 
 
@@ -218,7 +218,7 @@ def test_a_node_that_never_reveals_fails_the_study_after_the_reveal_timeout(worl
 
 def test_vector_sum_parameters_and_values():
     from consortia.errors import ValidationError
-    from consortia.stats.vector_sum import site_vector
+    from consortia.testing.vector_sum import site_vector
 
     with pytest.raises(ValidationError, match="size"):
         VectorSum(size=0)

@@ -23,8 +23,8 @@ from consortia.messages import TaskMessage
 from consortia.node.payloads import BlobCache, fetch_blob
 from consortia.privacy.keys import SiteIdentity
 from consortia.protocol import Coordinator, algorithm_from_spec
-from consortia.stats.vector_sum import VectorSum
 from consortia.survival import Grid, KaplanMeier
+from consortia.testing.vector_sum import VectorSum
 from consortia.wire import CONTENT_TYPE, pack_arrays, unpack_arrays
 
 BIG = 200_001  # points of the grid that once broke the submit audit entry

@@ -129,7 +129,7 @@ def running(client):
     c, db = client
     node = enrol(c, db, "hosp-a")
     researcher = bootstrap_token(db, "researcher", "alice")
-    spec = {"name": "stats.vector_sum", "params": {"size": 3}}
+    spec = {"name": "testing.vector_sum", "params": {"size": 3}}
     r = c.post(
         "/v1/studies", json={"algorithm": spec, "dataset": "data"}, headers=bearer(researcher)
     )
@@ -182,7 +182,7 @@ def test_oversized_study_parameters_are_refused(client):
     researcher = bootstrap_token(db, "researcher", "alice")
 
     def submit(params):
-        spec = {"name": "stats.vector_sum", "params": params}
+        spec = {"name": "testing.vector_sum", "params": params}
         return c.post(
             "/v1/studies", json={"algorithm": spec, "dataset": "data"}, headers=bearer(researcher)
         )

@@ -27,6 +27,16 @@ from consortia.privacy.policy import Policy
 from consortia.sdk import RemoteFederation, connect
 
 PG_ENV = "CONSORTIA_TEST_POSTGRES_URL"
+
+PATIENCE = 300.0
+"""Ceiling of one wait on the hub, a node or a CLI process, in seconds.
+
+Generous on purpose: on a loaded machine (the suite run twice at once on two cores)
+everything is slower, and a wait returns as soon as what it waits for happens, so a
+high ceiling costs nothing when all is well."""
+
+NETWORK_TEST_TIMEOUT = 1200
+"""pytest-timeout of one networked test (several waits, each up to :data:`PATIENCE`)."""
 BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get(PG_ENV) else [])
 
 
@@ -181,7 +191,7 @@ def start_federation(
         researcher = hub.create_token("researcher", "alice")
         fed = connect(hub.url, researcher)
         for node in nodes.values():
-            node.wait_ready(60)
+            node.wait_ready(PATIENCE)
     except BaseException:
         for n in nodes.values():
             n.kill()

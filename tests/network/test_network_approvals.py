@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netutil import start_federation, wait_until
+from netutil import NETWORK_TEST_TIMEOUT, PATIENCE, start_federation, wait_until
 
 from consortia import Simulation
 from consortia.stats.descriptive import Count, Mean
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(NETWORK_TEST_TIMEOUT)
 
 APPROVAL_TIMEOUT = 30.0  # long enough for the CLI calls below on a loaded machine
 
@@ -33,7 +33,7 @@ CLI = (
 
 
 def cli(*args: str) -> str:
-    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=PATIENCE)
     assert proc.returncode == 0, f"consortia {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
     return proc.stdout
 
@@ -61,7 +61,7 @@ def test_owner_approval_deny_and_timeout(federation):
     denied = fed.submit(Mean(columns=("x2",)), dataset="data")
     undecided = fed.submit(Mean(columns=("y",)), dataset="data")
     auto = fed.submit(Count(), dataset="data")
-    assert fed.wait(auto, timeout=120).status == "finished"  # never waited for the owner
+    assert fed.wait(auto, timeout=PATIENCE).status == "finished"  # never waited for the owner
     for sid in (approved, denied, undecided):
         wait_until(
             lambda sid=sid: fed.status(sid).waiting_approval == ("site2",),
@@ -77,14 +77,14 @@ def test_owner_approval_deny_and_timeout(federation):
     assert approved in cli("node", "approvals", "approve", "--config", config, approved)
     assert denied in cli("node", "approvals", "deny", "--config", config, denied)
 
-    st = fed.wait(approved, timeout=120)
+    st = fed.wait(approved, timeout=PATIENCE)
     assert st.status == "finished" and st.waiting_approval == ()
     got = fed.result(approved, approved_algo)
     want = Simulation(federation.sites()).run(approved_algo)
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-9)
     assert got.n == want.n
 
-    st = fed.wait(denied, timeout=120)
+    st = fed.wait(denied, timeout=PATIENCE)
     assert st.status == "failed" and st.error_rule == "owner_denied"
     assert st.raw["error_site"] == "site2"
 

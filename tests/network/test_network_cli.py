@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from netutil import toy_frame, wait_until
+from netutil import NETWORK_TEST_TIMEOUT, PATIENCE, toy_frame, wait_until
 
 from consortia import Simulation
 from consortia.data import load_dataset
@@ -22,7 +22,7 @@ from consortia.hub import free_port
 from consortia.sdk import connect
 from consortia.stats.descriptive import Mean
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(NETWORK_TEST_TIMEOUT)
 
 _SCRIPT = Path(sys.executable).with_name("consortia")
 CLI = (
@@ -34,7 +34,7 @@ CLI = (
 
 def cli(*args: str, cwd, env=None, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=PATIENCE
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"consortia {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -97,7 +97,7 @@ def test_deployment_guide_end_to_end_over_tls(tmp_path, procs):
         except httpx.HTTPError:
             return False
 
-    wait_until(up, 30, "the TLS hub")
+    wait_until(up, PATIENCE, "the TLS hub")
     researcher = cli(
         "hub",
         "token",
@@ -161,7 +161,7 @@ def test_deployment_guide_end_to_end_over_tls(tmp_path, procs):
         frames[name] = site
     fingerprints = {}
     for name, p in zip(frames, enrols, strict=True):
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=PATIENCE)
         assert p.returncode == 0, err
         assert "identity fingerprint:" in out
         fingerprints[name] = out.split("identity fingerprint:")[1].split()[0]
@@ -200,7 +200,7 @@ def test_deployment_guide_end_to_end_over_tls(tmp_path, procs):
         "--dataset",
         "cohort",
         "--timeout",
-        "60",
+        str(int(PATIENCE)),
         cwd=tmp_path,
         env=env,
     ).stdout

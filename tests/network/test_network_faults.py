@@ -7,30 +7,30 @@ import time
 
 import numpy as np
 import pytest
-from netutil import start_federation, wait_until
+from netutil import NETWORK_TEST_TIMEOUT, PATIENCE, start_federation, wait_until
 
 from consortia import Simulation
 from consortia.errors import PolicyError
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(NETWORK_TEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def fed4(hub_db, tmp_path_factory):
-    """Four nodes (policy min_sites 3) behind a hub that excludes a silent node after 6 s.
+    """Four nodes (policy min_sites 3) behind a hub that excludes a silent node after 15 s.
 
     Short enough for the tests to exclude a killed node quickly, long enough that an
     honest node on a loaded machine (the suite run twice at once) is not excluded.
     """
     f = start_federation(
-        tmp_path_factory.mktemp("fed4"), hub_db, n_nodes=4, node_timeout=6.0, restricted=False
+        tmp_path_factory.mktemp("fed4"), hub_db, n_nodes=4, node_timeout=15.0, restricted=False
     )
     yield f
     f.stop()
 
 
-def kill_between_rounds(f, sid: str, victims: list[str], timeout: float = 30.0) -> None:
+def kill_between_rounds(f, sid: str, victims: list[str], timeout: float = PATIENCE) -> None:
     """``kill -9`` the victims at a moment when none has sent its vector for the open attempt.
 
     A node that dies after sending its masked vector but before revealing its self-mask
@@ -72,7 +72,7 @@ def _restart_dead(f) -> None:
         if not node.running:
             node.start()
     for node in f.nodes.values():
-        node.wait_ready(60)
+        node.wait_ready(PATIENCE)
 
 
 def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
@@ -83,9 +83,9 @@ def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
     sid = fed4.fed.submit(algo, dataset="data")
     victim = "site2"
     try:
-        wait_until(_rounds_done(fed4, sid, 2), 60, "two rounds")
+        wait_until(_rounds_done(fed4, sid, 2), PATIENCE, "two rounds")
         kill_between_rounds(fed4, sid, [victim])
-        st = fed4.fed.wait(sid, timeout=90)
+        st = fed4.fed.wait(sid, timeout=PATIENCE)
     finally:
         _restart_dead(fed4)
     assert st.status == "finished", st.error
@@ -106,9 +106,9 @@ def test_too_few_survivors_fail_the_study_with_the_min_sites_rule(fed4):
     _restart_dead(fed4)  # the nodes killed by the previous test are back
     sid = fed4.fed.submit(VectorSum(size=3, rounds=50), dataset="data")
     try:
-        wait_until(_rounds_done(fed4, sid, 1), 60, "one round")
+        wait_until(_rounds_done(fed4, sid, 1), PATIENCE, "one round")
         kill_between_rounds(fed4, sid, ["site0", "site1"])
-        st = fed4.fed.wait(sid, timeout=60)
+        st = fed4.fed.wait(sid, timeout=PATIENCE)
     finally:
         _restart_dead(fed4)
     assert st.status == "failed"
@@ -121,12 +121,12 @@ def test_restarted_node_picks_its_work_up(fed4):
     """A node killed and restarted before its timeout answers the same task (no exclusion)."""
     _restart_dead(fed4)
     algo = VectorSum(size=4, rounds=6)
-    # the hub excludes a silent node after 6 s: restart at once
+    # the hub excludes a silent node after 15 s: restart at once
     sid = fed4.fed.submit(algo, dataset="data")
-    wait_until(_rounds_done(fed4, sid, 1), 60, "one round")
+    wait_until(_rounds_done(fed4, sid, 1), PATIENCE, "one round")
     fed4.nodes["site3"].kill()
     fed4.nodes["site3"].start()
-    st = fed4.fed.wait(sid, timeout=60)
+    st = fed4.fed.wait(sid, timeout=PATIENCE)
     assert st.status == "finished", st.error
     got = fed4.fed.result(sid)
     rounds = fed4.fed.rounds(sid)

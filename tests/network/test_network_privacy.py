@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from netutil import start_federation
+from netutil import PATIENCE, start_federation
 
 from consortia.errors import PolicyError
 from consortia.node import DatasetConfig, NodeConfig, NodeProcess
@@ -43,12 +43,12 @@ def test_fake_sites_enrolled_by_the_hub_do_not_count(fedp, tmp_path):
                 NodeProcess(cfg.write(tmp_path / f"fake{i}.toml"), enrol_token=token).start()
             )
         for f in fakes:
-            f.wait_ready(60)
+            f.wait_ready(PATIENCE)
         with pytest.raises(PolicyError, match="min_sites") as err:
             fedp.fed.run(Mean(columns=("x1",)), dataset="data", nodes=["site0", "fake0", "fake1"])
         assert err.value.site == "site0"
         # among three sites that trust each other, the fakes' presence changes nothing
-        got = fedp.fed.run(Mean(columns=("y",)), dataset="data", timeout=60)
+        got = fedp.fed.run(Mean(columns=("y",)), dataset="data", timeout=PATIENCE)
         honest = fedp.sites()
         n = sum(len(d.frame) for d in honest.values())
         assert got.n == n + 80
@@ -63,7 +63,7 @@ def test_a_refusal_that_depends_on_the_data_does_not_name_the_site(fedp):
     edge = float((values[-1] + values[-2]) / 2)  # exactly one patient above the edge
     algo = Histogram(column="x1", edges=(float(values[0]) - 1, edge, float(values[-1]) + 1))
     with pytest.raises(PolicyError, match="min_cell_count") as err:
-        fedp.fed.run(algo, dataset="data", timeout=60)
+        fedp.fed.run(algo, dataset="data", timeout=PATIENCE)
     assert err.value.site is None
     assert not any(name in str(err.value) for name in sites)
 
@@ -73,7 +73,7 @@ def test_the_privacy_budget_persists_at_the_nodes_and_researchers_can_read_it(fe
 
     algo = DPCount(epsilon=4.0, delta=1e-6)
     for _ in range(2):
-        res = fedp.fed.run(algo, dataset="data", timeout=60)
+        res = fedp.fed.run(algo, dataset="data", timeout=PATIENCE)
         assert res.n >= 0
     rows = [r for r in fedp.fed.budget() if r["dataset"] == "data"]
     assert {r["node"] for r in rows} >= {"site0", "site1", "site2"}
@@ -82,4 +82,4 @@ def test_the_privacy_budget_persists_at_the_nodes_and_researchers_can_read_it(fe
         assert r["epsilon_remaining"] == pytest.approx(2.0)
     # the third would exceed the default cap of 10: refused before anything is computed
     with pytest.raises(PolicyError, match="privacy_budget"):
-        fedp.fed.run(algo, dataset="data", timeout=60)
+        fedp.fed.run(algo, dataset="data", timeout=PATIENCE)

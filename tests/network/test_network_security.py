@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from netutil import toy_frame, wait_until
+from netutil import NETWORK_TEST_TIMEOUT, PATIENCE, toy_frame, wait_until
 
 from consortia.audit import AuditLog, write_key_file
 from consortia.cli import main
@@ -26,9 +26,9 @@ from consortia.hub import HubProcess
 from consortia.node import DatasetConfig, NodeAgent, NodeConfig
 from consortia.privacy.policy import Policy
 from consortia.sdk import connect
-from consortia.stats.vector_sum import VectorSum
+from consortia.testing.vector_sum import VectorSum
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(NETWORK_TEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_a_refused_contribution_is_held_back_not_reposted_in_a_loop(hub, tmp_pat
         def refusals():
             return [e for e in agent.store.audit.entries() if e.action == "post.rejected"]
 
-        wait_until(lambda: len(refusals()) >= 3, 60, "three refused contributions")
+        wait_until(lambda: len(refusals()) >= 3, PATIENCE, "three refused contributions")
         agent.stop()
         runner.join(30)
         assert not runner.is_alive()
@@ -149,7 +149,7 @@ def test_a_task_poll_that_is_not_json_is_logged_and_retried(tmp_path):
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
     try:
-        wait_until(lambda: _NotJson.polls >= 3 or failed, 60, "three polls")
+        wait_until(lambda: _NotJson.polls >= 3 or failed, PATIENCE, "three polls")
         assert not failed and runner.is_alive()
     finally:
         agent.stop()
@@ -182,7 +182,7 @@ def test_one_dataset_failing_to_load_leaves_the_others_served(hub, tmp_path):
             sid = fed.submit(VectorSum(size=2), dataset="fine")
             for _ in range(2):
                 agent.run_once()
-            assert fed.wait(sid, timeout=30).status == "finished"
+            assert fed.wait(sid, timeout=PATIENCE).status == "finished"
             r = fed._http.post(
                 "/v1/studies",
                 json={"algorithm": VectorSum(size=2).spec(), "dataset": "broken"},
@@ -227,7 +227,7 @@ def test_node_audit_heads_anchored_at_the_hub_detect_truncation_and_rewrites(hub
                         a.run_once()
                     return fed.status(sid).status != "running"
 
-                wait_until(done, 60, "the study to finish")
+                wait_until(done, PATIENCE, "the study to finish")
                 assert fed.status(sid).status == "finished"
         # a node's audit log can be keyed ([node] audit_key_file)
         assert agents[0].store.audit.keyed and not agents[1].store.audit.keyed

@@ -69,6 +69,21 @@ def test_number_at_risk_table_shows_pooled_counts(km: KaplanMeierResult) -> None
         assert all(e in shown for e in expected)
     assert km["0"].at_risk_at([0])[0] == km["0"].n  # everyone is at risk at time 0
     assert list(table.get_xticks()) == ticks
+    # an oracle independent of the result: counted from the pooled raw data, and the
+    # table's row of each group (top row: group "0") shows exactly those counts
+    pooled = pd.concat(_sites().values(), ignore_index=True)
+    for row, arm in enumerate((0, 1)):
+        times = pooled.loc[pooled["arm"] == arm, "T"].to_numpy()
+        counted = [int(np.sum(times >= tick)) for tick in ticks]
+        assert counted[0] == len(times) == km[str(arm)].n and counted[-1] > 0
+        assert km[str(arm)].at_risk_at(ticks).tolist() == counted
+        y = 1 - row
+        cells = sorted(
+            (t.get_position()[0], t.get_text())
+            for t in table.texts
+            if t.get_position()[1] == y and t.get_position()[0] >= 0  # not the row name
+        )
+        assert cells == [(tick, str(c)) for tick, c in zip(ticks, counted, strict=True)]
 
 
 def test_single_curve_and_suffix_selects_format(km: KaplanMeierResult, tmp_path: Path) -> None:

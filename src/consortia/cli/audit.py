@@ -14,17 +14,30 @@ from consortia.errors import ConsortiaError
 _DB_HELP = "Database URL (sqlite:///..., postgresql+psycopg://...) or path of a SQLite file."
 
 
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite connection waits for another process's write lock before retrying."""
+
+
 def open_engine(db: str) -> sa.Engine:
-    """Return an engine for a database URL, or a read-only one for a SQLite file path."""
+    """Return an engine for a database URL, or a read-only one for a SQLite file path.
+
+    SQLite connections wait up to :data:`SQLITE_BUSY_TIMEOUT` seconds for a lock that a
+    hub or node appending to the log holds (the log's reads retry beyond that).
+    """
     if "://" in db:
         try:
-            return sa.create_engine(db)
+            url = sa.engine.make_url(db)
+            if url.get_backend_name() == "sqlite":
+                return sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+            return sa.create_engine(url)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise click.ClickException(f"cannot use database URL: {exc}") from exc
     path = Path(db).expanduser().resolve()
     if not path.is_file():
         raise click.ClickException(f"no SQLite database at {path}")
-    return sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    return sa.create_engine(
+        f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": SQLITE_BUSY_TIMEOUT}
+    )
 
 
 def _open_log(db: str, key_file: Path | None, table: str) -> AuditLog:
@@ -93,12 +106,14 @@ def verify(
         anchor_pair = (int(seq), digest.lower())
     log = _open_log(db, key_file, table)
     anchors: list[tuple[int, str]] = []
-    if hub is not None:
-        if token_file is None:
-            raise click.BadParameter("--hub needs --token-file (an admin token)")
-        anchors = _hub_anchors(hub, node or _node_name(log), token_file, ca)
     try:
+        if hub is not None:
+            if token_file is None:
+                raise click.BadParameter("--hub needs --token-file (an admin token)")
+            anchors = _hub_anchors(hub, node or _node_name(log), token_file, ca)
         report = log.verify(anchor=anchor_pair, anchors=anchors)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
     except sa.exc.SQLAlchemyError as exc:
         raise click.ClickException(f"cannot read the audit log: {exc}") from exc
     if report.ok:
@@ -157,7 +172,10 @@ def _line(entry: AuditEntry) -> str:
 def show(db: str, last: int | None, as_json: bool, table: str) -> None:
     """Print the entries of the log (no verification: use `verify`)."""
     log = _open_log(db, None, table)
-    entries = log.tail(last) if last is not None else log.entries()
+    try:
+        entries = log.tail(last) if last is not None else log.entries()
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
     for entry in entries:
         if as_json:
             click.echo(json.dumps(entry.__dict__, sort_keys=True))

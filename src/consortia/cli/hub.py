@@ -10,6 +10,7 @@ from consortia.cli.tokens import DB_HELP as _DB_HELP
 from consortia.cli.tokens import command as token_group
 from consortia.cli.tokens import create_token_command, key_option
 from consortia.errors import ConsortiaError
+from consortia.hub import settings as defaults
 
 
 @click.group(name="hub")
@@ -19,8 +20,8 @@ def command() -> None:
 
 @command.command("start")
 @click.option("--db", required=True, help=_DB_HELP)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8443, show_default=True, type=int)
+@click.option("--host", default=defaults.HOST, show_default=True, help="Interface to listen on.")
+@click.option("--port", default=defaults.PORT, show_default=True, type=int)
 @click.option(
     "--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Server chain (PEM)."
 )
@@ -30,22 +31,25 @@ def command() -> None:
 )
 @click.option(
     "--node-timeout",
-    default=30.0,
+    default=defaults.NODE_TIMEOUT,
     show_default=True,
     help="Seconds before a silent node is excluded.",
 )
 @click.option(
     "--reveal-timeout",
-    default=120.0,
+    default=defaults.REVEAL_TIMEOUT,
     show_default=True,
     help="Seconds a node may take to reveal its seed.",
 )
 @click.option(
-    "--max-payload", default=256 * 2**20, show_default=True, help="Largest contribution (bytes)."
+    "--max-payload",
+    default=defaults.MAX_PAYLOAD,
+    show_default=True,
+    help="Largest contribution (bytes).",
 )
 @click.option(
     "--max-json-body",
-    default=2**20,
+    default=defaults.MAX_JSON_BODY,
     show_default=True,
     help="Largest body of any request but a contribution (bytes).",
 )
@@ -56,11 +60,11 @@ def command() -> None:
 )
 @click.option(
     "--approval-timeout",
-    default=24 * 3600.0,
+    default=defaults.APPROVAL_TIMEOUT,
     show_default=True,
     help="Seconds a study waits for a node owner's approval before it fails.",
 )
-@click.option("--log-level", default="warning", show_default=True)
+@click.option("--log-level", default=defaults.LOG_LEVEL, show_default=True)
 def start(
     db: str,
     host: str,
@@ -76,9 +80,15 @@ def start(
     approval_timeout: float,
     log_level: str,
 ) -> None:
-    """Serve the hub until interrupted (HTTPS unless --insecure-http on loopback)."""
+    """Serve the hub until interrupted (HTTPS unless --insecure-http on loopback).
+
+    `python -m consortia.hub` runs this command with the same options.
+    """
+    import logging
+
     from consortia.hub import HubSettings, serve
 
+    logging.basicConfig(level=log_level.upper())
     try:
         serve(
             HubSettings(

@@ -69,11 +69,24 @@ def fingerprint(config: Path) -> None:
 
 @command.command("start")
 @_CONFIG
+@click.option(
+    "--enrol-token",
+    help="A one-time enrolment token: enrol first unless this node already is.",
+)
 @click.option("--log-level", default="info", show_default=True)
-def start(config: Path, log_level: str) -> None:
-    """Publish the catalogue and answer the hub's tasks until interrupted."""
+def start(config: Path, enrol_token: str | None, log_level: str) -> None:
+    """Publish the catalogue and answer the hub's tasks until interrupted.
+
+    `python -m consortia.node` runs this command with the same options.
+    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     agent = _agent(config)
+    if enrol_token and not (agent.config.data_dir / "credential").exists():
+        try:
+            agent.enrol(enrol_token)
+        except ConsortiaError as exc:
+            agent.close()
+            raise click.ClickException(str(exc)) from exc
 
     def _stop(*_: object) -> None:
         agent.stop()

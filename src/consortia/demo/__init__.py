@@ -121,9 +121,7 @@ class _Cluster:
         # The hub leads a new process group and the nodes join it, so that one
         # killpg() reaches every process the demo started, and a Ctrl-C at the
         # terminal reaches only the demo, which then shuts them down in order.
-        hub = HubProcess(
-            folder / "hub.sqlite", node_timeout=30.0, log=folder / "hub.log", process_group=0
-        )
+        hub = HubProcess(folder / "hub.sqlite", log=folder / "hub.log", process_group=0)
         self.hub = hub
         try:
             hub.start(START_TIMEOUT)

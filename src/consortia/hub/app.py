@@ -12,7 +12,6 @@ import asyncio
 import gc
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -39,7 +38,7 @@ from consortia.errors import (
 )
 from consortia.hub.admin import add_admin_routes
 from consortia.hub.anchors import anchor_head
-from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, approval_router
+from consortia.hub.approvals import approval_router
 from consortia.hub.auth import (
     Principal,
     bootstrap_token,
@@ -63,47 +62,12 @@ from consortia.hub.schemas import (
     StudyRequest,
 )
 from consortia.hub.service import HubError, StudyEngine
+from consortia.hub.settings import HubSettings
 from consortia.messages import ContributionHeader, StudyStatusMessage, TaskMessage
 from consortia.privacy.keys import PeerKey
 from consortia.wire import CONTENT_TYPE
 
 __all__ = ["HubSettings", "bootstrap_token", "create_app"]
-
-
-@dataclass(frozen=True)
-class HubSettings:
-    """Configuration of one hub.
-
-    Attributes
-    ----------
-    db
-        SQLAlchemy URL or a SQLite file path (WAL mode).
-    node_timeout
-        Seconds a node may take to post its masked vector before it is excluded.
-    reveal_timeout
-        Seconds a node may take to reveal its self-mask seed.
-    max_payload
-        Largest accepted contribution in bytes.
-    max_concurrent_uploads
-        Contributions of more than 64 KiB read at once (bounds hub memory whatever the
-        number of nodes).
-    audit_key_file
-        Optional file holding the audit HMAC key.
-    approval_timeout
-        Seconds a study waits for a node's data owner to approve it before it fails
-        (nodes with ``approval = "manual"``; see :mod:`consortia.hub.approvals`).
-    max_json_body
-        Largest accepted body of any request other than a contribution, in bytes.
-    """
-
-    db: str
-    node_timeout: float = 30.0
-    reveal_timeout: float = 120.0
-    max_payload: int = 256 * 2**20
-    max_concurrent_uploads: int = 2
-    audit_key_file: str | None = None
-    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
-    max_json_body: int = 2**20
 
 
 _bearer = HTTPBearer(auto_error=False)

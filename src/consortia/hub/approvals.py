@@ -35,12 +35,13 @@ from sqlalchemy.orm import Session
 from consortia.audit import AuditLog
 from consortia.hub.db import StudyRow
 from consortia.hub.queries import HubError
+from consortia.hub.settings import APPROVAL_TIMEOUT
 from consortia.hub.state import LiveStudy
 
 __all__ = ["ApprovalHandling", "PendingRequest", "approval_router"]
 
-DEFAULT_APPROVAL_TIMEOUT = 24 * 3600.0
-"""Seconds a study waits for a node's owner before it fails (a hub setting)."""
+DEFAULT_APPROVAL_TIMEOUT = APPROVAL_TIMEOUT
+"""Seconds a study waits for a node's owner before it fails (see :mod:`consortia.hub.settings`)."""
 
 
 class PendingRequest(BaseModel):

@@ -14,6 +14,7 @@ import httpx
 from consortia._child import ChildProcess
 from consortia.audit import read_key_file
 from consortia.errors import ConsortiaError
+from consortia.hub import settings as defaults
 from consortia.hub.app import bootstrap_token
 
 __all__ = ["HubProcess", "free_port"]
@@ -38,7 +39,8 @@ class HubProcess(ChildProcess):
     host
         Interface to bind (plain HTTP is allowed on loopback only).
     node_timeout, reveal_timeout, max_payload, approval_timeout
-        See :class:`~consortia.hub.app.HubSettings`.
+        See :class:`~consortia.hub.settings.HubSettings` (defaults from
+        :mod:`consortia.hub.settings`).
     tls_cert, tls_key, ca
         Serve HTTPS with this chain and key; ``ca`` is what clients should trust.
     log
@@ -60,11 +62,11 @@ class HubProcess(ChildProcess):
         db: str | Path,
         *,
         port: int | None = None,
-        host: str = "127.0.0.1",
-        node_timeout: float = 30.0,
-        reveal_timeout: float = 120.0,
-        max_payload: int = 256 * 2**20,
-        approval_timeout: float = 24 * 3600.0,
+        host: str = defaults.HOST,
+        node_timeout: float = defaults.NODE_TIMEOUT,
+        reveal_timeout: float = defaults.REVEAL_TIMEOUT,
+        max_payload: int = defaults.MAX_PAYLOAD,
+        approval_timeout: float = defaults.APPROVAL_TIMEOUT,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
         ca: str | Path | None = None,
@@ -118,7 +120,7 @@ class HubProcess(ChildProcess):
             cmd.append("--insecure-http")
         return cmd
 
-    def start(self, timeout: float = 30.0) -> HubProcess:
+    def start(self, timeout: float = 120.0) -> HubProcess:
         """Start the process and wait until it answers (at most ``timeout`` seconds)."""
         if self.running:
             return self
@@ -129,7 +131,7 @@ class HubProcess(ChildProcess):
         self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait until ``/healthz`` answers; raise if the process died or time ran out."""
         verify: ssl.SSLContext | bool = True
         if self.ca:

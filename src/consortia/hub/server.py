@@ -1,19 +1,16 @@
-"""Serve the hub with uvicorn: ``python -m consortia.hub --db URL --port N ...``."""
+"""Serve the hub with uvicorn (``consortia hub start`` or ``python -m consortia.hub``)."""
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import logging
-from collections.abc import Sequence
 
 import uvicorn
 
 from consortia.errors import ValidationError
-from consortia.hub.app import HubSettings, create_app
-from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT
+from consortia.hub.app import create_app
+from consortia.hub.settings import HOST, LOG_LEVEL, PORT, HubSettings
 
-__all__ = ["is_loopback", "main", "serve"]
+__all__ = ["is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -29,12 +26,12 @@ def is_loopback(host: str) -> bool:
 def serve(
     settings: HubSettings,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8443,
+    host: str = HOST,
+    port: int = PORT,
     tls_cert: str | None = None,
     tls_key: str | None = None,
     insecure_http: bool = False,
-    log_level: str = "warning",
+    log_level: str = LOG_LEVEL,
 ) -> None:
     """Run the hub until interrupted.
 
@@ -78,40 +75,3 @@ def serve(
         timeout_graceful_shutdown=1,
     )
     uvicorn.Server(config).run()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m consortia.hub``."""
-    p = argparse.ArgumentParser(prog="python -m consortia.hub")
-    p.add_argument("--db", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8443)
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--insecure-http", action="store_true")
-    p.add_argument("--node-timeout", type=float, default=30.0)
-    p.add_argument("--reveal-timeout", type=float, default=120.0)
-    p.add_argument("--max-payload", type=int, default=256 * 2**20)
-    p.add_argument("--max-json-body", type=int, default=2**20)
-    p.add_argument("--audit-key-file")
-    p.add_argument("--approval-timeout", type=float, default=DEFAULT_APPROVAL_TIMEOUT)
-    p.add_argument("--log-level", default="warning")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper())
-    serve(
-        HubSettings(
-            db=a.db,
-            node_timeout=a.node_timeout,
-            reveal_timeout=a.reveal_timeout,
-            max_payload=a.max_payload,
-            max_json_body=a.max_json_body,
-            audit_key_file=a.audit_key_file,
-            approval_timeout=a.approval_timeout,
-        ),
-        host=a.host,
-        port=a.port,
-        tls_cert=a.tls_cert,
-        tls_key=a.tls_key,
-        insecure_http=a.insecure_http,
-        log_level=a.log_level,
-    )

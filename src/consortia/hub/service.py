@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
 from consortia.errors import ConsortiaError
+from consortia.hub import settings as defaults
 from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT, ApprovalHandling
 from consortia.hub.checks import check_params, to_json
 from consortia.hub.db import (
@@ -102,9 +103,9 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         self,
         engine: Engine,
         *,
-        node_timeout: float = 30.0,
-        reveal_timeout: float = 120.0,
-        max_payload: int = 256 * 2**20,
+        node_timeout: float = defaults.NODE_TIMEOUT,
+        reveal_timeout: float = defaults.REVEAL_TIMEOUT,
+        max_payload: int = defaults.MAX_PAYLOAD,
         audit: AuditLog | None = None,
         approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,

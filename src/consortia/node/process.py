@@ -54,7 +54,7 @@ class NodeProcess(ChildProcess):
         self._spawn()
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> NodeProcess:
+    def wait_ready(self, timeout: float = 120.0) -> NodeProcess:
         """Wait until the node has enrolled, published its catalogue and is polling.
 
         Raises

@@ -1,4 +1,7 @@
-"""A trivial algorithm for tests and benchmarks: each site contributes a deterministic vector."""
+"""A trivial algorithm for tests and benchmarks: each site contributes a deterministic vector.
+
+Not a statistic: it lives outside ``consortia.stats`` and is named ``testing.vector_sum``.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ class VectorSum(Algorithm):
         Number of rounds (1 to :data:`MAX_ROUNDS`).
     """
 
-    name = "stats.vector_sum"
+    name = "testing.vector_sum"
     size: int = 10
     rounds: int = 1
 
