@@ -13,6 +13,7 @@ Tables
                      set and revealed seeds (small columns only: updated on every request)
 ``round_acc``        the open attempt's running masked sum (one big blob per open round)
 ``round_sums``       the SUMS of each finished round (written once)
+``study_results``    each finished study's result (a consortia.resultcodec frame, written once)
 ``tasks``            per-node task state of every attempt
 ``node_audit_heads`` each node's audit-log heads as anchored with its contributions (append-only)
 ``audit_log``        created by :class:`consortia.audit.AuditLog` on the same engine
@@ -47,6 +48,7 @@ __all__ = [
     "RoundAccRow",
     "RoundRow",
     "RoundSumsRow",
+    "StudyResultRow",
     "StudyRow",
     "TaskRow",
     "TokenRow",
@@ -157,6 +159,21 @@ class RoundSumsRow(Base):
     study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     round_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     sums: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class StudyResultRow(Base):
+    """The result of a finished study (a :mod:`consortia.resultcodec` frame), written once.
+
+    Stored in the transaction that marks the study finished; a study whose result
+    could not be encoded has no row (its result is rebuilt from ``round_sums``).
+    """
+
+    __tablename__ = "study_results"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    result: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of ``result``, hex
+    size: Mapped[int] = mapped_column(BigInteger)
+    encoded_at: Mapped[float] = mapped_column(Float, default=_now)
 
 
 class TaskRow(Base):
