@@ -76,6 +76,26 @@ class ProtocolError(ConsortiaError):
     """A message breaks the federation protocol (wrong layout, round, study, ...)."""
 
 
+class ResultCodecError(ProtocolError):
+    """A study result could not be encoded or decoded (see :mod:`consortia.resultcodec`).
+
+    Parameters
+    ----------
+    message
+        What was wrong, naming the rule that was broken.
+    path
+        Where in the result: ``"result.curves['a'].timeline"`` style (``""``: the frame).
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ResultMismatch(ProtocolError):
+    """A stored study result differs from the one replayed from the round sums."""
+
+
 class PrivacyError(ConsortiaError):
     """The privacy layer refused an operation (encoding range, key check, replay)."""
 

@@ -3,17 +3,23 @@
 >>> fed = connect("https://hub.example.org:8443", token, ca="ca.pem")  # doctest: +SKIP
 >>> result = fed.run(Mean(columns=("age",)), dataset="cohort")          # doctest: +SKIP
 
-The result is rebuilt client side: the SDK fetches the study's securely
-aggregated round sums (what the researcher is entitled to) and replays the
-algorithm's :meth:`~consortia.protocol.Algorithm.coordinate` over them with
-:meth:`consortia.protocol.Coordinator.replay` semantics.  The sums are exact
-fixed-point integers, so the networked result is bit-identical to the
-simulation's on the same data.
+The hub stores each study's result when the study finishes (a
+:mod:`consortia.resultcodec` frame, no pickle) and the SDK fetches it in one
+request.  With ``verify=True`` (and whenever the hub holds no stored result) the
+SDK rebuilds the result itself: it fetches the study's securely aggregated round
+sums (what the researcher is entitled to) and replays the algorithm's
+:meth:`~consortia.protocol.Algorithm.coordinate` over them with
+:meth:`consortia.protocol.Coordinator.replay` semantics; ``verify=True`` also
+checks that the replayed result encodes to exactly the stored bytes.  The sums
+are exact fixed-point integers, so the networked result is bit-identical to the
+simulation's on the same data, stored or replayed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +33,15 @@ from consortia.errors import (
     ConsortiaError,
     PolicyError,
     ProtocolError,
+    ResultCodecError,
+    ResultMismatch,
     StudyFailed,
     ValidationError,
 )
 from consortia.messages import StudyStatusMessage
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.protocol import Algorithm, Coordinator, algorithm_from_spec
+from consortia.resultcodec import decode_result, encode_result
 from consortia.wire import unpack_arrays
 
 __all__ = ["HubUnreachable", "RemoteFederation", "StudyStatus", "connect"]
@@ -294,8 +303,43 @@ class RemoteFederation:
             raise ProtocolError(f"the hub answered {r.status_code} for round {round_index}")
         return unpack_arrays(r.content, max_bytes=2**40, copy=True)
 
-    def result(self, study_id: str, algorithm: Algorithm | None = None) -> Any:
-        """The result of a finished study, rebuilt from its aggregated round sums.
+    def stored_result(self, study_id: str) -> bytes | None:
+        """The result frame the hub stored when the study finished (``None``: it holds none).
+
+        The frame is checked against the hub's ``X-Consortia-Digest`` (sha256);
+        :func:`consortia.resultcodec.decode_result` turns it into the result.
+        """
+        try:
+            r = self._http.get(f"/v1/studies/{study_id}/result")
+        except httpx.TransportError as exc:
+            raise HubUnreachable(f"cannot reach the hub at {self.url}: {exc}") from None
+        if r.status_code == 404:  # not stored (or a hub older than stored results)
+            return None
+        if r.status_code != 200:
+            raise ProtocolError(f"the hub answered {r.status_code} for the result of {study_id}")
+        frame = r.content
+        if hashlib.sha256(frame).hexdigest() != r.headers.get("x-consortia-digest"):
+            raise ProtocolError(f"study {study_id}: the result does not match its digest")
+        return frame
+
+    def result(
+        self, study_id: str, algorithm: Algorithm | None = None, *, verify: bool = False
+    ) -> Any:
+        """The result of a finished study, as stored at the hub (one request).
+
+        Parameters
+        ----------
+        study_id
+            The study.
+        algorithm
+            The study's algorithm, for a replay (default: rebuilt from the study's spec).
+        verify
+            Rebuild the result from the study's aggregated round sums (replaying
+            the algorithm's ``coordinate()``) and check that it encodes to exactly
+            the bytes the hub stored.  Without a stored result (a hub older than
+            stored results, or a result it could not encode) the SDK replays in
+            any case; a stored result this client cannot decode (another version
+            of its class) is replayed with a warning.
 
         Raises
         ------
@@ -303,10 +347,39 @@ class RemoteFederation:
             If a node's policy refused (naming the rule and the site).
         StudyFailed
             If the study failed for another reason, was cancelled or is not finished.
+        ResultMismatch
+            With ``verify=True``: the replayed result differs from the stored one.
         """
         st = self.status(study_id)
         if st.status != "finished":
             _raise_for(st)
+        frame = self.stored_result(study_id)
+        self.last_study = {
+            "study_id": study_id,
+            "rounds": st.rounds_done,
+            "sites": list(st.participants),
+            "source": "stored",
+        }
+        if frame is not None and not verify:
+            try:
+                return decode_result(frame)
+            except ResultCodecError as exc:
+                warnings.warn(
+                    f"study {study_id}: the stored result cannot be read here ({exc}); "
+                    "rebuilding it from the round sums",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        result = self._replay(study_id, st, algorithm)
+        if verify and frame is not None and encode_result(result) != frame:
+            raise ResultMismatch(
+                f"study {study_id}: the result the hub stored differs from the one "
+                "replayed from its round sums"
+            )
+        return result
+
+    def _replay(self, study_id: str, st: StudyStatus, algorithm: Algorithm | None) -> Any:
+        """The result rebuilt from the study's round sums (``coordinate()`` replayed)."""
         algo = algorithm or algorithm_from_spec(st.raw["algorithm"])
         coord = Coordinator(algo, keep_history=False)
         start = 0
@@ -325,6 +398,7 @@ class RemoteFederation:
             "study_id": study_id,
             "rounds": coord.round_index,
             "sites": list(st.participants),
+            "source": "replay",
         }
         return coord.result
 
@@ -337,17 +411,20 @@ class RemoteFederation:
         precision: FixedPoint | None = None,
         timeout: float | None = None,
         progress: Progress | None = None,
+        verify: bool = False,
     ) -> Any:
         """Run ``algorithm`` across the nodes holding ``dataset`` and return its result.
 
         The same call as :meth:`consortia.Simulation.run`, and the same result on the
-        same data.  Blocks until the study ends (or ``timeout`` seconds).
+        same data.  Blocks until the study ends (or ``timeout`` seconds).  With
+        ``verify=True`` the result is also rebuilt from the round sums and checked
+        against the hub's stored one (see :meth:`result`).
         """
         study_id = self.submit(algorithm, dataset=dataset, nodes=nodes, precision=precision)
         st = self.wait(study_id, timeout=timeout, progress=progress)
         if st.status != "finished":
             _raise_for(st)
-        return self.result(study_id, algorithm)
+        return self.result(study_id, algorithm, verify=verify)
 
 
 def _raise_for(st: StudyStatus) -> None:

@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session
 from consortia import Simulation
 from consortia.hub.auth import create_token, resolve
 from consortia.hub.db import NodeRow, TokenRow, make_engine
+from consortia.hub.results import stored_result
 from consortia.hub.service import HubError, StudyEngine
 from consortia.messages import TaskKind, TaskMessage
 from consortia.privacy.policy import Policy
+from consortia.resultcodec import encode_result
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
 from consortia.testing.vector_sum import VectorSum
@@ -121,6 +123,8 @@ def test_restart_at_any_phase_gives_the_simulation_result(world, crash_after):
         for r in rounds:
             coord.advance(unpack_arrays(hub.round_sums(sid, "alice", r["round_index"])))
         np.testing.assert_array_equal(coord.result.checksums, ref.checksums)
+        # the result stored when the study finished (after the restart) is the simulation's
+        assert stored_result(engine, sid, "alice")[0] == encode_result(ref)
     finally:
         hub.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import httpx
 import numpy as np
@@ -13,17 +14,19 @@ from netutil import NETWORK_TEST_TIMEOUT, PATIENCE, start_federation, toy_frame,
 
 from consortia import Simulation
 from consortia.audit import AuditLog
-from consortia.errors import PolicyError, StudyFailed
+from consortia.errors import PolicyError, ProtocolError, ResultMismatch, StudyFailed
 from consortia.node import DatasetConfig, NodeAgent, NodeConfig
 from consortia.node.identity import mutual_pins
 from consortia.node.store import NodeStore
 from consortia.privacy.policy import Policy
+from consortia.resultcodec import decode_result, encode_result
 from consortia.sdk import connect
 from consortia.stats.descriptive import Mean
 from consortia.stats.linear import LinearRegression
 from consortia.stats.logistic import LogisticRegression
 from consortia.survival import CoxPH, KaplanMeier, LogRank, day_grid
 from consortia.testing.vector_sum import VectorSum
+from consortia.wire import CONTENT_TYPE
 
 pytestmark = pytest.mark.timeout(NETWORK_TEST_TIMEOUT)
 
@@ -64,6 +67,71 @@ def test_networked_result_equals_simulation(fedn):
             np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
             np.testing.assert_allclose(got.checksums, ref.checksums, rtol=0, atol=1e-12)
             assert progress and progress[-1] <= 2
+
+
+def test_the_stored_result_is_the_simulations_and_the_replays(fedn):
+    """Issue 8: the hub stores each result; the SDK fetches it in one request.
+
+    It is bit for bit the simulation's and the ``verify=True`` replay's; only its
+    owner (or an admin) reads it; a stored result that the sums do not give is
+    caught by ``verify=True``, and without one the SDK replays the sums.
+    """
+    fed = fedn.fed
+    cases = [
+        ("data", VectorSum(size=7, rounds=3)),
+        (
+            "survival",
+            CoxPH(time="time", event="event", covariates=("x1",), time_grid=day_grid(900)),
+        ),
+    ]
+    frames = {}
+    for dataset, algo in cases:
+        sid = fed.submit(algo, dataset=dataset)
+        assert fed.wait(sid, timeout=90).status == "finished"
+        policy = Policy(min_sites=3, min_cell_count=1 if dataset == "survival" else 5)
+        ref = Simulation(fedn.sites(dataset), policy=policy, dataset=dataset).run(algo)
+        frame = fed.stored_result(sid)
+        assert frame is not None and frame == encode_result(ref)  # bit-identical
+        got = fed.result(sid)
+        assert fed.last_study["source"] == "stored" and encode_result(got) == frame
+        replayed = fed.result(sid, verify=True)
+        assert fed.last_study["source"] == "replay" and encode_result(replayed) == frame
+        frames[sid] = frame
+    sid, frame = next(iter(frames.items()))  # the vector sum
+    url = f"{fedn.hub.url}/v1/studies/{sid}/result"
+    digest = hashlib.sha256(frame).hexdigest()
+    r = httpx.get(url, headers={"Authorization": f"Bearer {fedn.admin}"})
+    assert r.status_code == 200 and r.content == frame
+    assert r.headers["content-type"] == CONTENT_TYPE and r.headers["x-consortia-digest"] == digest
+    finished = [e for e in _audit(fedn) if e["action"] == "study.finished"]
+    assert {"study": sid, "rounds": 3, "result": digest} in [e["details"] for e in finished]
+    # another researcher cannot read it (nor learn that the study exists); no token: refused
+    mallory = fedn.hub.create_token("researcher", "mallory")
+    r = httpx.get(url, headers={"Authorization": f"Bearer {mallory}"})
+    assert r.status_code == 404 and r.content != frame
+    assert httpx.get(url).status_code in (401, 403)
+    with connect(fedn.hub.url, mallory) as other, pytest.raises(ProtocolError, match="404"):
+        other.result(sid)
+    # a hub that stores a result its sums do not give: verify=True catches it
+    eng = sa.create_engine(fedn.hub.db if "://" in fedn.hub.db else f"sqlite:///{fedn.hub.db}")
+    ref = decode_result(frame)
+    forged = encode_result(dataclasses.replace(ref, last=ref.last + 1.0))
+    update = sa.text("UPDATE study_results SET result=:r, digest=:d WHERE study_id=:s")
+    try:
+        with eng.begin() as c:
+            c.execute(update, {"r": forged, "d": hashlib.sha256(forged).hexdigest(), "s": sid})
+        assert encode_result(fed.result(sid)) == forged  # trusted without verify
+        with pytest.raises(ResultMismatch):
+            fed.result(sid, verify=True)
+        with eng.begin() as c:  # a frame that does not match its digest
+            c.execute(update, {"r": forged, "d": digest, "s": sid})
+        with pytest.raises(ProtocolError, match="digest"):
+            fed.result(sid)
+        with eng.begin() as c:  # no stored result (an older hub): the sums are replayed
+            c.execute(sa.text("DELETE FROM study_results WHERE study_id=:s"), {"s": sid})
+        assert encode_result(fed.result(sid)) == frame and fed.last_study["source"] == "replay"
+    finally:
+        eng.dispose()
 
 
 def test_survival_and_regression_through_connect_equal_the_simulation(fedn):

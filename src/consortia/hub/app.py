@@ -52,6 +52,7 @@ from consortia.hub.db import NodeRow, TokenRow, make_engine
 from consortia.hub.fastpath import HOT_PATH, FastPath, wait_param
 from consortia.hub.guard import RequestGuard, read_body
 from consortia.hub.payloads import read_blob
+from consortia.hub.results import DIGEST_HEADER, stored_result
 from consortia.hub.schemas import (
     CatalogueRequest,
     EnrolRequest,
@@ -523,6 +524,17 @@ def create_app(settings: HubSettings) -> FastAPI:
         """One finished round's securely aggregated sums (a consortia.wire message)."""
         data = studies.round_sums(study_id, _scope(who), round_index)
         return Response(content=data, media_type=CONTENT_TYPE)
+
+    @app.get(
+        "/v1/studies/{study_id}/result",
+        tags=["researcher"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}}},
+    )
+    def study_result(study_id: str, who: Researcher) -> Response:
+        """A finished study's result (a consortia.resultcodec frame) and its sha256 digest."""
+        frame, digest = stored_result(studies.engine, study_id, _scope(who))
+        return Response(content=frame, media_type=CONTENT_TYPE, headers={DIGEST_HEADER: digest})
 
     @app.post(
         "/v1/studies/{study_id}/cancel", tags=["researcher"], response_model=StudyStatusMessage

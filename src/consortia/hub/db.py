@@ -15,6 +15,7 @@ Tables
                      updated on every request)
 ``round_acc``        the open attempt's running masked sum (one big blob per open round)
 ``round_sums``       the SUMS of each finished round (written once)
+``study_results``    each finished study's result (a consortia.resultcodec frame, written once)
 ``tasks``            per-node task state of every attempt
 ``blobs``            payloads stored once, content-addressed: rounds' public arrays (packed
                      consortia.wire frames, named by the SHA-256 of their bytes)
@@ -57,6 +58,7 @@ __all__ = [
     "RoundAccRow",
     "RoundRow",
     "RoundSumsRow",
+    "StudyResultRow",
     "StudyRow",
     "TaskRow",
     "TokenRow",
@@ -188,6 +190,21 @@ class BlobRefRow(Base):
     __tablename__ = "blob_refs"
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     study_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class StudyResultRow(Base):
+    """The result of a finished study (a :mod:`consortia.resultcodec` frame), written once.
+
+    Stored in the transaction that marks the study finished; a study whose result
+    could not be encoded has no row (its result is rebuilt from ``round_sums``).
+    """
+
+    __tablename__ = "study_results"
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    result: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of ``result``, hex
+    size: Mapped[int] = mapped_column(BigInteger)
+    encoded_at: Mapped[float] = mapped_column(Float, default=_now)
 
 
 class TaskRow(Base):

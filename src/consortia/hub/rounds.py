@@ -30,6 +30,7 @@ from consortia.hub.db import (
     TaskRow,
 )
 from consortia.hub.queries import HubError
+from consortia.hub.results import store_result
 from consortia.hub.state import (
     LiveRound,
     LiveStudy,
@@ -316,7 +317,10 @@ class RoundHandling:
         if live.coord.done:
             s.execute(update(STUDIES).where(STUDIES.c.id == live.id).values(status="finished"))
             self._live.pop(live.id, None)
-            self._later("hub", "study.finished", {"study": live.id, "rounds": n_rounds})
+            digest = store_result(s, live.id, live.coord.result)  # None: not encodable
+            self._later(
+                "hub", "study.finished", {"study": live.id, "rounds": n_rounds, "result": digest}
+            )
         else:
             live.round = self._new_round(s, live, rnd.participants)
             self._arm(live)
