@@ -42,6 +42,8 @@ def _task_json(**over):
         "waiting": False,
         "heartbeat": 10.0,
         "recovery_threshold": None,
+        "lost": [],
+        "ciphertexts": {},
     }
     msg.update(over)
     return msg

@@ -50,6 +50,7 @@ __all__ = [
     "AUDIT_HEAD_HEADER",
     "EMPTY_PUBLIC",
     "LAYOUT_HEADER",
+    "SEED_SHARES_HEADER",
     "AlgorithmSpec",
     "BlobRef",
     "ContributionHeader",
@@ -58,6 +59,7 @@ __all__ = [
     "RefusalKind",
     "RefusalMessage",
     "RevealMessage",
+    "ShareMessage",
     "StudyState",
     "StudyStatusMessage",
     "TaskKind",
@@ -70,6 +72,13 @@ LAYOUT_HEADER = "X-Consortia-Layout"
 
 AUDIT_HEAD_HEADER = "X-Consortia-Audit-Head"
 """The header of a contribution carrying the node's audit head (``<seq>:<64 hex>``)."""
+
+SEED_SHARES_HEADER = "X-Consortia-Seed-Shares"
+"""The header of a contribution carrying its encrypted seed shares (JSON,
+:meth:`consortia.privacy.recovery.SeedShares.to_json`), when the attempt shares seeds."""
+
+MAX_SEED_SHARES_HEADER = 64 * 1024
+"""The longest seed-shares header accepted (about 300 participants)."""
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _HEX32 = r"^[0-9a-f]{64}$"
@@ -129,6 +138,8 @@ class TaskKind(StrEnum):
     """Compute, mask and post this node's vector of the attempt."""
     REVEAL = "reveal"
     """Reveal this node's self-mask seed (every vector of the attempt is in)."""
+    SHARE = "share"
+    """Reveal this node's seed with its shares of the seeds of sites lost at the reveal."""
 
 
 class TaskMessage(_Strict):
@@ -160,6 +171,9 @@ class TaskMessage(_Strict):
     recovery_threshold
         The attempt's seed-sharing setting (``RoundContext.recovery_threshold``:
         None for a majority, 0 for no sharing).
+    lost, ciphertexts
+        A ``share`` task: the participants lost at the reveal, and for each the
+        ciphertext of its seed's share addressed to this node (hex).
     """
 
     kind: TaskKind
@@ -176,6 +190,8 @@ class TaskMessage(_Strict):
     waiting: bool = False
     heartbeat: float | None = Field(default=None, ge=0, le=86400)
     recovery_threshold: int | None = Field(default=None, ge=0, le=2**16)
+    lost: list[str] = Field(default_factory=list, max_length=2**16)
+    ciphertexts: dict[str, str] = Field(default_factory=dict, max_length=2**16)
 
     def to_task(self, public: Mapping[str, np.ndarray]) -> Task:
         """The :class:`~consortia.runtime.task.Task` of this message, with its public arrays.
@@ -213,6 +229,7 @@ class ContributionHeader(_Strict):
 
     layout: list[tuple[str, tuple[int, ...]]]
     audit_head: tuple[int, str] | None = None
+    seed_shares: dict[str, Any] | None = None
 
     @field_validator("layout", mode="before")
     @classmethod
@@ -231,9 +248,14 @@ class ContributionHeader(_Strict):
         return value
 
     @classmethod
-    def of(cls, layout: Layout, audit_head: tuple[int, str] | None = None) -> ContributionHeader:
-        """The headers of a contribution of ``layout`` (and the node's audit head)."""
-        return cls(layout=list(layout.entries), audit_head=audit_head)
+    def of(
+        cls,
+        layout: Layout,
+        audit_head: tuple[int, str] | None = None,
+        seed_shares: dict[str, Any] | None = None,
+    ) -> ContributionHeader:
+        """The headers of a contribution of ``layout`` (the node's audit head, its shares)."""
+        return cls(layout=list(layout.entries), audit_head=audit_head, seed_shares=seed_shares)
 
     def to_layout(self) -> Layout:
         """The layout as a :class:`~consortia.privacy.secagg.Layout`."""
@@ -248,6 +270,8 @@ class ContributionHeader(_Strict):
         out = {LAYOUT_HEADER: json.dumps(self.layout_json(), separators=(",", ":"))}
         if self.audit_head is not None:
             out[AUDIT_HEAD_HEADER] = "{}:{}".format(*self.audit_head)
+        if self.seed_shares is not None:
+            out[SEED_SHARES_HEADER] = json.dumps(self.seed_shares, separators=(",", ":"))
         return out
 
     @classmethod
@@ -275,8 +299,19 @@ class ContributionHeader(_Strict):
             if m is None:
                 raise ProtocolError(f"the {AUDIT_HEAD_HEADER} header must be <seq>:<64 hex digits>")
             head = (int(m[1]), m[2])
+        shares = None
+        raw_shares = lower.get(SEED_SHARES_HEADER.lower())
+        if raw_shares is not None:
+            if len(raw_shares) > MAX_SEED_SHARES_HEADER:
+                raise ProtocolError(f"the {SEED_SHARES_HEADER} header is too long")
+            try:
+                shares = json.loads(raw_shares)
+            except (ValueError, RecursionError):
+                raise ProtocolError(f"the {SEED_SHARES_HEADER} header is not JSON") from None
+            if not isinstance(shares, dict):
+                raise ProtocolError(f"the {SEED_SHARES_HEADER} header is not a JSON object")
         try:
-            return cls(layout=layout, audit_head=head)
+            return cls(layout=layout, audit_head=head, seed_shares=shares)
         except (ValidationError, PydanticValidationError) as exc:
             raise ProtocolError(f"the {LAYOUT_HEADER} header: {_reason(exc)}") from None
 
@@ -294,6 +329,16 @@ class RevealMessage(_Strict):
     """A node's self-mask seed for one attempt (hex)."""
 
     seed: str = Field(pattern=_HEX32)
+
+
+class ShareMessage(_Strict):
+    """A node's answer to a ``share`` task: its own seed and its shares of the lost seeds.
+
+    ``shares`` maps each lost participant to this node's share of its seed (hex).
+    """
+
+    seed: str = Field(pattern=_HEX32)
+    shares: dict[str, str] = Field(max_length=2**16)
 
 
 class RefusalKind(StrEnum):

@@ -62,6 +62,7 @@ def _answer(hub: StudyEngine, worker: SiteWorker, kind: str) -> int:
                 task.attempt,
                 m.layout.to_json(),
                 pack_arrays({"masked": m.data}),
+                m.shares.to_json() if m.shares is not None else None,
             )
         else:
             hub.reveal(

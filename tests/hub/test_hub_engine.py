@@ -58,7 +58,12 @@ def _task(hub: StudyEngine, node: str, msg) -> Task:
     return task_of(hub.engine, node, msg)
 
 
-def _answer(hub: StudyEngine, worker: SiteWorker, kinds=("contribute", "reveal")) -> int:
+def _bundle(m):
+    """The seed shares that travel with a masked vector (None: the attempt shares none)."""
+    return m.shares.to_json() if m.shares is not None else None
+
+
+def _answer(hub: StudyEngine, worker: SiteWorker, kinds=("contribute", "reveal", "share")) -> int:
     done = 0
     for msg in hub.tasks_for(worker.name):
         kind = TaskMessage.model_validate(msg).kind
@@ -74,6 +79,15 @@ def _answer(hub: StudyEngine, worker: SiteWorker, kinds=("contribute", "reveal")
                 task.attempt,
                 m.layout.to_json(),
                 pack_arrays({"masked": m.data}),
+                _bundle(m),
+            )
+        elif kind is TaskKind.SHARE:
+            lost = list(msg["lost"])
+            cts = {k: bytes.fromhex(v) for k, v in msg["ciphertexts"].items()}
+            out = worker.reveal_and_share(task, lost, cts)
+            shares = {k: v.hex() for k, v in out.shares.items()}
+            hub.share(
+                worker.name, task.study_id, task.round_index, task.attempt, out.seed.hex(), shares
             )
         else:
             hub.reveal(
@@ -144,7 +158,9 @@ def test_silent_node_is_excluded_and_the_round_reruns(world):
     # site3's late vector for the discarded attempt is refused; nothing of it is unmasked
     m = workers["site3"].contribute(late_task)
     with pytest.raises(HubError, match="not the open attempt") as e:
-        hub.contribute("site3", sid, 0, 0, m.layout.to_json(), pack_arrays({"masked": m.data}))
+        hub.contribute(
+            "site3", sid, 0, 0, m.layout.to_json(), pack_arrays({"masked": m.data}), _bundle(m)
+        )
     assert e.value.status == 409
     assert hub.tasks_for("site3") == []
     hub.node_timeout = 60.0
@@ -208,7 +224,7 @@ def test_tokens_are_stored_hashed_and_enrolment_tokens_are_one_time(hub_url):
 
 def test_a_node_that_never_reveals_fails_the_study_after_the_reveal_timeout(world):
     engine, workers, _ = world
-    hub = StudyEngine(engine, node_timeout=60.0, reveal_timeout=0.0)
+    hub = StudyEngine(engine, node_timeout=60.0, reveal_timeout=0.0, recovery=0)
     sid = hub.submit("alice", VectorSum(size=2, rounds=1).spec(), "data")
     for w in workers.values():
         _answer(hub, w, ("contribute",))

@@ -64,7 +64,12 @@ from consortia.hub.schemas import (
 )
 from consortia.hub.service import HubError, StudyEngine
 from consortia.hub.settings import HubSettings
-from consortia.messages import ContributionHeader, StudyStatusMessage, TaskMessage
+from consortia.messages import (
+    ContributionHeader,
+    ShareMessage,
+    StudyStatusMessage,
+    TaskMessage,
+)
 from consortia.privacy.keys import PeerKey
 from consortia.wire import CONTENT_TYPE
 
@@ -328,10 +333,14 @@ def create_app(settings: HubSettings) -> FastAPI:
         if length is not None and int(length) <= _SMALL_BODY:
             # a small body needs no upload slot: store it and wait, in one thread hop
             body = await read_body(request, length, settings.max_payload)
-            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait, head)
+            return await anyio.to_thread.run_sync(
+                contribute_and_wait, *args, body, wait, head, header.seed_shares
+            )
         async with request.app.state.upload_slots:
             body = await read_body(request, length, settings.max_payload)
-            out = await anyio.to_thread.run_sync(contribute_and_wait, *args, body, 0.0, head)
+            out = await anyio.to_thread.run_sync(
+                contribute_and_wait, *args, body, 0.0, head, header.seed_shares
+            )
         del body  # not kept while the answer waits for the next task
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
@@ -346,8 +355,9 @@ def create_app(settings: HubSettings) -> FastAPI:
         body: bytearray,
         wait: float,
         head: tuple[int, str] | None,
+        bundle: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        out = studies.contribute(node, study_id, round_index, attempt, layout, body)
+        out = studies.contribute(node, study_id, round_index, attempt, layout, body, bundle)
         if head is not None:  # anchored once the contribution is accepted
             anchor_head(engine, audit, node, head)
         if wait > 0:
@@ -395,6 +405,22 @@ def create_app(settings: HubSettings) -> FastAPI:
         The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         return JSONResponse(post_reveal(who, study_id, round_index, attempt, body.seed, wait))
+
+    @app.post(base + "/shares", tags=["node"], response_model=dict[str, Any])
+    def shares(
+        study_id: str,
+        round_index: Index,
+        attempt: Index,
+        body: ShareMessage,
+        who: Node,
+        wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
+    ) -> Response:
+        """Reveal this node's seed with its shares of the seeds of participants lost at
+        the reveal (a ``share`` task); the last survivor's answer finishes the round."""
+        out = studies.share(who.name, study_id, round_index, attempt, body.seed, body.shares)
+        if wait > 0:
+            out["tasks"] = studies.wait_tasks(who.name, wait)
+        return JSONResponse(out)
 
     @app.post(base + "/heartbeat", tags=["node"], response_model=dict[str, Any])
     def heartbeat(

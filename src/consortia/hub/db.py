@@ -146,6 +146,12 @@ class RoundRow(Base):
     layout: Mapped[list | None] = mapped_column(JSON, nullable=True)
     received: Mapped[dict] = mapped_column(JSON, default=dict)
     seeds: Mapped[dict] = mapped_column(JSON, default=dict)
+    # seed recovery (consortia.privacy.recovery): node -> the encrypted shares of its seed
+    # that came with its vector; the participants lost at the reveal; and, per survivor,
+    # the shares of the lost seeds it revealed (holder -> {lost node -> share hex})
+    bundles: Mapped[dict] = mapped_column(JSON, default=dict)
+    lost: Mapped[list] = mapped_column(JSON, default=list)
+    shares: Mapped[dict] = mapped_column(JSON, default=dict)
     done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     opened_at: Mapped[float] = mapped_column(Float, default=_now)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

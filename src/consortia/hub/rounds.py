@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,8 +36,10 @@ from consortia.hub.state import (
     LiveStudy,
     restore_aggregator,
     round_state,
+    shares_digest,
 )
 from consortia.hub.statements import ACC, STUDIES
+from consortia.privacy.recovery import SeedShares
 from consortia.privacy.secagg import (
     Layout,
     MaskedContribution,
@@ -50,6 +52,7 @@ from consortia.runtime.rounds import (
     Refused,
     RevealReceived,
     RoundRejected,
+    SharesReceived,
     Transition,
     VectorReceived,
     apply,
@@ -146,8 +149,15 @@ class RoundHandling:
         attempt: int,
         layout_json: Any,
         body: bytes | bytearray,
+        bundle: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Add a node's masked vector into the attempt's running sum (persisted, then acked)."""
+        """Add a node's masked vector into the attempt's running sum (persisted, then acked).
+
+        ``bundle`` is the encrypted shares of the node's self-mask seed
+        (:meth:`SeedShares.to_json <consortia.privacy.recovery.SeedShares.to_json>`),
+        required when the attempt shares seeds; the hub keeps and forwards it but
+        cannot read it.
+        """
         digest = hashlib.sha256(body).hexdigest()
         ack = {"status": "accepted", "round_index": round_index, "attempt": attempt}
         with self.lock:
@@ -167,18 +177,31 @@ class RoundHandling:
                 raise HubError(400, "a contribution holds exactly one array named 'masked'")
             if data.dtype != np.uint64 or data.ndim != 1 or data.size != layout.size:
                 raise HubError(400, "the masked vector is not a uint64 vector of its layout's size")
+            shares = None
+            if rnd.state.threshold is not None:
+                if bundle is None:
+                    raise HubError(400, "this attempt shares seeds: the seed shares are missing")
+                try:
+                    shares = SeedShares.from_json(bundle)
+                except ConsortiaError as exc:
+                    raise HubError(400, f"malformed seed shares: {exc}") from None
+            elif bundle is not None:
+                raise HubError(400, "this attempt shares no seeds")
             try:
                 if live.agg is None or live.agg_attempt != attempt:
                     live.agg = self._restore(live)
                 try:
                     live.agg.add(
-                        MaskedContribution(study_id, round_index, attempt, node, layout, data)
+                        MaskedContribution(
+                            study_id, round_index, attempt, node, layout, data, shares=shares
+                        )
                     )
                 except ProtocolError as exc:
                     raise HubError(400, f"malformed contribution: {exc}") from None
                 del data, arrays  # views into the request body
                 new = t.state
                 layout_json = layout.to_json()
+                bundles = {**rnd.bundles, node: shares.to_json()} if shares else rnd.bundles
                 with Session(self.engine) as s:
                     self._update_round(
                         s,
@@ -186,6 +209,7 @@ class RoundHandling:
                         layout=layout_json,
                         received=dict(new.received),
                         phase=str(new.phase),
+                        **({"bundles": bundles} if shares else {}),
                     )
                     # written straight from the aggregator's array (no copy)
                     masked_sum = live.agg.masked_sum
@@ -207,7 +231,7 @@ class RoundHandling:
             except Exception:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 raise
-            rnd.state, rnd.layout = new, layout_json
+            rnd.state, rnd.layout, rnd.bundles = new, layout_json, bundles
             live.waiting.pop(node, None)  # its owner approved
             if t.outcome is Outcome.REVEAL_OPENED:
                 self._arm(live)
@@ -232,6 +256,7 @@ class RoundHandling:
             Layout.from_json(rnd.layout) if rnd.layout is not None else None,
             acc,
             list(rnd.received),
+            {n: b for n, b in rnd.bundles.items() if n in rnd.received},
         )
         live.agg_attempt = rnd.attempt
         return agg
@@ -272,6 +297,57 @@ class RoundHandling:
             self._flush_audit()
             return ack
 
+    def share(
+        self,
+        node: str,
+        study_id: str,
+        round_index: int,
+        attempt: int,
+        seed_hex: str,
+        shares: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Record a survivor's seed and its shares of the lost seeds; the last one finishes.
+
+        Only in the ``recover`` phase of an attempt (a participant fell silent after its
+        vector): the shares must be exactly one per lost participant.
+        """
+        try:
+            seed = bytes.fromhex(seed_hex)
+            given = {k: bytes.fromhex(v) for k, v in shares.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise HubError(400, "a seed and its shares are hex-encoded") from None
+        if len(seed) != 32:
+            raise HubError(400, "a seed is 32 bytes")
+        given_hex = {k: v.hex() for k, v in sorted(given.items())}
+        ack = {"status": "accepted", "round_index": round_index, "attempt": attempt}
+        with self.lock:
+            live = self._live_for(node, study_id)
+            event = SharesReceived(node, attempt, seed.hex(), shares_digest(given_hex))
+            t = self._transition(live, study_id, round_index, event)
+            if t.outcome is Outcome.DUPLICATE:
+                return {**ack, "status": "duplicate"}
+            assert live is not None
+            if set(given_hex) != set(t.state.lost):
+                raise HubError(400, "give exactly one share for every lost participant")
+            shared = {**live.round.shares, node: given_hex}
+            try:
+                with Session(self.engine) as s:
+                    self._update_round(s, live, seeds=dict(t.state.seeds), shares=shared)
+                    self._set_task(s, live, node, "revealed")
+                    live.round.shares = shared
+                    if t.outcome is Outcome.ROUND_COMPLETE:
+                        live.round.state = t.state
+                        self._finish_round(s, live)
+                    s.commit()
+            except Exception:
+                self._invalidate(study_id)  # rebuilt from the database next time
+                self._audit_queue.clear()
+                raise
+            if t.outcome is not Outcome.ROUND_COMPLETE:
+                live.round.state = t.state
+            self._flush_audit()
+            return ack
+
     def _finish_round(self, s: Session, live: LiveStudy) -> None:
         """Unmask the sum, store it, advance the coordinator, open the next round."""
         rnd = live.round
@@ -282,7 +358,13 @@ class RoundHandling:
         # rebuilt from the database): drop it before the sums are packed
         live.agg, live.agg_attempt = None, -1
         seeds = dict(rnd.seeds)
-        sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True)
+        lost: dict[str, dict[str, bytes]] = {}
+        for holder, given in rnd.shares.items():  # the survivors' shares of the lost seeds
+            for site, share in given.items():
+                lost.setdefault(site, {})[holder] = bytes.fromhex(share)
+        sums = agg.finish(
+            {n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True, shares=lost or None
+        )
         del agg
         now = time.time()
         packed = pack_arrays(sums)
@@ -322,7 +404,13 @@ class RoundHandling:
                 "hub", "study.finished", {"study": live.id, "rounds": n_rounds, "result": digest}
             )
         else:
-            live.round = self._new_round(s, live, rnd.participants)
+            if rnd.state.lost:  # nodes lost at the reveal take no part in later rounds
+                s.execute(
+                    update(STUDIES)
+                    .where(STUDIES.c.id == live.id)
+                    .values(participants=list(rnd.state.survivors))
+                )
+            live.round = self._new_round(s, live, rnd.state.survivors)
             self._arm(live)
         self._bump(live.members, live.id)
 

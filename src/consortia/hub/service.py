@@ -97,6 +97,12 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         this limit.
     clock
         The monotonic clock the deadlines are read from (tests may drive it).
+    recovery
+        Seed recovery at the reveal (:mod:`consortia.privacy.recovery`): each
+        participant shares its self-mask seed among the others, so that a node that
+        dies after its vector and before its reveal does not stall the round.  None
+        (default) for a majority threshold in every attempt, 0 for no sharing, else
+        the threshold.
     """
 
     def __init__(
@@ -110,7 +116,13 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        recovery: int | None = None,
     ) -> None:
+        if recovery is not None and (
+            isinstance(recovery, bool) or not isinstance(recovery, int) or recovery < 0
+        ):
+            raise ValueError("recovery must be None (a majority), 0 (off) or a threshold >= 2")
+        self.recovery = recovery
         self.engine = engine
         self.clock = clock
         self.step_timeout = float(step_timeout)
@@ -163,7 +175,11 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                     continue
                 try:
                     live = load_live(
-                        s, study, node_timeout=self.node_timeout, reveal_timeout=self.reveal_timeout
+                        s,
+                        study,
+                        node_timeout=self.node_timeout,
+                        reveal_timeout=self.reveal_timeout,
+                        recovery=self.recovery,
                     )
                     self._arm(live)  # a resumed phase gets its full deadlines again
                     self._live[sid] = live
@@ -230,7 +246,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         new = LiveRound(
             step=rnd.step,
             public=store_public(s, live.id, rnd.public),
-            state=RoundState.open(live.coord.round_index, participants, recovery=0),
+            state=RoundState.open(live.coord.round_index, participants, recovery=self.recovery),
         )
         now = time.time()
         s.execute(
@@ -319,7 +335,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
 
     def _deadline(self, live: LiveStudy) -> float:
         """The earliest moment at which a participant of the open phase may be silent."""
-        if live.round.phase == "reveal":
+        if live.round.phase in ("reveal", "recover"):
             return live.opened + self.reveal_timeout
         awaiting = [n for n in live.round.state.awaiting if n not in live.waiting]
         if not awaiting:
@@ -476,10 +492,19 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 rnd = live.round
                 if node not in rnd.participants:
                     continue
+                extra: dict[str, Any] = {}
                 if rnd.phase == "collect" and node not in rnd.received:
                     kind = TaskKind.CONTRIBUTE
                 elif rnd.phase == "reveal" and node in rnd.received and node not in rnd.seeds:
                     kind = TaskKind.REVEAL
+                elif rnd.phase == "recover" and node in rnd.state.awaiting:
+                    kind = TaskKind.SHARE  # its seed, and its shares of the lost seeds
+                    extra = {
+                        "lost": list(rnd.state.lost),
+                        "ciphertexts": {
+                            x: rnd.bundles[x]["ciphertexts"][node] for x in rnd.state.lost
+                        },
+                    }
                 else:
                     continue
                 for n in rnd.participants:
@@ -499,6 +524,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                         # seconds between the heartbeats of a node still computing
                         heartbeat=self.node_timeout / 3 or None,
                     )
+                    | extra
                 )
             for sid in broken:
                 self._fail_unsendable(sid)
@@ -579,6 +605,18 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 self._fail(s, study, t.state.failure or "the round failed")
                 s.commit()
                 return
+            if t.outcome is Outcome.RECOVERY_OPENED:  # lost after their vector: rebuild
+                self._update_round(s, live, phase=str(t.state.phase), lost=list(t.state.lost))
+                s.commit()
+                rnd.state = t.state
+                self._arm(live)
+                self._bump(rnd.participants, live.id)
+                self._later(
+                    "hub",
+                    "nodes.lost",
+                    {"study": live.id, "round": rnd.index, "lost": list(t.excluded)},
+                )
+                return
             new = t.state
             old = (
                 TASKS.c.study_id == live.id,
@@ -598,6 +636,9 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 layout=None,
                 received={},
                 seeds={},
+                bundles={},
+                lost=[],
+                shares={},
                 phase=str(new.phase),
                 opened_at=time.time(),
             )

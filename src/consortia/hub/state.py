@@ -12,23 +12,34 @@ sum from its persisted bytes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consortia.errors import ProtocolError
+from consortia.errors import ProtocolError, ValidationError
 from consortia.hub.db import RoundRow, RoundSumsRow, StudyRow, TaskRow
 from consortia.hub.payloads import round_public
+from consortia.privacy.recovery import SeedShares
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
 from consortia.runtime.rounds import Phase, RoundState
 from consortia.wire import unpack_arrays
 
-__all__ = ["LiveRound", "LiveStudy", "load_live", "restore_aggregator", "round_state"]
+__all__ = [
+    "LiveRound",
+    "LiveStudy",
+    "load_live",
+    "restore_aggregator",
+    "round_state",
+    "shares_digest",
+]
 
 
 @dataclass
@@ -44,6 +55,10 @@ class LiveRound:
     public: str  # sha256 (hex) of the packed public arrays (see consortia.hub.payloads)
     state: RoundState
     layout: list | None = None
+    # node -> the encrypted shares of its seed (SeedShares JSON) that came with its vector
+    bundles: dict[str, dict] = field(default_factory=dict)
+    # survivor -> {lost node -> its share of that node's seed (hex)} (recover phase)
+    shares: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def index(self) -> int:
@@ -94,8 +109,13 @@ class LiveStudy:
     progress: dict[str, float] = field(default_factory=dict)  # node -> fraction it reported
 
 
-def round_state(row: RoundRow) -> RoundState:
-    """The state machine's view of a persisted round."""
+def shares_digest(shares: Mapping[str, str]) -> str:
+    """The digest the state machine records for a survivor's revealed shares."""
+    return hashlib.sha256(json.dumps(dict(shares), sort_keys=True).encode()).hexdigest()
+
+
+def round_state(row: RoundRow, recovery: int | None = None) -> RoundState:
+    """The state machine's view of a persisted round (``recovery``: the hub's setting)."""
     return RoundState(
         index=row.round_index,
         attempt=row.attempt,
@@ -103,23 +123,35 @@ def round_state(row: RoundRow) -> RoundState:
         phase=Phase.DONE if row.done else Phase(row.phase),
         received=dict(row.received or {}),
         seeds=dict(row.seeds or {}),
-        recovery=0,  # seed recovery is not yet carried by the hub
+        recovery=recovery,
+        lost=tuple(row.lost or ()),
+        shared={k: shares_digest(v) for k, v in (row.shares or {}).items()},
     )
 
 
 def restore_aggregator(
-    ctx: RoundContext, layout: Layout | None, acc: bytes | None, received: list[str]
+    ctx: RoundContext,
+    layout: Layout | None,
+    acc: bytes | None,
+    received: list[str],
+    bundles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SecureAggregator:
-    """Rebuild an aggregator from its persisted running sum."""
+    """Rebuild an aggregator from its persisted running sum (and the received seed shares)."""
     total = None if acc is None else np.frombuffer(acc, dtype=np.uint64)
     try:
-        return SecureAggregator.restore(ctx, layout, total, received)
-    except ProtocolError as exc:
+        shares = {n: SeedShares.from_json(b) for n, b in (bundles or {}).items()}
+        return SecureAggregator.restore(ctx, layout, total, received, shares)
+    except (ProtocolError, ValidationError) as exc:
         raise ProtocolError(f"round {ctx.round_index}: {exc}") from None
 
 
 def load_live(
-    s: Session, study: StudyRow, *, node_timeout: float, reveal_timeout: float
+    s: Session,
+    study: StudyRow,
+    *,
+    node_timeout: float,
+    reveal_timeout: float,
+    recovery: int | None = None,
 ) -> LiveStudy:
     """Rebuild a running study's in-memory state from the database.
 
@@ -153,8 +185,10 @@ def load_live(
     rnd = LiveRound(
         step=row.step,
         public=round_public(s, study.id, row.public),
-        state=round_state(row),
+        state=round_state(row, recovery),
         layout=row.layout,
+        bundles=dict(row.bundles or {}),
+        shares=dict(row.shares or {}),
     )
     wait = reveal_timeout if rnd.phase == "reveal" else node_timeout
     now = time.monotonic()

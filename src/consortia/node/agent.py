@@ -37,6 +37,7 @@ from consortia.messages import (
     RefusalKind,
     RefusalMessage,
     RevealMessage,
+    ShareMessage,
     TaskKind,
     TaskMessage,
     refusal_kind,
@@ -450,7 +451,8 @@ class NodeAgent:
         wait = self.config.poll_wait / 2 if follow is None else follow
         worker = self.worker()
         actor = f"node:{self.config.name}"
-        reveal = msg.get("kind") == "reveal"
+        share = msg.get("kind") == "share"  # a reveal that also rebuilds lost seeds
+        reveal = share or msg.get("kind") == "reveal"
         # owner approval (airlock): a study the owner has not approved is not computed
         if not reveal and self.approvals.required and not self._approved(worker, task, msg):
             return []
@@ -476,7 +478,12 @@ class NodeAgent:
                             self._trusted[p.site] = want
                 if changed:
                     worker.set_trusted(self._trusted)
-                if reveal:
+                if share:
+                    lost = [str(x) for x in msg.get("lost", ())]
+                    cts = {str(k): bytes.fromhex(v) for k, v in msg.get("ciphertexts", {}).items()}
+                    answer = worker.reveal_and_share(task, lost, cts)
+                    seed, shares = answer.seed, answer.shares
+                elif reveal:
                     seed = worker.reveal(task)
                 else:
                     masked = worker.contribute(task)
@@ -497,12 +504,20 @@ class NodeAgent:
             else:
                 if reveal:
                     where = {"study": task.study_id, "round": task.round_index}
+                    if share:  # which lost seeds this node helped rebuild (never the shares)
+                        where["lost"] = sorted(shares)
                     self.store.record(actor, "reveal", {**where, "attempt": task.attempt})
                 else:
                     self.store.record(actor, "release", release_details(worker, task, masked))
         if refusal is not None:
             self._refuse(task, *refusal, anonymous=anonymous)
             return []
+        if share:
+            hexed = {k: v.hex() for k, v in shares.items()}
+            body = ShareMessage(seed=seed.hex(), shares=hexed).model_dump_json().encode()
+            r = self._post(self._path(task, "shares"), body, wait=wait)
+            self._answered(task, "shares", r)
+            return next_tasks(r)
         if reveal:
             body = RevealMessage(seed=seed.hex()).model_dump_json().encode()
             r = self._post(self._path(task, "reveal"), body, wait=wait)
@@ -514,7 +529,11 @@ class NodeAgent:
             pack_arrays({"masked": masked.data}),
             content_type=CONTENT_TYPE,
             # the audit head anchors this node's log at the hub (detects truncation, rewrites)
-            headers=ContributionHeader.of(masked.layout, self.store.audit.head()).to_headers(),
+            headers=ContributionHeader.of(
+                masked.layout,
+                self.store.audit.head(),
+                masked.shares.to_json() if masked.shares is not None else None,
+            ).to_headers(),
             wait=wait,
         )
         self._answered(task, "contribution", r)
