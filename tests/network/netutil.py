@@ -133,6 +133,7 @@ def start_federation(
     n_nodes: int = 3,
     sizes=(40, 55, 60, 47),
     node_timeout: float = 20.0,
+    reveal_timeout: float = 120.0,
     max_payload: int = 2**20,
     restricted: bool = True,
     approval_timeout: float = 24 * 3600.0,
@@ -147,6 +148,7 @@ def start_federation(
     hub = HubProcess(
         db,
         node_timeout=node_timeout,
+        reveal_timeout=reveal_timeout,
         max_payload=max_payload,
         approval_timeout=approval_timeout,
         log=root / "hub.log",

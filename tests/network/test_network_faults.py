@@ -22,9 +22,15 @@ def fed4(hub_db, tmp_path_factory):
 
     Short enough for the tests to exclude a killed node quickly, long enough that an
     honest node on a loaded machine (the suite run twice at once) is not excluded.
+    A node silent 15 s at the reveal is lost and its seed rebuilt from the others' shares.
     """
     f = start_federation(
-        tmp_path_factory.mktemp("fed4"), hub_db, n_nodes=4, node_timeout=15.0, restricted=False
+        tmp_path_factory.mktemp("fed4"),
+        hub_db,
+        n_nodes=4,
+        node_timeout=15.0,
+        reveal_timeout=15.0,
+        restricted=False,
     )
     yield f
     f.stop()
@@ -53,6 +59,34 @@ def kill_between_rounds(f, sid: str, victims: list[str], timeout: float = PATIEN
             p.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError("no safe moment to kill the victims")
+
+
+def kill_after_its_vector(f, sid: str, victim: str, timeout: float = PATIENCE) -> int:
+    """``kill -9`` the victim after the hub holds its vector and before it revealed its seed.
+
+    Every node is frozen (SIGSTOP) and the hub's state read: if the open attempt is
+    still collecting, holds the victim's vector and waits for another node's, the
+    victim cannot have revealed (the reveal opens with the last vector).  It is killed
+    there; the others resume.  Returns the round it died in.
+    """
+    end = time.monotonic() + timeout
+    procs = [n.proc for n in f.nodes.values()]
+    while time.monotonic() < end:
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)  # let a request already on the wire land
+        cur = f.fed.status(sid).raw.get("current") or {}
+        received = set(cur.get("received", []))
+        if cur.get("phase") == "collect" and victim in received and len(received) < len(procs):
+            f.nodes[victim].kill()
+            for name, node in f.nodes.items():
+                if name != victim:
+                    node.proc.send_signal(signal.SIGCONT)
+            return int(cur["round_index"])
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no moment between the victim's vector and its reveal")
 
 
 def _rounds_done(f, sid: str, n: int):
@@ -100,6 +134,37 @@ def test_node_kill_9_mid_study_completes_with_the_survivors(fed4):
     ref = sim.run(algo)
     np.testing.assert_allclose(got.checksums, ref.checksums, rtol=0, atol=1e-12)
     np.testing.assert_allclose(got.last, ref.last, rtol=0, atol=1e-12)
+
+
+def test_node_kill_9_between_its_vector_and_its_reveal_is_recovered(fed4):
+    """Liveness at the reveal: the survivors' seed shares finish the round with its vector."""
+    _restart_dead(fed4)
+    n_rounds = 80
+    algo = VectorSum(size=5, rounds=n_rounds)
+    sid = fed4.fed.submit(algo, dataset="data")
+    victim = "site1"
+    try:
+        wait_until(_rounds_done(fed4, sid, 1), PATIENCE, "one round")
+        died = kill_after_its_vector(fed4, sid, victim)
+        st = fed4.fed.wait(sid, timeout=PATIENCE)
+    finally:
+        _restart_dead(fed4)
+    assert st.status == "finished", st.error
+    assert victim not in st.participants and len(st.participants) == 3
+    rounds = fed4.fed.rounds(sid, limit=1000)
+    assert [r["round_index"] for r in rounds] == list(range(n_rounds))
+    # the round it died in kept its vector (one attempt, all four), later ones are without it
+    assert victim in rounds[died]["participants"] and rounds[died]["attempt"] == 0
+    assert all(victim not in r["participants"] for r in rounds[died + 1 :])
+    got = fed4.fed.result(sid, verify=True)
+    sim = Simulation(
+        fed4.sites(),
+        fail=lambda site, r, a: site == victim and r > died,
+        fail_at_reveal=lambda site, r, a: site == victim and r == died,
+    )
+    ref = sim.run(algo)
+    np.testing.assert_array_equal(got.checksums, ref.checksums)
+    np.testing.assert_array_equal(got.last, ref.last)
 
 
 def test_too_few_survivors_fail_the_study_with_the_min_sites_rule(fed4):
