@@ -26,10 +26,10 @@ from consortia.audit import (
     GENESIS_HASH,
     AuditEntry,
     AuditLog,
-    _entry_hash,
     read_key_file,
     write_key_file,
 )
+from consortia.audit._chain import _entry_hash
 from consortia.errors import AuditError, ValidationError
 
 PG_URL = os.environ.get("CONSORTIA_TEST_POSTGRES_URL")
@@ -433,7 +433,7 @@ def test_verify_raises_a_typed_error_when_the_log_cannot_be_read(tmp_path, monke
     engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
     log = AuditLog(engine, key=KEY)
     _fill(log, 2)
-    monkeypatch.setattr("consortia.audit._READ_RETRIES", 3)
+    monkeypatch.setattr("consortia.audit._store._READ_RETRIES", 3)
     release, held = threading.Event(), threading.Event()
     writer = threading.Thread(target=_hold_exclusive_lock, args=(path, release, held))
     writer.start()

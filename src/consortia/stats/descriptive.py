@@ -16,11 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, SchemaError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.stats._descriptive_results import (
+    CountResult,
+    CrossTabResult,
+    HistogramResult,
+    MeanResult,
+    VarianceResult,
+)
 from consortia.stats._glm import join, split
 from consortia.stats._validate import (
     category_codes,
@@ -65,30 +71,6 @@ def _step_error(algo: Algorithm, step: str) -> AlgorithmError:
 # --------------------------------------------------------------------------- counts
 
 
-@dataclass(frozen=True)
-class CountResult:
-    """Pooled row count and missing-value counts.
-
-    Attributes
-    ----------
-    n
-        Number of rows pooled over all sites.
-    columns
-        The columns whose missing values were counted.
-    missing
-        Number of missing values in each column.
-    """
-
-    n: int
-    columns: tuple[str, ...]
-    missing: np.ndarray
-
-    @property
-    def non_missing(self) -> np.ndarray:
-        """Number of non-missing values in each column."""
-        return self.n - self.missing
-
-
 @register
 @dataclass(frozen=True, kw_only=True)
 class Count(Algorithm):
@@ -128,25 +110,6 @@ class Count(Algorithm):
 # --------------------------------------------------------------------------- moments
 
 
-@dataclass(frozen=True)
-class MeanResult:
-    """Pooled means of columns.
-
-    Attributes
-    ----------
-    columns
-        Column names, in order.
-    mean
-        Pooled mean of each column.
-    n
-        Number of rows pooled over all sites.
-    """
-
-    columns: tuple[str, ...]
-    mean: np.ndarray
-    n: int
-
-
 @register
 @dataclass(frozen=True, kw_only=True)
 class Mean(Algorithm):
@@ -184,44 +147,6 @@ class Mean(Algorithm):
             {"n": [len(x)], **split("total", x.sum(axis=0))},
             cohort=len(x),
             rows=used_rows(kept),
-        )
-
-
-@dataclass(frozen=True)
-class VarianceResult:
-    """Pooled means and sample variances of columns.
-
-    Attributes
-    ----------
-    columns
-        Column names, in order.
-    mean
-        Pooled mean of each column.
-    variance
-        Pooled variance with ``ddof`` delta degrees of freedom (1 by default, as pandas).
-    n
-        Number of rows pooled over all sites.
-    ddof
-        Delta degrees of freedom used.
-    """
-
-    columns: tuple[str, ...]
-    mean: np.ndarray
-    variance: np.ndarray
-    n: int
-    ddof: int
-
-    @property
-    def std(self) -> np.ndarray:
-        """Standard deviation, ``sqrt(variance)``."""
-        return np.sqrt(self.variance)
-
-    @property
-    def summary(self) -> pd.DataFrame:
-        """One row per column: n, mean, variance, std."""
-        return pd.DataFrame(
-            {"n": self.n, "mean": self.mean, "variance": self.variance, "std": self.std},
-            index=pd.Index(self.columns, name="column"),
         )
 
 
@@ -283,40 +208,6 @@ class Variance(Algorithm):
 
 
 # --------------------------------------------------------------------------- histogram
-
-
-@dataclass(frozen=True)
-class HistogramResult:
-    """Pooled histogram on fixed, public bin edges.
-
-    Attributes
-    ----------
-    column
-        The column counted.
-    edges
-        Bin edges; bin ``i`` is ``[edges[i], edges[i+1])``, the last bin is closed
-        (as :func:`numpy.histogram`).
-    counts
-        Pooled count of each bin, NaN where suppressed.
-    underflow, overflow
-        Pooled counts of values below the first and above the last edge (NaN if
-        suppressed).
-    suppressed
-        Which bins were suppressed (pooled count non-zero and below ``threshold``).
-    threshold
-        The ``suppress_below`` parameter.
-    n
-        Number of values pooled (all bins, underflow and overflow).
-    """
-
-    column: str
-    edges: np.ndarray
-    counts: np.ndarray
-    underflow: float
-    overflow: float
-    suppressed: np.ndarray
-    threshold: int
-    n: int
 
 
 @register
@@ -393,43 +284,6 @@ class Histogram(Algorithm):
 
 
 # --------------------------------------------------------------------------- cross-tab
-
-
-@dataclass(frozen=True)
-class CrossTabResult:
-    """Pooled contingency table of two categorical columns, small cells suppressed.
-
-    Attributes
-    ----------
-    row, column
-        The two columns.
-    row_categories, column_categories
-        Their declared categories (table order).
-    counts
-        Pooled cell counts, shape ``(len(row_categories), len(column_categories))``,
-        NaN where suppressed.
-    suppressed
-        Which cells were suppressed (pooled count non-zero and below ``threshold``).
-    threshold
-        The ``suppress_below`` parameter.
-    """
-
-    row: str
-    column: str
-    row_categories: tuple
-    column_categories: tuple
-    counts: np.ndarray
-    suppressed: np.ndarray
-    threshold: int
-
-    @property
-    def table(self) -> pd.DataFrame:
-        """The counts as a DataFrame (rows: ``row`` categories, columns: ``column`` ones)."""
-        return pd.DataFrame(
-            self.counts,
-            index=pd.Index(list(self.row_categories), name=self.row),
-            columns=pd.Index(list(self.column_categories), name=self.column),
-        )
 
 
 @register

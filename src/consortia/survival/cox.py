@@ -66,35 +66,30 @@ coefficients match the pooled fit to about 1e-11 with the default codec.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from consortia.data.dataset import Dataset
-from consortia.errors import ConvergenceError, SchemaError, ValidationError
-from consortia.precision import join, split
+from consortia.errors import SchemaError, ValidationError
+from consortia.precision import split
 from consortia.protocol import (
     Algorithm,
     Contribution,
     Coordination,
     Requirements,
-    Round,
     register,
 )
 from consortia.stats._validate import numeric_columns
+from consortia.survival import _cox_fit
 from consortia.survival import _cox_math as cm
 from consortia.survival._cox_result import CoxPHResult
 from consortia.survival._grid import binned_on, grid_map, grid_param
 from consortia.survival._plan import (
     PlanSettings,
-    cells_below,
-    grid_plan,
-    make_plan,
     plan_contribution,
     plan_settings,
     verify_plan,
@@ -104,15 +99,6 @@ from consortia.survival._validate import check_levels, level_codes, survival_col
 __all__ = ["CoxPH", "CoxPHResult"]
 
 _TIES = ("efron", "breslow")
-
-
-class _Iterate(NamedTuple):
-    """What the result needs of the last Newton-Raphson evaluation."""
-
-    offset: float
-    h: np.ndarray
-    ll: float
-    risk: np.ndarray | None
 
 
 @dataclass
@@ -436,192 +422,4 @@ class CoxPH(Algorithm):
     # ------------------------------------------------------------------ hub side
 
     def coordinate(self) -> Coordination:
-        p = self._p
-        plan_pub: dict[str, np.ndarray] = {}
-        grid = None if self.time_grid is None else np.asarray(self.time_grid)
-        if self._plan is not None:
-            sums = yield Round("plan")
-            ends, plan_pub = make_plan(sums, self._plan, 1, shared=True)
-            grid = self._plan.fine_edges[ends[0]]
-        sums = yield Round("summary", plan_pub)
-        n = int(round(float(sums["n"][0])))
-        n_events = int(round(float(sums["n_events"][0])))
-        w_sum = float(join(sums, "w_sum")[0])
-        if n_events == 0:
-            raise ValidationError(
-                f"event column {self.event!r} has no events at any site (all censored): "
-                "a Cox model cannot be fitted"
-            )
-        if n < 2:
-            raise ValidationError("a Cox model needs at least two patients")
-        mean = join(sums, "x_sum") / n
-        var = (join(sums, "x_sq") - n * mean**2) / (n - 1)
-        sd = np.sqrt(np.maximum(var, 0.0))
-        flat = sd <= 1e-12 * np.maximum(1.0, np.abs(mean))
-        if np.any(flat):
-            cols = [c for c, f in zip(self.covariates, flat) if f]
-            raise ValidationError(
-                f"covariate(s) {cols} have zero variance over all sites; drop them from covariates"
-            )
-        dw_total = float(join(sums, "dw_total")[0])
-        xe = (join(sums, "xe") - mean * dw_total) / sd
-        pub: dict[str, Any] = {**plan_pub, "mean": mean, "sd": sd}
-        grid_info: dict[str, np.ndarray] = {}
-        below = 0
-        if not self.stratify_by_site:
-            assert grid is not None
-            events = np.asarray(sums["events"]).reshape(self._n_strata, grid.size)
-            events_w = (
-                join(sums, "events_w").reshape(events.shape) if self.weights is not None else events
-            )
-            codes, idx = np.nonzero(events > 0.5)
-            d = np.rint(events[codes, idx])
-            dw = events_w[codes, idx]
-            tie_rows = np.flatnonzero(d >= 2)
-            if self._plan is not None:
-                below = cells_below(events, np.zeros(0), self._plan.k)
-            grid_info = {"event_index": idx, "event_code": codes, "d": d, "dw": dw}
-            pub.update(event_index=idx, event_code=codes, tie_rows=tie_rows)
-        pen = np.broadcast_to(np.asarray(self.penalizer, dtype=float), (p,)) * n
-
-        beta = np.zeros(p)
-        offset = float(np.log(w_sum))
-        rounds, iterations = 1, 0
-        ll_null: float | None = None
-        prev: tuple[float, np.ndarray] | None = None
-        converged = False
-        step = np.zeros(p)
-        history: list[float] = []
-        while True:
-            sums = yield Round("newton", {**pub, "beta": beta, "offset": np.array([offset])})
-            rounds += 1
-            iterations += 1
-            total = float(join(sums, "total")[0])
-            if self.stratify_by_site:
-                ll = float(join(sums, "loglik")[0])
-                g = join(sums, "grad")
-                h = cm.unpack(join(sums, "hess"), p)
-                risk = None
-            else:
-                risk = join(sums, "risk")
-                ties = join(sums, "ties") if "ties" in sums else None
-                rows = pub["tie_rows"] if ties is not None else None
-                if self.ties == "efron" and ties is None:
-                    ties, rows = np.zeros((0, risk.shape[1])), np.zeros(0, np.int64)
-                ll, g, h = cm.partial_likelihood(
-                    risk, ties, rows, grid_info["d"], grid_info["dw"], xe, beta, offset
-                )
-            if ll_null is None:
-                ll_null = ll
-            ll -= 0.5 * float(pen @ beta**2)
-            g = g - pen * beta
-            h = h - np.diag(pen)
-            if (
-                prev is not None
-                and ll < prev[0] - 1e-10 * abs(prev[0])
-                and iterations < self.max_iter
-            ):
-                # the full Newton step overshot: halve it and evaluate again
-                step = step / 2
-                beta = prev[1] + step
-                offset = offset + float(np.log(total))
-                continue
-            eig = np.linalg.eigvalsh(-h)
-            if not eig[0] > 1e-10 * max(eig[-1], 1e-300):
-                weak = self.covariates[int(np.argmax(np.abs(np.linalg.eigh(-h)[1][:, 0])))]
-                raise ConvergenceError(
-                    "the Cox information matrix is singular or nearly so (involving covariate "
-                    f"{weak!r}): collinear covariates, too few events, or a monotone likelihood "
-                    "(perfect separation); drop a column or set penalizer > 0"
-                )
-            step = np.linalg.solve(-h, g)
-            history.append(float(np.max(np.abs(step))))
-            prev = (ll, beta.copy())
-            last = _Iterate(offset=offset, h=h, ll=ll, risk=risk)
-            if history[-1] < self.tol:
-                converged = True
-                beta = beta + step
-                break
-            if iterations >= self.max_iter:
-                break
-            beta = beta + step
-            offset = offset + float(np.log(total))
-        if not converged:
-            worst = [self.covariates[i] for i in np.argsort(-np.abs(beta))[:3]]
-            msg = (
-                f"the Cox model did not converge in {self.max_iter} Newton-Raphson rounds "
-                f"(last step {history[-1]:.3g} on the standardised scale); the largest "
-                f"coefficients are those of {worst}: a monotone likelihood (perfect separation) "
-                "or collinearity; set penalizer > 0 or drop the offending covariates"
-            )
-            if self.raise_on_failure:
-                raise ConvergenceError(msg)
-            warnings.warn(msg, stacklevel=2)
-        var_std = np.linalg.inv(-last.h)
-        meat = None
-        if self.robust:
-            rpub = {**pub, "beta": beta, "offset": [last.offset]}
-            if not self.stratify_by_site:
-                r = last.risk
-                assert r is not None
-                rpub["xbar"] = r[:, 1 : 1 + p] / r[:, :1]
-                rpub["dlam"] = grid_info["dw"] / r[:, 0]
-            sums = yield Round("score", rpub)
-            rounds += 1
-            meat = cm.unpack(join(sums, "meat"), p)
-        baseline = None
-        if not self.stratify_by_site:
-            r = last.risk
-            assert r is not None
-            hazard = grid_info["dw"] / (r[:, 0] * np.exp(last.offset))
-            assert grid is not None
-            baseline = _baseline_frame(
-                grid[grid_info["event_index"]],
-                grid_info["event_code"],
-                hazard,
-                self.strata_levels,
-            )
-        plan = None
-        if self._plan is not None:
-            assert grid is not None
-            plan = grid_plan(plan_pub, self._plan, [grid])
-        return CoxPHResult.build(
-            covariates=self.covariates,
-            beta_std=beta,
-            mean=mean,
-            sd=sd,
-            var_std=var_std,
-            meat_std=meat,
-            log_likelihood=float(last.ll),
-            log_likelihood_null=float(ll_null if ll_null is not None else np.nan),
-            n=n,
-            n_events=n_events,
-            rounds=rounds,
-            iterations=iterations,
-            converged=converged,
-            ties=self.ties,
-            alpha=self.alpha,
-            baseline_hazard=baseline,
-            strata=self.strata,
-            stratified_by_site=self.stratify_by_site,
-            plan=plan,
-            cells_below_k=below,
-        )
-
-
-def _baseline_frame(
-    times: np.ndarray,
-    codes: np.ndarray,
-    hazard: np.ndarray,
-    levels: tuple[Any, ...] | None,
-) -> pd.DataFrame:
-    index = np.unique(times)
-    if levels is None:
-        frame = pd.DataFrame({"baseline hazard": hazard}, index=times)
-    else:
-        frame = pd.DataFrame(0.0, index=index, columns=list(levels))
-        for i, level in enumerate(levels):
-            sel = codes == i
-            frame.loc[times[sel], level] = hazard[sel]
-    frame.index.name = "time"
-    return frame.reindex(index, fill_value=0.0)
+        return (yield from _cox_fit.coordinate(self))
