@@ -37,6 +37,7 @@ bench: setup          ## every benchmark (each prints its figures; none is a tes
 	$(PY) bench/tcga_cox.py
 	$(PY) bench/dp_km.py
 	$(PY) bench/round_latency.py
+	$(PY) bench/large_round.py
 	$(PY) bench/attacks.py
 
 clean:
