@@ -140,7 +140,8 @@ def test_node_kill_9_between_its_vector_and_its_reveal_is_recovered(fed4):
     """Liveness at the reveal: the survivors' seed shares finish the round with its vector."""
     _restart_dead(fed4)
     n_rounds = 80
-    algo = VectorSum(size=5, rounds=n_rounds)
+    # a query of its own: the nodes refuse one answered before over another set of sites
+    algo = VectorSum(size=7, rounds=n_rounds)
     sid = fed4.fed.submit(algo, dataset="data")
     victim = "site1"
     try:
