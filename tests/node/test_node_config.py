@@ -61,7 +61,10 @@ def test_round_trip_and_relative_paths(tmp_path):
     [
         ("[datasets.d]\npath='x'\n", r"\[node\] table"),
         ("[node]\nname='a'\nhub='http://h'\n[datasets.d]\npath='x'\n", "data_dir"),
-        ("[node]\nname='a'\nhub='ftp://h'\ndata_dir='s'\n[datasets.d]\npath='x'\n", "hub must"),
+        (
+            "[node]\nname='a'\nhub='ftp://h'\ndata_dir='s'\n[datasets.d]\npath='x'\n",
+            r"\[node\] hub: must",
+        ),
         (
             "[node]\nname='a'\nhub='http://h'\ndata_dir='s'\ncolour=1\n[datasets.d]\npath='x'\n",
             "colour",
@@ -82,12 +85,12 @@ def test_round_trip_and_relative_paths(tmp_path):
         (
             "[node]\nname='a'\nhub='http://h'\ndata_dir='s'\napproval='maybe'\n"
             "[datasets.d]\npath='x'\n",
-            r"\[node\] approval must be one of",
+            r"\[node\] approval: must be one of",
         ),
         (
             "[node]\nname='a'\nhub='http://h'\ndata_dir='s'\nauto_approve='stats.*'\n"
             "[datasets.d]\npath='x'\n",
-            r"\[node\] auto_approve must be a list",
+            r"\[node\] auto_approve: must be a list",
         ),
         ("[node\n", "not valid TOML"),
     ],

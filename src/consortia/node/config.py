@@ -1,5 +1,17 @@
 """A node's configuration: one TOML file.
 
+The file is validated by pydantic models (one per table, in
+:mod:`consortia.node._config_schema`): an unknown key, a key of the wrong type
+or a missing one is a :class:`~consortia.errors.ValidationError` naming the
+table and the key (``node.toml: [node] poll_wiat: unknown key (did you mean
+'poll_wait'?)``), never the value.
+
+Paths are resolved once.  In the file, a relative path is relative to the
+file's folder; in a :class:`NodeConfig` or :class:`DatasetConfig` built in
+Python, to the current directory (made absolute when the object is built, so
+:meth:`NodeConfig.write` writes absolute paths).  An absolute path is kept as
+written.
+
 Example (every path may be relative to the TOML file's folder)::
 
     [node]
@@ -16,7 +28,8 @@ Example (every path may be relative to the TOML file's folder)::
     trust_on_first_use = false              # default: only pinned peers are trusted
 
     [peers]                                 # the peers this owner trusts: pinned identity
-    hospital-b = "3f1c...64 hex..."         # fingerprints (or `consortia node peers add`)
+                                            # fingerprints (or `consortia node peers add`)
+    hospital-b = "3f1c9a0d3f1c9a0d3f1c9a0d3f1c9a0d3f1c9a0d3f1c9a0d3f1c9a0d3f1c9a0d"
 
     [datasets.cohort]
     path = "/data/cohort.csv"               # CSV, TSV or Parquet
@@ -39,7 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
+
 from consortia.errors import ValidationError
+from consortia.node._config_schema import (
+    DatasetArguments,
+    NodeArguments,
+    NodeFile,
+    describe,
+    toml_key,
+)
 from consortia.privacy.policy import Policy
 
 __all__ = ["APPROVAL_MODES", "DatasetConfig", "NodeConfig", "load_config"]
@@ -47,10 +69,48 @@ __all__ = ["APPROVAL_MODES", "DatasetConfig", "NodeConfig", "load_config"]
 APPROVAL_MODES = ("auto", "manual")
 """``auto``: every study runs at once; ``manual``: each new study waits for the owner."""
 
+_DATASET_KEYS = ("name", "path", "schema", "policy", "expression", "tiles")
+_NODE_KEYS = (
+    "name",
+    "hub",
+    "data_dir",
+    "ca",
+    "peers",
+    "poll_wait",
+    "fsync",
+    "trust_on_first_use",
+    "approval",
+    "auto_approve",
+    "audit_key_file",
+)
+
+
+def _normalise(obj: Any, model: Any, keys: tuple[str, ...], origin: str) -> Any:
+    """Validate ``obj``'s fields with ``model``; set the normalised values on ``obj``."""
+    values = {key: getattr(obj, key) for key in keys}
+    if isinstance(values.get("peers"), Mapping):
+        values["peers"] = dict(values["peers"])
+    try:
+        checked = model.model_validate(values)
+    except PydanticValidationError as exc:
+        raise describe(exc, origin, top="flat") from None
+    for key in keys:
+        object.__setattr__(obj, key, getattr(checked, "schema_" if key == "schema" else key))
+    return checked
+
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """One dataset a node offers: its file, schema mapping and policy."""
+    """One dataset a node offers: its file, schema mapping and policy.
+
+    Built in Python, the fields are validated as the TOML's ``[datasets.<name>]``
+    table is (a relative path is made absolute against the current directory).
+
+    Raises
+    ------
+    ValidationError
+        Naming the field that is malformed.
+    """
 
     name: str
     path: Path
@@ -59,10 +119,23 @@ class DatasetConfig:
     expression: Path | None = None
     tiles: Path | None = None
 
+    def __post_init__(self) -> None:
+        _normalise(self, DatasetArguments, _DATASET_KEYS, "DatasetConfig")
+
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """A node's whole configuration (see the module docstring for the TOML form)."""
+    """A node's whole configuration (see the module docstring for the TOML form).
+
+    Built in Python, the fields are validated as the TOML's tables are (a relative
+    path is made absolute against the current directory, the hub's URL loses its
+    trailing ``/``, fingerprints are lower-cased).
+
+    Raises
+    ------
+    ValidationError
+        Naming the field that is malformed.
+    """
 
     name: str
     hub: str
@@ -76,6 +149,15 @@ class NodeConfig:
     approval: str = "auto"  # see consortia.node.approvals
     auto_approve: tuple[str, ...] = ()
     audit_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        _normalise(self, NodeArguments, _NODE_KEYS, "NodeConfig")
+        datasets = self.datasets
+        if not isinstance(datasets, (list, tuple)) or not all(
+            isinstance(ds, DatasetConfig) for ds in datasets
+        ):
+            raise ValidationError("NodeConfig: datasets: must be a tuple of DatasetConfig")
+        object.__setattr__(self, "datasets", tuple(datasets))
 
     def to_toml(self) -> str:
         """The TOML form of this configuration (paths absolute)."""
@@ -98,15 +180,15 @@ class NodeConfig:
             lines += [f"{_q(k)} = {_q(v)}" for k, v in self.peers.items()]
             lines.append("")
         for ds in self.datasets:
-            lines += [f"[datasets.{_q(ds.name)}]", f"path = {_q(str(ds.path))}"]
+            lines += [f"[datasets.{toml_key(ds.name)}]", f"path = {_q(str(ds.path))}"]
             if ds.expression is not None:
                 lines.append(f"expression = {_q(str(ds.expression))}")
             if ds.tiles is not None:
                 lines.append(f"tiles = {_q(str(ds.tiles))}")
             if ds.schema:
-                lines += ["", f"[datasets.{_q(ds.name)}.schema]"]
+                lines += ["", f"[datasets.{toml_key(ds.name)}.schema]"]
                 lines += [f"{_q(k)} = {_toml_value(v)}" for k, v in ds.schema.items()]
-            lines += ["", f"[datasets.{_q(ds.name)}.policy]"]
+            lines += ["", f"[datasets.{toml_key(ds.name)}.policy]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in ds.policy.to_mapping().items()]
             lines.append("")
         return "\n".join(lines)
@@ -136,113 +218,65 @@ def _toml_value(v: Any) -> str:
     raise ValidationError(f"cannot write a {type(v).__name__} to TOML")
 
 
-def _path(base: Path, value: Any, what: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{what} must be a path string")
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
-
-
 def load_config(path: str | Path) -> NodeConfig:
     """Read and validate a node's TOML configuration.
+
+    Parameters
+    ----------
+    path
+        The TOML file; relative paths in it are relative to its folder.
+
+    Returns
+    -------
+    NodeConfig
+        With every path absolute.
 
     Raises
     ------
     ValidationError
-        Naming the key that is missing or malformed.
+        Naming the table and the key that is unknown, missing or malformed
+        (for example ``node.toml: [node] poll_wait: must be a number of seconds
+        in (0, 60]``); never the value.
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ValidationError(f"no node configuration at {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(
+            f"cannot read the node configuration {path}: {type(exc).__name__}"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValidationError(f"{path} is not valid TOML: {exc}") from None
-    base = path.resolve().parent
-    unknown = set(raw) - {"node", "peers", "datasets"}
-    if unknown:
-        raise ValidationError(f"unknown section(s) {sorted(unknown)} in {path}")
-    node = raw.get("node")
-    if not isinstance(node, dict):
-        raise ValidationError(f"{path} needs a [node] table")
-    unknown = set(node) - {
-        "name",
-        "hub",
-        "ca",
-        "data_dir",
-        "poll_wait",
-        "fsync",
-        "trust_on_first_use",
-        "approval",
-        "auto_approve",
-        "audit_key_file",
-    }
-    if unknown:
-        raise ValidationError(f"unknown key(s) {sorted(unknown)} in [node]")
-    for key in ("name", "hub", "data_dir"):
-        if not isinstance(node.get(key), str) or not node[key]:
-            raise ValidationError(f"[node] needs a string {key!r}")
-    hub = node["hub"].rstrip("/")
-    if not hub.startswith(("http://", "https://")):
-        raise ValidationError("[node] hub must be an http:// or https:// URL")
-    peers = raw.get("peers", {})
-    if not isinstance(peers, dict) or not all(
-        isinstance(v, str) and len(v) == 64 for v in peers.values()
-    ):
-        raise ValidationError("[peers] maps node names to 64-hex identity fingerprints")
-    datasets = []
-    for name, entry in (raw.get("datasets") or {}).items():
-        if not isinstance(entry, dict):
-            raise ValidationError(f"[datasets.{name}] must be a table")
-        unknown = set(entry) - {"path", "schema", "policy", "expression", "tiles"}
-        if unknown:
-            raise ValidationError(f"unknown key(s) {sorted(unknown)} in [datasets.{name}]")
-        datasets.append(
+    try:
+        checked = NodeFile.model_validate(raw, context={"base": path.resolve().parent})
+    except PydanticValidationError as exc:
+        raise describe(exc, str(path)) from None
+    node = checked.node
+    return NodeConfig(
+        name=node.name,
+        hub=node.hub,
+        data_dir=node.data_dir,
+        datasets=tuple(
             DatasetConfig(
                 name=name,
-                path=_path(base, entry.get("path"), f"[datasets.{name}] path"),
-                schema=entry.get("schema"),
-                policy=Policy.from_mapping(entry.get("policy", {})),
-                expression=_path(base, entry["expression"], "expression")
-                if "expression" in entry
-                else None,
-                tiles=_path(base, entry["tiles"], "tiles") if "tiles" in entry else None,
+                path=ds.path,
+                schema=ds.schema_,
+                policy=ds.policy,
+                expression=ds.expression,
+                tiles=ds.tiles,
             )
-        )
-    if not datasets:
-        raise ValidationError(f"{path} declares no [datasets.<name>] table")
-    poll = node.get("poll_wait", 20.0)
-    if not isinstance(poll, (int, float)) or not 0 < poll <= 60:
-        raise ValidationError("[node] poll_wait must be a number of seconds in (0, 60]")
-    fsync = node.get("fsync", True)
-    if not isinstance(fsync, bool):
-        raise ValidationError("[node] fsync must be true or false")
-    tofu = node.get("trust_on_first_use", False)
-    if not isinstance(tofu, bool):
-        raise ValidationError("[node] trust_on_first_use must be true or false")
-    approval = node.get("approval", "auto")
-    if approval not in APPROVAL_MODES:
-        raise ValidationError(f"[node] approval must be one of {list(APPROVAL_MODES)}")
-    auto_approve = node.get("auto_approve", [])
-    if not isinstance(auto_approve, list) or not all(
-        isinstance(p, str) and p for p in auto_approve
-    ):
-        raise ValidationError(
-            "[node] auto_approve must be a list of algorithm-name patterns (strings)"
-        )
-    return NodeConfig(
-        name=node["name"],
-        hub=hub,
-        data_dir=_path(base, node["data_dir"], "[node] data_dir"),
-        datasets=tuple(datasets),
-        ca=_path(base, node["ca"], "[node] ca") if "ca" in node else None,
-        peers={str(k): v.lower() for k, v in peers.items()},
-        poll_wait=float(poll),
-        fsync=fsync,
-        trust_on_first_use=tofu,
-        approval=approval,
-        auto_approve=tuple(auto_approve),
-        audit_key_file=_path(base, node["audit_key_file"], "[node] audit_key_file")
-        if "audit_key_file" in node
-        else None,
+            for name, ds in checked.datasets.items()
+        ),
+        ca=node.ca,
+        peers=checked.peers,
+        poll_wait=node.poll_wait,
+        fsync=node.fsync,
+        trust_on_first_use=node.trust_on_first_use,
+        approval=node.approval,
+        auto_approve=node.auto_approve,
+        audit_key_file=node.audit_key_file,
     )
