@@ -284,18 +284,19 @@ class RoundHandling:
                 with Session(self.engine) as s:
                     self._update_round(s, live, seeds=dict(t.state.seeds))
                     self._set_task(s, live, node, "revealed")
-                    if t.outcome is Outcome.ROUND_COMPLETE:
-                        live.round.state = t.state
-                        self._finish_round(s, live)
                     s.commit()
             except Exception:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 self._audit_queue.clear()
                 raise
-            if t.outcome is not Outcome.ROUND_COMPLETE:
-                live.round.state = t.state
+            live.round.state = t.state
+            complete = t.outcome is Outcome.ROUND_COMPLETE
+            if complete:
+                self._begin_finish(live)
             self._flush_audit()
-            return ack
+        if complete:  # the unmasking and coordinate() run without the hub-wide lock
+            self._finish_round(live)
+        return ack
 
     def share(
         self,
@@ -334,43 +335,107 @@ class RoundHandling:
                 with Session(self.engine) as s:
                     self._update_round(s, live, seeds=dict(t.state.seeds), shares=shared)
                     self._set_task(s, live, node, "revealed")
-                    live.round.shares = shared
-                    if t.outcome is Outcome.ROUND_COMPLETE:
-                        live.round.state = t.state
-                        self._finish_round(s, live)
                     s.commit()
             except Exception:
                 self._invalidate(study_id)  # rebuilt from the database next time
                 self._audit_queue.clear()
                 raise
-            if t.outcome is not Outcome.ROUND_COMPLETE:
-                live.round.state = t.state
+            live.round.shares, live.round.state = shared, t.state
+            complete = t.outcome is Outcome.ROUND_COMPLETE
+            if complete:
+                self._begin_finish(live)
             self._flush_audit()
-            return ack
+        if complete:  # the unmasking and coordinate() run without the hub-wide lock
+            self._finish_round(live)
+        return ack
 
-    def _finish_round(self, s: Session, live: LiveStudy) -> None:
-        """Unmask the sum, store it, advance the coordinator, open the next round."""
+    def _begin_finish(self, live: LiveStudy) -> None:
+        """The round's last seed is committed: no deadline applies while it is finished."""
+        live.finishing = True
+        live.deadline = float("inf")
+
+    def _finish_round(self, live: LiveStudy) -> None:
+        """Unmask the sum, advance the coordinator, store both and open the next round.
+
+        Called once the attempt's every seed (or share) is committed, *without* the
+        hub-wide lock: the unmasking and the algorithm's ``coordinate()`` run under the
+        study's own lock only, so a heavy study never delays another study or a node's
+        poll.  The results are then committed under the hub-wide lock in one
+        transaction.  A hub that dies in between finds the round with every seed
+        committed and finishes it when it resumes (:meth:`_refresh`).
+        """
+        with live.finish_lock:
+            with self.lock:
+                if self._live.get(live.id) is not live or not live.finishing:
+                    return  # cancelled, failed, or finished by another thread
+                rnd = live.round
+                agg = live.agg if live.agg is not None and live.agg_attempt == rnd.attempt else None
+                if agg is None:
+                    agg = self._restore(live)
+                # the running sum is not needed past this point (on a failed commit the
+                # study is rebuilt from the database): drop it before the sums are packed
+                live.agg, live.agg_attempt = None, -1
+            seeds = dict(rnd.seeds)
+            lost: dict[str, dict[str, bytes]] = {}
+            for holder, given in rnd.shares.items():  # the survivors' shares of the lost seeds
+                for site, share in given.items():
+                    lost.setdefault(site, {})[holder] = bytes.fromhex(share)
+            try:
+                sums = agg.finish(
+                    {n: bytes.fromhex(h) for n, h in seeds.items()},
+                    consume=True,
+                    shares=lost or None,
+                )
+            except ConsortiaError as exc:
+                with self.lock:
+                    self._fail_finishing(live, f"round {rnd.index} could not be unmasked: {exc}")
+                return
+            del agg
+            packed = pack_arrays(sums)
+            shapes = {k: list(np.shape(v)) for k, v in sums.items()}
+            failure = None
+            try:
+                live.coord.advance(sums)  # the algorithm's coordinate(): off the hub-wide lock
+            except ConsortiaError as exc:
+                failure = f"the algorithm failed after round {rnd.index}: {exc}"
+            del sums
+            with self.lock:
+                if self._live.get(live.id) is not live:
+                    return  # cancelled meanwhile: nothing is stored
+                try:
+                    with Session(self.engine) as s:
+                        self._store_round(s, live, packed, shapes, failure)
+                        s.commit()
+                except Exception:
+                    self._invalidate(live.id)  # rebuilt from the database next time
+                    self._audit_queue.clear()
+                    raise
+                finally:
+                    live.finishing = False
+                self._flush_audit()
+
+    def _fail_finishing(self, live: LiveStudy, reason: str) -> None:
+        with Session(self.engine) as s:
+            study = s.get(StudyRow, live.id)
+            assert study is not None
+            self._fail(s, study, reason)
+            s.commit()
+        live.finishing = False
+        self._flush_audit()
+
+    def _store_round(
+        self,
+        s: Session,
+        live: LiveStudy,
+        packed: bytes,
+        shapes: dict[str, list[int]],
+        failure: str | None,
+    ) -> None:
+        """Commit a finished round: its sums, the study's progress and what comes next."""
         rnd = live.round
-        agg = live.agg if live.agg is not None and live.agg_attempt == rnd.attempt else None
-        if agg is None:
-            agg = self._restore(live)
-        # the running sum is not needed past this point (on a failed commit the study is
-        # rebuilt from the database): drop it before the sums are packed
-        live.agg, live.agg_attempt = None, -1
-        seeds = dict(rnd.seeds)
-        lost: dict[str, dict[str, bytes]] = {}
-        for holder, given in rnd.shares.items():  # the survivors' shares of the lost seeds
-            for site, share in given.items():
-                lost.setdefault(site, {})[holder] = bytes.fromhex(share)
-        sums = agg.finish(
-            {n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True, shares=lost or None
-        )
-        del agg
         now = time.time()
-        packed = pack_arrays(sums)
         put_sums(s, live.id, rnd.index, packed)
-        del packed
-        self._update_round(s, live, seeds=seeds, done=True, phase="done", finished_at=now)
+        self._update_round(s, live, seeds=dict(rnd.seeds), done=True, phase="done", finished_at=now)
         n_rounds = rnd.index + 1
         s.execute(
             update(STUDIES).where(STUDIES.c.id == live.id).values(n_rounds=n_rounds, updated_at=now)
@@ -384,18 +449,15 @@ class RoundHandling:
                 "attempt": rnd.attempt,
                 "step": rnd.step,
                 "participants": list(rnd.participants),
-                "arrays": {k: list(np.shape(v)) for k, v in sums.items()},
+                "arrays": shapes,
                 "digests": dict(rnd.received),
             },
         )
-        try:
-            live.coord.advance(sums)
-        except ConsortiaError as exc:
+        if failure is not None:
             study = s.get(StudyRow, live.id)
             assert study is not None
-            self._fail(s, study, f"the algorithm failed after round {rnd.index}: {exc}")
+            self._fail(s, study, failure)
             return
-        del sums
         if live.coord.done:
             s.execute(update(STUDIES).where(STUDIES.c.id == live.id).values(status="finished"))
             self._live.pop(live.id, None)

@@ -168,6 +168,7 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
         """Rebuild the in-memory state of studies marked stale (after a restart or an error)."""
         if not self._stale:
             return
+        finish: list[LiveStudy] = []
         with Session(self.engine) as s:
             for sid in sorted(self._stale):
                 study = s.get(StudyRow, sid)
@@ -183,11 +184,16 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                     )
                     self._arm(live)  # a resumed phase gets its full deadlines again
                     self._live[sid] = live
+                    if live.round.phase in ("reveal", "recover") and not live.round.state.awaiting:
+                        finish.append(live)  # every seed was committed before a restart
                 except ConsortiaError as exc:
                     self._fail(s, study, f"could not resume: {exc}")
                     s.commit()
             self._stale.clear()
         self._flush_audit()
+        for live in finish:
+            self._begin_finish(live)
+            self._finish_round(live)
         self.changed.notify_all()
 
     def _invalidate(self, study_id: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ class LiveStudy:
     opened: float = 0.0  # monotonic time at which the open phase began
     beats: dict[str, float] = field(default_factory=dict)  # node -> its last heartbeat
     progress: dict[str, float] = field(default_factory=dict)  # node -> fraction it reported
+    # the round's every seed is committed and it is being finished (see hub.rounds):
+    # the unmasking and coordinate() hold this study's lock, not the hub-wide one
+    finishing: bool = False
+    finish_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def shares_digest(shares: Mapping[str, str]) -> str:
