@@ -9,11 +9,36 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from consortia.errors import ValidationError
+from consortia.errors import ConsortiaError, ValidationError
 from consortia.hub.app import HubSettings, create_app
 from consortia.hub.approvals import DEFAULT_APPROVAL_TIMEOUT
 
-__all__ = ["is_loopback", "main", "serve"]
+__all__ = ["HTTP_IMPLEMENTATION", "http_implementation", "is_loopback", "main", "serve"]
+
+HTTP_IMPLEMENTATION = "httptools"
+"""uvicorn's HTTP/1.1 implementation used by the hub (its C parser, not the pure-Python h11)."""
+
+
+def http_implementation() -> str:
+    """The uvicorn ``http`` setting of the hub: ``httptools``, checked to be importable.
+
+    uvicorn silently falls back to its pure-Python parser when httptools is missing,
+    which makes receiving a large contribution several times slower; the hub refuses to
+    start instead.
+
+    Raises
+    ------
+    ConsortiaError
+        If the ``httptools`` package is not installed.
+    """
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        raise ConsortiaError(
+            "the hub needs the 'httptools' package (uvicorn's C HTTP parser): "
+            "pip install httptools"
+        ) from None
+    return HTTP_IMPLEMENTATION
 
 
 def is_loopback(host: str) -> bool:
@@ -53,6 +78,8 @@ def serve(
     ------
     ValidationError
         If TLS is not configured and plain HTTP was not explicitly allowed on loopback.
+    ConsortiaError
+        If ``httptools`` (uvicorn's C HTTP parser) is not installed.
     """
     if (tls_cert is None) != (tls_key is None):
         raise ValidationError("--tls-cert and --tls-key go together")
@@ -66,6 +93,7 @@ def serve(
             raise ValidationError(
                 f"--insecure-http is allowed only on a loopback address, not on {host!r}"
             )
+    http = http_implementation()
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -74,6 +102,7 @@ def serve(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         log_level=log_level,
+        http=http,
         access_log=False,
         timeout_graceful_shutdown=1,
     )
