@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+import time
+
 import httpx
+import numpy as np
 import pytest
 
-from consortia.hub import HubProcess
+from consortia.hub import HubProcess, HubSettings
+from consortia.hub.app import RETRY_AFTER
 from consortia.hub.process import free_port
-from consortia.node.link import HubLink
+from consortia.messages import ContributionHeader
+from consortia.node.link import EXPECT_CONTINUE_MIN, HubLink
+from consortia.privacy.keys import SiteIdentity
+from consortia.privacy.secagg import Layout
+from consortia.wire import CONTENT_TYPE, pack_parts
 
 
 def test_link_answers_reconnects_after_a_hub_restart_and_reports_transport_errors(tmp_path):
@@ -27,3 +37,57 @@ def test_link_answers_reconnects_after_a_hub_restart_and_reports_transport_error
         HubLink(f"http://127.0.0.1:{free_port()}", connect_timeout=2).post("/x", b"", {})
     with pytest.raises(ValueError, match="http"):
         HubLink("ftp://hub")
+
+
+def _node_credential(hub: HubProcess, name: str) -> str:
+    body = {"name": name, "peer_key": SiteIdentity.generate().peer_key(name).to_json()}
+    token = hub.create_token("enrolment", name)
+    r = httpx.post(f"{hub.url}/v1/enrol", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["credential"])
+
+
+def test_a_busy_hub_answers_an_announced_body_at_once_and_takes_it_when_a_slot_frees(tmp_path):
+    """Every upload slot taken: 503 + Retry-After before the body is sent, never a queue."""
+    masked = np.arange(EXPECT_CONTINUE_MIN, dtype=np.uint64)  # 8 x the announcing size
+    layout = Layout.from_json([["v", [masked.size]]])
+    headers = {
+        **ContributionHeader.of(layout).to_headers(),
+        "Content-Type": CONTENT_TYPE,
+    }
+    path = "/v1/node/studies/nope/rounds/0/attempts/0/contribution"
+    slots = next(
+        f.default for f in dataclasses.fields(HubSettings) if f.name == "max_concurrent_uploads"
+    )
+    with HubProcess(tmp_path / "hub.sqlite") as hub:
+        headers["Authorization"] = f"Bearer {_node_credential(hub, 'n0')}"
+        # uploads that never finish hold every slot (sent without announcing their body)
+        stuck = []
+        for _ in range(slots):
+            sock = socket.create_connection((hub.host, hub.port))
+            head = [f"POST {path} HTTP/1.1", f"Host: {hub.host}", "Content-Length: 10000000"]
+            head += [f"{k}: {v}" for k, v in headers.items()]
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"x" * 65536)
+            stuck.append(sock)
+        link = HubLink(hub.url, timeout=30)
+        parts = pack_parts({"masked": masked})
+        deadline = time.monotonic() + 60  # generous: the hub must first read the stuck ones
+        while True:
+            r = link.post(path, parts, headers)
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # the stuck uploads are not in their slots yet
+        assert r.status_code == 503 and "busy" in r.json()["detail"]
+        assert r.retry_after() == RETRY_AFTER
+        for sock in stuck:
+            sock.close()  # the hub drops the half-read bodies and frees their slots
+        while True:
+            r = link.post(path, parts, headers)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        # the body was read this time: the study is unknown to the hub
+        assert r.status_code == 404, r.text
+        small = link.post(path, b"{}", headers)  # a small body is sent at once, unannounced
+        assert small.status_code == 404
+        link.close()

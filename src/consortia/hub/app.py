@@ -81,7 +81,12 @@ class HubSettings:
         Largest accepted contribution in bytes.
     max_concurrent_uploads
         Contributions of more than 64 KiB read at once (bounds hub memory whatever the
-        number of nodes).
+        number of nodes).  A node that announces its body (``Expect: 100-continue``)
+        while every slot is taken is answered ``503`` with ``Retry-After`` at once,
+        before it sends a byte of it, and tries again (see
+        :meth:`consortia.node.link.HubLink.post`): nobody waits in a queue past its
+        socket timeout, and no payload is sent twice.  Without that header the
+        request waits for a slot.
     audit_key_file
         Optional file holding the audit HMAC key.
     approval_timeout
@@ -336,7 +341,7 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     async def post_contribution(
         request: Request, who: Principal, study_id: str, round_index: int, attempt: int, wait: float
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_payload):
             raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
@@ -350,7 +355,11 @@ def create_app(settings: HubSettings) -> FastAPI:
             # a small body needs no upload slot: store it and wait, in one thread hop
             body = await read_body(request, length, settings.max_payload)
             return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait, head)
-        async with request.app.state.upload_slots:
+        slots: asyncio.Semaphore = request.app.state.upload_slots
+        if slots.locked() and _expects_continue(request):
+            # the node has not sent its body yet: it tries again later (nothing is read)
+            return _busy()
+        async with slots:
             body = await read_body(request, length, settings.max_payload)
             out = await anyio.to_thread.run_sync(contribute_and_wait, *args, body, 0.0, head)
         del body  # not kept while the answer waits for the next task
@@ -400,7 +409,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         the answer.  The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         out = await post_contribution(request, who, study_id, round_index, attempt, wait)
-        return JSONResponse(out)
+        return out if isinstance(out, Response) else JSONResponse(out)
 
     @app.post(base + "/reveal", tags=["node"], response_model=dict[str, Any])
     def reveal(
@@ -447,6 +456,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         request = Request(scope, receive)
         request.state.principal = who
         try:
+            out: dict[str, Any] | Response
             if m["kind"] == "contribution":
                 out = await post_contribution(request, who, study_id, round_index, attempt, wait)
             else:
@@ -458,7 +468,7 @@ def create_app(settings: HubSettings) -> FastAPI:
                 out = await anyio.to_thread.run_sync(
                     post_reveal, who, study_id, round_index, attempt, seed, wait
                 )
-            response: Response = JSONResponse(out)
+            response: Response = out if isinstance(out, Response) else JSONResponse(out)
         except HubError as exc:
             response = await _hub_error(request, exc)
         app.state.fast_calls += 1
@@ -557,6 +567,25 @@ def create_app(settings: HubSettings) -> FastAPI:
 
 
 _SMALL_BODY = 1 << 16  # contributions up to this size are not counted in the upload slots
+RETRY_AFTER = 1
+"""Seconds (``Retry-After``) after which a node told that every upload slot is busy tries again."""
+
+
+def _expects_continue(request: Request) -> bool:
+    """Whether the client waits for ``100 Continue`` before it sends the body."""
+    return request.headers.get("expect", "").strip().lower() == "100-continue"
+
+
+def _busy() -> Response:
+    """Every upload slot is taken: try again after :data:`RETRY_AFTER` (nothing audited).
+
+    The connection is closed: the body the client announced was never asked for.
+    """
+    return JSONResponse(
+        {"detail": "every upload slot of the hub is busy; try again"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+    )
 
 
 def read_secret_file(path: str | Path) -> str:
