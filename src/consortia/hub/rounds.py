@@ -1,9 +1,10 @@
 """The node-facing half of the hub's study engine: vectors, seeds and refusals.
 
 :class:`RoundHandling` is mixed into :class:`~consortia.hub.service.StudyEngine`;
-it adds each masked vector into the open attempt's running sum (persisted before
-the answer), collects the self-mask seeds once every vector is in, and finishes
-the round.  It relies on the engine's state (``_live``, ``engine``, ``audit``)
+it adds each masked vector into the open attempt's running sum in memory (who sent
+which vector is persisted before the answer; the sum itself once the last vector
+is in), collects the self-mask seeds once every vector is in, and finishes the
+round.  It relies on the engine's state (``_live``, ``engine``, ``audit``)
 and helpers (``_refresh``, ``_fail``, ``_new_round``, ``_update_round``, ...).
 """
 
@@ -186,17 +187,13 @@ class RoundHandling:
                         received=dict(new.received),
                         phase=str(new.phase),
                     )
-                    # written straight from the aggregator's array (no copy)
-                    masked_sum = live.agg.masked_sum
-                    assert masked_sum is not None  # it holds the vector just added
-                    put_acc(
-                        s,
-                        study_id,
-                        rnd.index,
-                        attempt,
-                        masked_sum,
-                        first=not rnd.received,
-                    )
+                    if t.outcome is Outcome.REVEAL_OPENED:
+                        # the running sum is persisted once, with the last vector (the
+                        # reveal needs it); before, only who sent which vector is: a hub
+                        # restarted while collecting abandons the attempt (load path)
+                        masked_sum = live.agg.masked_sum  # written from the array, no copy
+                        assert masked_sum is not None  # it holds the vector just added
+                        put_acc(s, study_id, rnd.index, attempt, masked_sum, first=True)
                     self._set_task(s, live, node, "contributed")
                     s.commit()
             except HubError:
