@@ -54,7 +54,7 @@ from consortia.runtime.rounds import (
     VectorReceived,
     apply,
 )
-from consortia.wire import pack_arrays, unpack_arrays
+from consortia.wire import pack_parts, unpack_arrays
 
 log = logging.getLogger("consortia.hub")
 
@@ -281,9 +281,8 @@ class RoundHandling:
         sums = agg.finish({n: bytes.fromhex(h) for n, h in seeds.items()}, consume=True)
         del agg
         now = time.time()
-        packed = pack_arrays(sums)
-        put_sums(s, live.id, rnd.index, packed)
-        del packed
+        # stored from the sums' own memory (the running sum's, decoded in place): no copy
+        put_sums(s, live.id, rnd.index, pack_parts(sums))
         self._update_round(s, live, seeds=seeds, done=True, phase="done", finished_at=now)
         n_rounds = rnd.index + 1
         s.execute(
