@@ -159,9 +159,7 @@ def test_a_restart_while_collecting_abandons_the_attempt_and_nothing_of_it_is_un
             (msg,) = hub.tasks_for(n)
             assert msg["kind"] == "contribute" and msg["attempt"] == 1
         entries = [e for e in hub.audit.entries() if e.action == "attempt.abandoned"]
-        assert [(e.details["attempt"], e.details["new_attempt"]) for e in entries] == [
-            (0, 1)
-        ]
+        assert [(e.details["attempt"], e.details["new_attempt"]) for e in entries] == [(0, 1)]
         assert sorted(entries[0].details["received"]) == names[:2]
         for n in names:
             _answer(hub, workers[n], ("contribute",))

@@ -81,9 +81,10 @@ class HubSettings:
         Largest accepted contribution in bytes.
     max_concurrent_uploads
         Contributions of more than 64 KiB read at once (bounds hub memory whatever the
-        number of nodes).  A node that announces its body (``Expect: 100-continue``)
-        while every slot is taken is answered ``503`` with ``Retry-After`` at once,
-        before it sends a byte of it, and tries again (see
+        number of nodes): the running sum and one body in memory, by default.  A node
+        that announces its body (``Expect: 100-continue``) while every slot is taken
+        waits at most :data:`SLOT_WAIT` seconds for one, else it is answered ``503``
+        with ``Retry-After`` before it sends a byte of its body, and tries again (see
         :meth:`consortia.node.link.HubLink.post`): nobody waits in a queue past its
         socket timeout, and no payload is sent twice.  Without that header the
         request waits for a slot.
@@ -100,7 +101,7 @@ class HubSettings:
     node_timeout: float = 30.0
     reveal_timeout: float = 120.0
     max_payload: int = 256 * 2**20
-    max_concurrent_uploads: int = 2
+    max_concurrent_uploads: int = 1
     audit_key_file: str | None = None
     approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
     max_json_body: int = 2**20
@@ -353,16 +354,25 @@ def create_app(settings: HubSettings) -> FastAPI:
         args = (who.name, study_id, round_index, attempt, layout)
         if length is not None and int(length) <= _SMALL_BODY:
             # a small body needs no upload slot: store it and wait, in one thread hop
-            body = await read_body(request, length, settings.max_payload)
-            return await anyio.to_thread.run_sync(contribute_and_wait, *args, body, wait, head)
+            small = [await read_body(request, length, settings.max_payload)]
+            return await anyio.to_thread.run_sync(contribute_and_wait, *args, small, wait, head)
         slots: asyncio.Semaphore = request.app.state.upload_slots
-        if slots.locked() and _expects_continue(request):
-            # the node has not sent its body yet: it tries again later (nothing is read)
-            return _busy()
-        async with slots:
-            body = await read_body(request, length, settings.max_payload)
-            out = await anyio.to_thread.run_sync(contribute_and_wait, *args, body, 0.0, head)
-        del body  # not kept while the answer waits for the next task
+        if _expects_continue(request):
+            # the node has not sent its body yet: it waits a little for a slot, then is
+            # told to try again later (nothing is read), well within its socket timeout
+            try:
+                await asyncio.wait_for(slots.acquire(), SLOT_WAIT)
+            except TimeoutError:
+                return _busy()
+        else:
+            await slots.acquire()
+        box: list[bytearray] = []
+        try:
+            box.append(await read_body(request, length, settings.max_payload))
+            out = await anyio.to_thread.run_sync(contribute_and_wait, *args, box, 0.0, head)
+        finally:
+            box.clear()  # the body is freed before the slot is: one body in memory per slot
+            slots.release()
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
         return out
@@ -373,11 +383,13 @@ def create_app(settings: HubSettings) -> FastAPI:
         round_index: Index,
         attempt: Index,
         layout: Any,
-        body: bytearray,
+        box: list[bytearray],
         wait: float,
         head: tuple[int, str] | None,
     ) -> dict[str, Any]:
-        out = studies.contribute(node, study_id, round_index, attempt, layout, body)
+        # the body comes boxed and is taken out: an idle worker thread keeps the arguments
+        # of its last call alive, and must not keep a payload-sized body with them
+        out = studies.contribute(node, study_id, round_index, attempt, layout, box.pop())
         if head is not None:  # anchored once the contribution is accepted
             anchor_head(engine, audit, node, head)
         if wait > 0:
@@ -569,6 +581,8 @@ def create_app(settings: HubSettings) -> FastAPI:
 _SMALL_BODY = 1 << 16  # contributions up to this size are not counted in the upload slots
 RETRY_AFTER = 1
 """Seconds (``Retry-After``) after which a node told that every upload slot is busy tries again."""
+SLOT_WAIT = 2.0
+"""Seconds an announced upload waits for a free slot before it is answered ``503``."""
 
 
 def _expects_continue(request: Request) -> bool:

@@ -137,9 +137,7 @@ def put_acc(
         _write_in_place(s, _ACC, key, "acc", data)
 
 
-def put_sums(
-    s: Session, study_id: str, round_index: int, packed: bytes | Sequence[Buffer]
-) -> None:
+def put_sums(s: Session, study_id: str, round_index: int, packed: bytes | Sequence[Buffer]) -> None:
     """Store a finished round's sums and drop its running masked sum.
 
     ``packed`` is a :mod:`consortia.wire` message, or its parts

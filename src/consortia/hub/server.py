@@ -35,8 +35,7 @@ def http_implementation() -> str:
         import httptools  # noqa: F401
     except ImportError:
         raise ConsortiaError(
-            "the hub needs the 'httptools' package (uvicorn's C HTTP parser): "
-            "pip install httptools"
+            "the hub needs the 'httptools' package (uvicorn's C HTTP parser): pip install httptools"
         ) from None
     return HTTP_IMPLEMENTATION
 

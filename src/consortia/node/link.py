@@ -131,9 +131,7 @@ class HubLink:
         conn.sock.settimeout(self._timeout)
         return conn
 
-    def post(
-        self, path: str, body: bytes | Sequence[Buffer], headers: Mapping[str, str]
-    ) -> Answer:
+    def post(self, path: str, body: bytes | Sequence[Buffer], headers: Mapping[str, str]) -> Answer:
         """POST ``body`` to ``path`` (relative to the hub's URL) and return the answer.
 
         ``body`` is bytes, or a sequence of buffers sent one after the other (never

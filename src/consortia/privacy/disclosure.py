@@ -109,7 +109,7 @@ def content_digest(arrays: Mapping[str, np.ndarray]) -> str:
         arr = np.ascontiguousarray(arrays[name], dtype=np.float64)
         h.update(name.encode() + b"\x00" + repr(arr.shape).encode() + b"\x00")
         # the array's own bytes (C order, as tobytes() gives them), without a copy
-        h.update(memoryview(arr.reshape(-1)).cast("B"))
+        h.update(arr.reshape(-1).data.cast("B"))
     return h.hexdigest()
 
 
