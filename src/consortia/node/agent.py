@@ -53,7 +53,7 @@ from consortia.node._helpers import (
 from consortia.node.approvals import Approvals, study_digest
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
-from consortia.node.link import Answer, HubLink
+from consortia.node.link import EXPECT_CONTINUE_MIN, Answer, HubLink
 from consortia.node.payloads import BlobCache, fetch_blob
 from consortia.node.store import NodeStore
 from consortia.runtime.site import SiteWorker
@@ -529,7 +529,8 @@ class NodeAgent:
         self._report_budget(worker, task)
         # sent from the masked array's own buffer; heartbeats go on while the hub's upload
         # slots are busy, so that a node waiting its turn is never taken for a silent one
-        with self._beating(task, hb):
+        # (a small body needs no slot: no heartbeat thread for it)
+        with self._beating(task, hb if masked.data.nbytes >= EXPECT_CONTINUE_MIN else None):
             r = self._post(
                 self._path(task, "contribution"),
                 pack_parts({"masked": masked.data}),

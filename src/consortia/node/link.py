@@ -165,9 +165,9 @@ class HubLink:
                     if early is not None:  # answered before the body: it was never sent
                         self.close()
                         return early
-                else:
-                    conn.endheaders()
-                for part in parts:
+                else:  # a small body leaves with the headers, in one send (one segment)
+                    conn.endheaders(b"".join(parts))
+                for part in parts if announce else ():
                     conn.send(part)
                 r = conn.getresponse()
                 content = r.read()
