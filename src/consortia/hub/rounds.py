@@ -211,7 +211,11 @@ class RoundHandling:
             return ack
 
     def _restore(self, live: LiveStudy) -> SecureAggregator:
-        """The open attempt's aggregator, rebuilt from its persisted running sum."""
+        """The open attempt's aggregator, rebuilt from its persisted running sum.
+
+        The sum is persisted with the attempt's last vector; an attempt that lost its
+        sum earlier was abandoned when the study was loaded (see ``StudyEngine._refresh``).
+        """
         rnd = live.round
         acc = None
         if rnd.received:
