@@ -89,3 +89,31 @@ def test_round_and_contribution_validation():
         Contribution({"x": [1.0]}, cohort=-1)
     c = Contribution({"x": [1, 2]}, cohort=2)
     assert c.arrays["x"].dtype == np.float64 and not c.arrays["x"].flags.writeable
+
+
+def test_a_fresh_float_array_is_taken_over_read_only_and_anything_else_is_copied():
+    """No payload-sized copy of a fresh result, and no silent aliasing of a writable one."""
+    import pandas as pd
+
+    fresh = np.arange(6, dtype=np.float64)
+    c = Contribution({"v": fresh}, cohort=6)
+    assert np.shares_memory(c.arrays["v"], fresh)  # taken over, not copied
+    with pytest.raises(ValueError, match="read-only"):
+        fresh[0] = 99.0  # the caller can no longer change what the node checks and sends
+    assert not c.arrays["v"].flags.writeable
+    base = np.arange(6, dtype=np.float64)
+    frame = pd.DataFrame({"x": np.arange(4, dtype=np.float64)})
+    column = frame["x"].to_numpy()
+    for given in (base[:], base.reshape(2, 3).T, column, np.arange(3), [1.0, 2.0]):
+        c = Contribution({"v": given}, cohort=6)
+        assert not c.arrays["v"].flags.writeable
+        if isinstance(given, np.ndarray):
+            assert not np.shares_memory(c.arrays["v"], given)  # views are copied
+            assert given.flags.writeable  # and left writable
+    before = c.arrays["v"].copy()
+    column[0] = -1.0  # writing to the caller's view changes nothing that was taken
+    np.testing.assert_array_equal(c.arrays["v"], before)
+    bad = np.array([1.0, np.nan])
+    with pytest.raises(ValidationError, match="NaN"):
+        Contribution({"v": bad}, cohort=2)
+    assert bad.flags.writeable  # a refused array is not taken

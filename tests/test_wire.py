@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from consortia.errors import ProtocolError
-from consortia.wire import MAGIC, SUPPORTED_DTYPES, check_layout, pack_arrays, unpack_arrays
+from consortia.wire import (
+    MAGIC,
+    SUPPORTED_DTYPES,
+    check_layout,
+    pack_arrays,
+    pack_parts,
+    unpack_arrays,
+)
 
 
 def _forge(entries: list[dict], payload: bytes, *, magic: bytes = MAGIC) -> bytes:
@@ -43,6 +50,21 @@ def test_round_trip_keeps_names_order_dtypes_shapes_and_values():
         assert out[name].dtype == value.dtype and out[name].shape == value.shape
         np.testing.assert_array_equal(out[name], value)
     assert np.signbit(out["special"][3])
+
+
+def test_parts_are_the_message_and_share_the_arrays_memory():
+    big = np.arange(100_000, dtype=np.uint64)
+    arrays = {"masked": big, "empty": np.zeros(0), "t": np.arange(6, dtype=">i8").reshape(2, 3).T}
+    parts = pack_parts(arrays)
+    assert b"".join(parts) == pack_arrays(arrays)
+    assert len(parts) == 3  # the header, then the two non-empty arrays (none for "empty")
+    body = np.frombuffer(parts[1], dtype=np.uint64)
+    assert np.shares_memory(body, big)  # sent from the array's own buffer, not a copy
+    with pytest.raises(TypeError):  # nothing written through a part changes the array
+        parts[1][0] = 1
+    assert not np.shares_memory(np.frombuffer(parts[2], dtype="<i8"), arrays["t"])
+    with pytest.raises(ProtocolError, match="cannot be sent"):
+        pack_parts({"o": np.array(["a"], dtype=object)})
 
 
 def test_non_contiguous_and_big_endian_inputs_are_normalised():

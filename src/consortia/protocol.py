@@ -59,7 +59,35 @@ MAX_ROUNDS = 10_000
 """A hard bound on the number of rounds one study may take."""
 
 
-def _as_float_array(name: str, value: Any, *, what: str) -> np.ndarray:
+def _owned(value: Any) -> bool:
+    """Whether ``value`` is a float64 array that may be taken over instead of copied.
+
+    Only an array that owns its memory (not a view of another array, a data frame
+    or a buffer), native-endian, C-contiguous and aligned.
+    """
+    return (
+        type(value) is np.ndarray
+        and value.dtype == np.float64
+        and value.dtype.isnative
+        and value.flags.owndata
+        and value.flags.c_contiguous
+        and value.flags.aligned
+    )
+
+
+def _as_float_array(name: str, value: Any, *, what: str, take: bool = False) -> np.ndarray:
+    """A read-only float64 array of ``value``, checked finite.
+
+    A copy, unless ``take`` and ``value`` is a float64 array owning its memory
+    (:func:`_owned`): that array itself is made read-only and returned (no
+    payload-sized copy).  Writing to it afterwards raises instead of silently
+    changing what was checked.
+    """
+    if take and _owned(value):
+        if not np.all(np.isfinite(value)):
+            raise ValidationError(f"{what} array {name!r} contains NaN or infinite values")
+        value.setflags(write=False)
+        return value
     try:
         arr = np.array(value, dtype=np.float64, copy=True)
     except (TypeError, ValueError) as exc:
@@ -126,7 +154,13 @@ class Contribution:
     ----------
     arrays
         Named numeric arrays.  The runtime sums each array element-wise over the
-        participating sites (securely: no party sees one site's array).
+        participating sites (securely: no party sees one site's array).  They are
+        kept as read-only float64 arrays.  A float64 array that owns its memory (a
+        fresh result, not a view of a data frame or of another array) is taken
+        over rather than copied: it is made read-only in place, so writing to it
+        afterwards raises ``ValueError``.  Views of it made *before* (which stay
+        writable) must not be written to; pass ``arr.copy()`` to keep a writable
+        array.  Anything else (other dtypes, views, lists) is copied.
     cohort
         The number of patients this contribution was computed from; checked
         against the node's minimum cohort size.  Never released.
@@ -184,7 +218,9 @@ class Contribution:
         if not self.arrays:
             raise ValidationError("a Contribution needs at least one array")
         arrays = {
-            _check_name(k, what="contribution"): _as_float_array(k, v, what="contribution")
+            _check_name(k, what="contribution"): _as_float_array(
+                k, v, what="contribution", take=True
+            )
             for k, v in dict(self.arrays).items()
         }
         object.__setattr__(self, "arrays", MappingProxyType(arrays))

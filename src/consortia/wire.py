@@ -39,6 +39,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "check_layout",
     "pack_arrays",
+    "pack_parts",
     "unpack_arrays",
 ]
 
@@ -101,17 +102,44 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
     -------
     bytes
         The message: magic, JSON header, raw little-endian buffers.  The only copy made is
-        the one into the returned ``bytes``.
+        the one into the returned ``bytes`` (see :func:`pack_parts` for none).
 
     Raises
     ------
     ProtocolError
         A name is invalid or an array has an unsupported dtype (object, string, complex...).
     """
+    return b"".join(pack_parts(arrays))
+
+
+def pack_parts(arrays: Mapping[str, np.ndarray]) -> list[bytes | memoryview]:
+    """The message of :func:`pack_arrays` as parts, without joining them.
+
+    The first part is the prefix and JSON header (``bytes``); each non-empty array
+    follows as a read-only byte view of its own buffer (a native little-endian,
+    C-contiguous array is not copied).  Writing the parts one after the other (for
+    example to a socket) writes exactly the bytes :func:`pack_arrays` returns.  The
+    views share the arrays' memory: do not change the arrays until the parts are sent.
+
+    Parameters
+    ----------
+    arrays
+        As for :func:`pack_arrays`.
+
+    Returns
+    -------
+    list of bytes or memoryview
+        The header, then one view per non-empty array.
+
+    Raises
+    ------
+    ProtocolError
+        As for :func:`pack_arrays`.
+    """
     if not isinstance(arrays, Mapping):
         raise ProtocolError(f"pack_arrays expects a mapping of name to array, got {type(arrays)}")
     entries: list[dict[str, Any]] = []
-    buffers: list[memoryview] = []
+    buffers: list[bytes | memoryview] = []
     offset = 0
     for name, value in arrays.items():
         _check_name(name)
@@ -135,11 +163,11 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
             }
         )
         if nbytes:
-            buffers.append(memoryview(array.reshape(-1).data).cast("B"))
+            buffers.append(memoryview(array.reshape(-1).data).cast("B").toreadonly())
         offset += nbytes
     header = json.dumps({"arrays": entries}, separators=(",", ":")).encode("utf-8")
     header += b" " * (-(_PREFIX.size + len(header)) % 8)
-    return b"".join([_PREFIX.pack(MAGIC, len(header)), header, *buffers])
+    return [_PREFIX.pack(MAGIC, len(header)) + header, *buffers]
 
 
 def _parse_header(raw: bytes) -> list[dict[str, Any]]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from fastapi.testclient import TestClient
 
-from consortia.errors import ValidationError
+from consortia.errors import ConsortiaError, ValidationError
 from consortia.hub import HubSettings, bootstrap_token, create_app
-from consortia.hub.server import is_loopback, serve
+from consortia.hub.server import http_implementation, is_loopback, serve
 from consortia.privacy.keys import SiteIdentity
 
 
@@ -73,6 +75,17 @@ def test_plain_http_needs_the_flag_and_loopback(tmp_path):
         serve(settings, host="0.0.0.0", port=1, insecure_http=True)
     with pytest.raises(ValidationError, match="go together"):
         serve(settings, tls_cert="x.pem")
+
+
+def test_the_hub_serves_with_the_c_http_parser_or_refuses_to_start(tmp_path, monkeypatch):
+    """uvicorn would fall back to its pure-Python parser without a word: the hub does not."""
+    assert http_implementation() == "httptools"
+    monkeypatch.setitem(sys.modules, "httptools", None)  # as if it were not installed
+    with pytest.raises(ConsortiaError, match="pip install httptools"):
+        http_implementation()
+    settings = HubSettings(db=str(tmp_path / "h.sqlite"))
+    with pytest.raises(ConsortiaError, match="httptools"):
+        serve(settings, host="127.0.0.1", port=1, insecure_http=True)
 
 
 def test_node_calls_answer_the_same_on_the_fast_path_and_through_fastapi(client):

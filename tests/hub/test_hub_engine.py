@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from consortia import Simulation
 from consortia.hub.auth import create_token, resolve
-from consortia.hub.db import NodeRow, TokenRow, make_engine
+from consortia.hub.db import NodeRow, RoundAccRow, RoundRow, TokenRow, make_engine
 from consortia.hub.results import stored_result
 from consortia.hub.service import HubError, StudyEngine
 from consortia.messages import TaskKind, TaskMessage
@@ -129,7 +129,11 @@ def test_restart_at_any_phase_gives_the_simulation_result(world, crash_after):
         assert st["status"] == "finished" and st["rounds_done"] == 3
         rounds = hub.round_list(sid, "alice")
         assert [r["round_index"] for r in rounds] == [0, 1, 2]
-        assert all(r["attempt"] == 0 for r in rounds)  # nothing was re-run
+        # a round caught collecting (its running sum is persisted only with the last
+        # vector) is re-run once among the same nodes with fresh masks; nothing else is
+        rerun = {1: 1} if crash_after == "two_vectors" else {}
+        assert [r["attempt"] for r in rounds] == [rerun.get(i, 0) for i in range(3)]
+        assert all(r["participants"] == names for r in rounds)
         ref = Simulation(frames).run(algo)
         from consortia.protocol import Coordinator
 
@@ -139,6 +143,50 @@ def test_restart_at_any_phase_gives_the_simulation_result(world, crash_after):
         np.testing.assert_array_equal(coord.result.checksums, ref.checksums)
         # the result stored when the study finished (after the restart) is the simulation's
         assert stored_result(engine, sid, "alice")[0] == encode_result(ref)
+    finally:
+        hub.stop()
+
+
+def test_a_restart_while_collecting_abandons_the_attempt_and_nothing_of_it_is_unmasked(world):
+    """The running sum is written once, with the last vector; a restart before re-runs."""
+    engine, workers, frames = world
+    algo = VectorSum(size=4, rounds=1)
+    hub = StudyEngine(engine)
+    sid = hub.submit("alice", algo.spec(), "data")
+    names = list(workers)
+    early = {n: _task(hub, n, hub.tasks_for(n)[0]) for n in names}
+    for n in names[:2]:
+        _answer(hub, workers[n], ("contribute",))
+    with Session(engine) as s:  # who sent a vector is persisted, the running sum not yet
+        assert s.scalars(select(RoundAccRow.study_id)).all() == []
+        assert sorted(s.get(RoundRow, (sid, 0)).received) == names[:2]
+    del hub  # the hub stops while the attempt collects
+    hub = StudyEngine(engine)
+    hub.start()
+    try:
+        st = hub.status(sid, "alice")
+        assert st["current"]["attempt"] == 1 and st["current"]["received"] == []
+        assert st["participants"] == names  # the same nodes, with fresh masks
+        # a vector of the abandoned attempt (sent before or after the restart) is refused,
+        # and no node is ever asked for a seed of it
+        m = workers[names[2]].contribute(early[names[2]])
+        with pytest.raises(HubError, match="not the open attempt") as e:
+            hub.contribute(names[2], sid, 0, 0, m.layout.to_json(), pack_arrays({"masked": m.data}))
+        assert e.value.status == 409
+        for n in names:
+            (msg,) = hub.tasks_for(n)
+            assert msg["kind"] == "contribute" and msg["attempt"] == 1
+        entries = [e for e in hub.audit.entries() if e.action == "attempt.abandoned"]
+        assert [(e.details["attempt"], e.details["new_attempt"]) for e in entries] == [(0, 1)]
+        assert sorted(entries[0].details["received"]) == names[:2]
+        for n in names:
+            _answer(hub, workers[n], ("contribute",))
+        with Session(engine) as s:  # the last vector wrote the sum (the reveal needs it)
+            assert s.scalars(select(RoundAccRow.attempt)).all() == [1]
+        while hub.status(sid, "alice")["status"] == "running":
+            assert sum(_answer(hub, w) for w in workers.values()) > 0
+        got = unpack_arrays(hub.round_sums(sid, "alice", 0))["v"]
+        np.testing.assert_array_equal(got, Simulation(frames).run(algo).last)
     finally:
         hub.stop()
 

@@ -296,3 +296,14 @@ def test_noisy_releases_meet_the_same_memory_rules():
     fed = _Federation(sites, policy=Policy(epsilon_budget=100.0))
     fed.run(DPKaplanMeier(time_grid=(50.0, 60.0, 70.0), **km))
     fed.run(DPKaplanMeier(time_grid=(55.0,), **km))
+
+
+def test_content_digest_hashes_the_arrays_bytes_in_c_order():
+    import hashlib
+
+    arrays = {"b": np.arange(6.0).reshape(2, 3).T, "a": np.float64(2.5), "c": np.arange(4)}
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name], dtype=np.float64)
+        h.update(name.encode() + b"\x00" + repr(arr.shape).encode() + b"\x00" + arr.tobytes())
+    assert content_digest(arrays) == h.hexdigest()

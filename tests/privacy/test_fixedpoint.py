@@ -66,3 +66,18 @@ def test_nan_refused_and_bad_config():
         FixedPoint(frac_bits=60)
     with pytest.raises(ValidationError, match="n_parties"):
         FixedPoint().bound(0)
+
+
+def test_decoding_in_place_gives_the_same_floats_in_the_same_memory():
+    fp = FixedPoint(frac_bits=24)
+    rng = np.random.default_rng(3)
+    values = rng.normal(scale=1e6, size=200_003)  # not a multiple of the chunk
+    enc = fp.encode(values, n_parties=10)
+    expected = fp.decode(enc)
+    got = fp.decode_in_place(enc, chunk=4096)
+    assert np.shares_memory(got, enc) and got.dtype == np.float64
+    assert got.tobytes() == expected.tobytes()  # bit for bit
+    frozen = fp.encode(values[:10], n_parties=10)
+    frozen.setflags(write=False)
+    with pytest.raises(ValidationError, match="writable"):
+        fp.decode_in_place(frozen)

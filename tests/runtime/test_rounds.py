@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from consortia.errors import ProtocolError
 from consortia.runtime.rounds import (
+    AttemptAbandoned,
     Outcome,
     Phase,
     Refused,
@@ -103,6 +104,40 @@ def test_a_silent_site_in_collect_is_excluded_and_the_round_reruns_with_fresh_st
     assert t.state.received == {} and t.state.awaiting == ("a", "c")
     with pytest.raises(RoundRejected, match="not the open attempt"):
         apply(t.state, VectorReceived("a", 0, "da"))
+
+
+def test_an_attempt_whose_sum_was_lost_reruns_among_the_same_participants():
+    state = RoundState.open(3, SITES, recovery=2)
+    state = apply(state, VectorReceived("a", 0, "da")).state
+    t = apply(state, AttemptAbandoned(0))
+    assert t.outcome is Outcome.NEW_ATTEMPT and t.excluded == ()
+    assert t.state == RoundState(index=3, attempt=1, participants=SITES, recovery=2)
+    # the vector in the lost sum is not carried over: "a" masks and sends a new one
+    assert t.state.awaiting == SITES
+    with pytest.raises(RoundRejected, match="not the open attempt"):
+        apply(t.state, VectorReceived("a", 0, "da"))
+    assert apply(t.state, VectorReceived("a", 1, "da2")).outcome is Outcome.ACCEPTED
+    # an attempt with nothing received yet may be abandoned too (nothing is lost)
+    assert apply(RoundState.open(0, SITES), AttemptAbandoned(0)).state.attempt == 1
+
+
+@pytest.mark.parametrize("seeds", [0, 1])
+def test_an_attempt_cannot_be_abandoned_once_every_vector_is_in(seeds):
+    """Past collect a seed may be out: a re-run could be differenced against it."""
+    state = _collected(RoundState.open(0, SITES))
+    for site in SITES[:seeds]:
+        state = apply(state, RevealReceived(site, 0, f"s{site}")).state
+    with pytest.raises(RoundRejected, match="cannot be abandoned") as info:
+        apply(state, AttemptAbandoned(0))
+    assert info.value.conflict
+    done = _collected(RoundState.open(0, ("a",)))
+    done = apply(done, RevealReceived("a", 0, "sa")).state
+    failed = apply(RoundState.open(0, SITES), SitesSilent(SITES)).state
+    for closed in (done, failed):
+        with pytest.raises(RoundRejected, match="cannot be abandoned"):
+            apply(closed, AttemptAbandoned(0))
+    with pytest.raises(RoundRejected, match="cannot be abandoned"):  # not the open attempt
+        apply(RoundState.open(0, SITES), AttemptAbandoned(1))
 
 
 def test_silence_of_a_site_that_answered_changes_nothing():
@@ -214,6 +249,27 @@ def test_invariants_hold_under_any_sequence_of_events(events):
             assert new.received == {} and set(new.participants) < set(state.participants)
         if new.seeds:
             assert len(new.received) == len(new.participants)  # seeds only once all are in
+        state = new
+        if state.phase in (Phase.DONE, Phase.FAILED):
+            break
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_EVENTS, st.builds(AttemptAbandoned, st.integers(0, 2))), max_size=30))
+def test_no_attempt_is_re_run_once_a_seed_could_be_out(events):
+    """With abandonments too: a new attempt starts empty, and never after a reveal opened."""
+    state = RoundState.open(0, SITES)
+    for ev in events:
+        try:
+            t = apply(state, ev)
+        except RoundRejected:
+            continue
+        new = t.state
+        if new.attempt > state.attempt:
+            assert state.phase is Phase.COLLECT and not state.seeds
+            assert new.received == {} and new.seeds == {}
+            assert set(new.participants) <= set(state.participants)
+            assert new.attempt == state.attempt + 1
         state = new
         if state.phase in (Phase.DONE, Phase.FAILED):
             break

@@ -320,7 +320,7 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     async def post_contribution(
         request: Request, who: Principal, study_id: str, round_index: int, attempt: int, wait: float
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_payload):
             raise HubError(413, f"contribution larger than {settings.max_payload} bytes")
@@ -332,16 +332,29 @@ def create_app(settings: HubSettings) -> FastAPI:
         args = (who.name, study_id, round_index, attempt, layout)
         if length is not None and int(length) <= _SMALL_BODY:
             # a small body needs no upload slot: store it and wait, in one thread hop
-            body = await read_body(request, length, settings.max_payload)
+            small = [await read_body(request, length, settings.max_payload)]
             return await anyio.to_thread.run_sync(
-                contribute_and_wait, *args, body, wait, head, header.seed_shares
+                contribute_and_wait, *args, small, wait, head, header.seed_shares
             )
-        async with request.app.state.upload_slots:
-            body = await read_body(request, length, settings.max_payload)
+        slots: asyncio.Semaphore = request.app.state.upload_slots
+        if _expects_continue(request):
+            # the node has not sent its body yet: it waits a little for a slot, then is
+            # told to try again later (nothing is read), well within its socket timeout
+            try:
+                await asyncio.wait_for(slots.acquire(), SLOT_WAIT)
+            except TimeoutError:
+                return _busy()
+        else:
+            await slots.acquire()
+        box: list[bytearray] = []
+        try:
+            box.append(await read_body(request, length, settings.max_payload))
             out = await anyio.to_thread.run_sync(
-                contribute_and_wait, *args, body, 0.0, head, header.seed_shares
+                contribute_and_wait, *args, box, 0.0, head, header.seed_shares
             )
-        del body  # not kept while the answer waits for the next task
+        finally:
+            box.clear()  # the body is freed before the slot is: one body in memory per slot
+            slots.release()
         if wait > 0:
             out["tasks"] = await anyio.to_thread.run_sync(studies.wait_tasks, who.name, wait)
         return out
@@ -352,12 +365,14 @@ def create_app(settings: HubSettings) -> FastAPI:
         round_index: Index,
         attempt: Index,
         layout: Any,
-        body: bytearray,
+        box: list[bytearray],
         wait: float,
         head: tuple[int, str] | None,
         bundle: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        out = studies.contribute(node, study_id, round_index, attempt, layout, body, bundle)
+        # the body comes boxed and is taken out: an idle worker thread keeps the arguments
+        # of its last call alive, and must not keep a payload-sized body with them
+        out = studies.contribute(node, study_id, round_index, attempt, layout, box.pop(), bundle)
         if head is not None:  # anchored once the contribution is accepted
             anchor_head(engine, audit, node, head)
         if wait > 0:
@@ -389,7 +404,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         the answer.  The answer's ``tasks`` are the node's next tasks (waiting up to ``wait`` s).
         """
         out = await post_contribution(request, who, study_id, round_index, attempt, wait)
-        return JSONResponse(out)
+        return out if isinstance(out, Response) else JSONResponse(out)
 
     @app.post(base + "/reveal", tags=["node"], response_model=dict[str, Any])
     def reveal(
@@ -452,6 +467,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         request = Request(scope, receive)
         request.state.principal = who
         try:
+            out: dict[str, Any] | Response
             if m["kind"] == "contribution":
                 out = await post_contribution(request, who, study_id, round_index, attempt, wait)
             else:
@@ -463,7 +479,7 @@ def create_app(settings: HubSettings) -> FastAPI:
                 out = await anyio.to_thread.run_sync(
                     post_reveal, who, study_id, round_index, attempt, seed, wait
                 )
-            response: Response = JSONResponse(out)
+            response: Response = out if isinstance(out, Response) else JSONResponse(out)
         except HubError as exc:
             response = await _hub_error(request, exc)
         app.state.fast_calls += 1
@@ -573,6 +589,27 @@ def create_app(settings: HubSettings) -> FastAPI:
 
 
 _SMALL_BODY = 1 << 16  # contributions up to this size are not counted in the upload slots
+RETRY_AFTER = 1
+"""Seconds (``Retry-After``) after which a node told that every upload slot is busy tries again."""
+SLOT_WAIT = 2.0
+"""Seconds an announced upload waits for a free slot before it is answered ``503``."""
+
+
+def _expects_continue(request: Request) -> bool:
+    """Whether the client waits for ``100 Continue`` before it sends the body."""
+    return request.headers.get("expect", "").strip().lower() == "100-continue"
+
+
+def _busy() -> Response:
+    """Every upload slot is taken: try again after :data:`RETRY_AFTER` (nothing audited).
+
+    The connection is closed: the body the client announced was never asked for.
+    """
+    return JSONResponse(
+        {"detail": "every upload slot of the hub is busy; try again"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+    )
 
 
 def read_secret_file(path: str | Path) -> str:

@@ -12,6 +12,7 @@ parameter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -92,20 +93,25 @@ _ROWID[_BLOBS.name] = (
 )
 
 
-def _as_bytes(data: np.ndarray | bytes) -> memoryview:
+def _as_bytes(data: np.ndarray | Buffer) -> memoryview:
     if isinstance(data, np.ndarray):
         # numpy's stubs declare ndarray.__buffer__ for Python >= 3.12 only
         return memoryview(cast("Buffer", data)).cast("B")
-    return memoryview(data)
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def _write_in_place(s: Session, table: Table, key: dict, column: str, data: memoryview) -> None:
+def _write_in_place(
+    s: Session, table: Table, key: dict, column: str, data: memoryview | Sequence[memoryview]
+) -> None:
     conn = s.connection()
     rowid = conn.execute(_ROWID[table.name], key).scalar_one()
     raw = conn.connection.dbapi_connection
+    parts = [data] if isinstance(data, memoryview) else data
     with raw.blobopen(table.name, column, rowid) as blob:  # type: ignore[union-attr]
-        for start in range(0, len(data), _CHUNK):
-            blob.write(data[start : start + _CHUNK])
+        for part in parts:  # one after the other: the blob's write position advances
+            for start in range(0, len(part), _CHUNK):
+                blob.write(part[start : start + _CHUNK])
 
 
 def _in_place(s: Session, size: int) -> bool:
@@ -131,15 +137,22 @@ def put_acc(
         _write_in_place(s, _ACC, key, "acc", data)
 
 
-def put_sums(s: Session, study_id: str, round_index: int, packed: bytes) -> None:
-    """Store a finished round's sums and drop its running masked sum."""
+def put_sums(s: Session, study_id: str, round_index: int, packed: bytes | Sequence[Buffer]) -> None:
+    """Store a finished round's sums and drop its running masked sum.
+
+    ``packed`` is a :mod:`consortia.wire` message, or its parts
+    (:func:`consortia.wire.pack_parts`): on SQLite the parts are written one after
+    the other into the stored blob, never joined into one payload-sized copy.
+    """
     key = {"k_study": study_id, "k_round": round_index}
     s.execute(_DEL_ACC, key)
-    data = _as_bytes(packed)
-    if _in_place(s, len(data)):
-        s.execute(_INS_SUMS_ZERO, {**key, "v_size": len(data)})
-        _write_in_place(s, _SUMS, key, "sums", data)
+    parts = [_as_bytes(packed)] if isinstance(packed, bytes) else [_as_bytes(p) for p in packed]
+    size = sum(len(p) for p in parts)
+    if _in_place(s, size):
+        s.execute(_INS_SUMS_ZERO, {**key, "v_size": size})
+        _write_in_place(s, _SUMS, key, "sums", parts)
     else:
+        data = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         s.execute(_INS_SUMS, {**key, "v_sums": data})
 
 

@@ -1,9 +1,10 @@
 """The node-facing half of the hub's study engine: vectors, seeds and refusals.
 
 :class:`RoundHandling` is mixed into :class:`~consortia.hub.service.StudyEngine`;
-it adds each masked vector into the open attempt's running sum (persisted before
-the answer), collects the self-mask seeds once every vector is in, and finishes
-the round.  It relies on the engine's state (``_live``, ``engine``, ``audit``)
+it adds each masked vector into the open attempt's running sum in memory (who sent
+which vector is persisted before the answer; the sum itself once the last vector
+is in), collects the self-mask seeds once every vector is in, and finishes the
+round.  It relies on the engine's state (``_live``, ``engine``, ``audit``)
 and helpers (``_refresh``, ``_fail``, ``_new_round``, ``_update_round``, ...).
 """
 
@@ -57,7 +58,7 @@ from consortia.runtime.rounds import (
     VectorReceived,
     apply,
 )
-from consortia.wire import pack_arrays, unpack_arrays
+from consortia.wire import pack_parts, unpack_arrays
 
 log = logging.getLogger("consortia.hub")
 
@@ -211,17 +212,13 @@ class RoundHandling:
                         phase=str(new.phase),
                         **({"bundles": bundles} if shares else {}),
                     )
-                    # written straight from the aggregator's array (no copy)
-                    masked_sum = live.agg.masked_sum
-                    assert masked_sum is not None  # it holds the vector just added
-                    put_acc(
-                        s,
-                        study_id,
-                        rnd.index,
-                        attempt,
-                        masked_sum,
-                        first=not rnd.received,
-                    )
+                    if t.outcome is Outcome.REVEAL_OPENED:
+                        # the running sum is persisted once, with the last vector (the
+                        # reveal needs it); before, only who sent which vector is: a hub
+                        # restarted while collecting abandons the attempt (load path)
+                        masked_sum = live.agg.masked_sum  # written from the array, no copy
+                        assert masked_sum is not None  # it holds the vector just added
+                        put_acc(s, study_id, rnd.index, attempt, masked_sum, first=True)
                     self._set_task(s, live, node, "contributed")
                     s.commit()
             except HubError:
@@ -239,7 +236,11 @@ class RoundHandling:
             return ack
 
     def _restore(self, live: LiveStudy) -> SecureAggregator:
-        """The open attempt's aggregator, rebuilt from its persisted running sum."""
+        """The open attempt's aggregator, rebuilt from its persisted running sum.
+
+        The sum is persisted with the attempt's last vector; an attempt that lost its
+        sum earlier was abandoned when the study was loaded (see ``StudyEngine._refresh``).
+        """
         rnd = live.round
         acc = None
         if rnd.received:
@@ -391,7 +392,7 @@ class RoundHandling:
                     self._fail_finishing(live, f"round {rnd.index} could not be unmasked: {exc}")
                 return
             del agg
-            packed = pack_arrays(sums)
+            packed = pack_parts(sums)  # views of the sums (the coordinator gets them read-only)
             shapes = {k: list(np.shape(v)) for k, v in sums.items()}
             failure = None
             try:
@@ -427,13 +428,14 @@ class RoundHandling:
         self,
         s: Session,
         live: LiveStudy,
-        packed: bytes,
+        packed: Sequence[bytes | memoryview],
         shapes: dict[str, list[int]],
         failure: str | None,
     ) -> None:
         """Commit a finished round: its sums, the study's progress and what comes next."""
         rnd = live.round
         now = time.time()
+        # stored from the sums' own memory (the running sum's, decoded in place): no copy
         put_sums(s, live.id, rnd.index, packed)
         self._update_round(s, live, seeds=dict(rnd.seeds), done=True, phase="done", finished_at=now)
         n_rounds = rnd.index + 1

@@ -6,11 +6,35 @@ import ipaddress
 
 import uvicorn
 
-from consortia.errors import ValidationError
+from consortia.errors import ConsortiaError, ValidationError
 from consortia.hub.app import create_app
 from consortia.hub.settings import HOST, LOG_LEVEL, PORT, HubSettings
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["HTTP_IMPLEMENTATION", "http_implementation", "is_loopback", "serve"]
+
+HTTP_IMPLEMENTATION = "httptools"
+"""uvicorn's HTTP/1.1 implementation used by the hub (its C parser, not the pure-Python h11)."""
+
+
+def http_implementation() -> str:
+    """The uvicorn ``http`` setting of the hub: ``httptools``, checked to be importable.
+
+    uvicorn silently falls back to its pure-Python parser when httptools is missing,
+    which makes receiving a large contribution several times slower; the hub refuses to
+    start instead.
+
+    Raises
+    ------
+    ConsortiaError
+        If the ``httptools`` package is not installed.
+    """
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        raise ConsortiaError(
+            "the hub needs the 'httptools' package (uvicorn's C HTTP parser): pip install httptools"
+        ) from None
+    return HTTP_IMPLEMENTATION
 
 
 def is_loopback(host: str) -> bool:
@@ -50,6 +74,8 @@ def serve(
     ------
     ValidationError
         If TLS is not configured and plain HTTP was not explicitly allowed on loopback.
+    ConsortiaError
+        If ``httptools`` (uvicorn's C HTTP parser) is not installed.
     """
     if (tls_cert is None) != (tls_key is None):
         raise ValidationError("--tls-cert and --tls-key go together")
@@ -63,6 +89,7 @@ def serve(
             raise ValidationError(
                 f"--insecure-http is allowed only on a loopback address, not on {host!r}"
             )
+    http = http_implementation()
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -71,6 +98,7 @@ def serve(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         log_level=log_level,
+        http=http,
         access_log=False,
         timeout_graceful_shutdown=1,
     )

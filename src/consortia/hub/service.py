@@ -4,15 +4,20 @@ Every state change is one database transaction, committed before the HTTP
 request that caused it is acknowledged:
 
 * a node's masked vector is added into the attempt's running masked sum (a
-  :class:`~consortia.privacy.SecureAggregator` in memory) and the sum, with the
-  set of nodes received, is persisted in the same transaction;
+  :class:`~consortia.privacy.SecureAggregator` in memory) and the set of nodes
+  received (with each vector's digest) is persisted; the sum itself is
+  persisted with the last vector, in the transaction that opens the reveal;
 * once every participant's vector is in, the round enters its *reveal* phase:
   each node is asked for its self-mask seed (persisted as it arrives);
 * the last seed finishes the sum, which is stored as the round's SUMS in the
   same transaction that opens the next round (or finishes the study).
 
 After a crash, every running study is rebuilt from the database
-(:func:`consortia.hub.state.load_live`): no round is lost or repeated.  A node
+(:func:`consortia.hub.state.load_live`): no finished round is lost or repeated.
+The running masked sum is persisted only with an attempt's last vector (not on
+every upload), so an attempt that was collecting vectors when the hub stopped is
+abandoned and re-run among the same participants with fresh masks (nothing of it
+was revealed).  A node
 that does not post its vector within ``node_timeout`` is excluded and the round
 re-runs among the survivors as a new attempt with fresh masks.
 
@@ -49,6 +54,7 @@ from consortia.hub.rounds import RoundHandling
 from consortia.hub.state import (
     LiveRound,
     LiveStudy,
+    interrupted,
     load_live,
 )
 from consortia.hub.statements import ACC, ROUNDS, SET_TASK, TASKS, round_update
@@ -58,7 +64,7 @@ from consortia.privacy.secagg import (
     RoundContext,
 )
 from consortia.protocol import Coordinator, algorithm_from_spec
-from consortia.runtime.rounds import Outcome, RoundState, SitesSilent, apply
+from consortia.runtime.rounds import AttemptAbandoned, Outcome, RoundState, SitesSilent, apply
 
 __all__ = ["DEFAULT_STEP_TIMEOUT", "HubError", "StudyEngine"]
 
@@ -182,6 +188,8 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                         reveal_timeout=self.reveal_timeout,
                         recovery=self.recovery,
                     )
+                    if interrupted(s, live):
+                        self._abandon(s, live)
                     self._arm(live)  # a resumed phase gets its full deadlines again
                     self._live[sid] = live
                     if live.round.phase in ("reveal", "recover") and not live.round.state.awaiting:
@@ -195,6 +203,67 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             self._begin_finish(live)
             self._finish_round(live)
         self.changed.notify_all()
+
+    def _abandon(self, s: Session, live: LiveStudy) -> None:
+        """Give up an attempt whose running sum was lost while collecting; commit.
+
+        Nothing of it was revealed: the round re-runs among the same participants with
+        fresh masks (:class:`~consortia.runtime.rounds.AttemptAbandoned`).
+        """
+        rnd = live.round
+        t = apply(rnd.state, AttemptAbandoned(rnd.attempt))
+        new = t.state
+        now = time.time()
+        old = (
+            TASKS.c.study_id == live.id,
+            TASKS.c.round_index == rnd.index,
+            TASKS.c.attempt == rnd.attempt,
+        )
+        s.execute(update(TASKS).where(*old).values(state="superseded", updated_at=now))
+        s.execute(delete(ACC).where(ACC.c.study_id == live.id, ACC.c.round_index == rnd.index))
+        self._update_round(
+            s,
+            live,
+            attempt=new.attempt,
+            layout=None,
+            received={},
+            seeds={},
+            bundles={},
+            lost=[],
+            shares={},
+            phase=str(new.phase),
+            opened_at=now,
+        )
+        s.execute(
+            insert(TASKS),
+            [
+                {
+                    "study_id": live.id,
+                    "round_index": new.index,
+                    "attempt": new.attempt,
+                    "node": n,
+                    "state": "pending",
+                    "updated_at": now,
+                }
+                for n in new.participants
+            ],
+        )
+        s.commit()
+        live.round = LiveRound(step=rnd.step, public=rnd.public, state=new)
+        live.agg, live.agg_attempt = None, -1
+        self._bump(new.participants, live.id)
+        self._later(
+            "hub",
+            "attempt.abandoned",
+            {
+                "study": live.id,
+                "round": rnd.index,
+                "attempt": rnd.attempt,
+                "received": sorted(rnd.received),
+                "new_attempt": new.attempt,
+                "reason": "the hub restarted while the attempt collected vectors",
+            },
+        )
 
     def _invalidate(self, study_id: str) -> None:
         """Forget a study's in-memory state; it is rebuilt from the database when next needed."""

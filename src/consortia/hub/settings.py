@@ -38,8 +38,8 @@ MAX_PAYLOAD = DEFAULT_MAX_BYTES
 MAX_JSON_BODY = 2**20
 """Largest accepted body of any request other than a contribution, in bytes (1 MiB)."""
 
-MAX_CONCURRENT_UPLOADS = 2
-"""Contributions of more than 64 KiB read at once."""
+MAX_CONCURRENT_UPLOADS = 1
+"""Contributions of more than 64 KiB read at once: the running sum and one body in memory."""
 
 APPROVAL_TIMEOUT = 24 * 3600.0
 """Seconds a study waits for a node's data owner to approve it before it fails (a day)."""
@@ -70,7 +70,12 @@ class HubSettings:
         Largest accepted contribution in bytes.
     max_concurrent_uploads
         Contributions of more than 64 KiB read at once (bounds hub memory whatever the
-        number of nodes).
+        number of nodes): the running sum and one body in memory, by default.  A node
+        that announces its body (``Expect: 100-continue``) while every slot is taken
+        waits at most ``consortia.hub.app.SLOT_WAIT`` seconds for one, else it is
+        answered ``503`` with ``Retry-After`` before it sends a byte of its body, and
+        tries again (see :meth:`consortia.node.link.HubLink.post`): nobody waits in a
+        queue past its socket timeout, and no payload is sent twice.
     audit_key_file
         Optional file holding the audit HMAC key.
     approval_timeout

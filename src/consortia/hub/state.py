@@ -8,6 +8,12 @@ has committed.  :func:`load_live` rebuilds the mirror of a study from the
 database: the coordinator by replaying the persisted round sums
 (:meth:`consortia.protocol.Coordinator.replay` semantics), the running masked
 sum from its persisted bytes.
+
+The running sum is persisted only once the attempt's last vector is in (writing
+a payload-sized sum on every upload cost more than the round's arithmetic): an
+attempt that was still collecting when the hub stopped cannot be resumed
+(:func:`interrupted`), and the engine abandons it for a new attempt among the
+same participants (:class:`~consortia.runtime.rounds.AttemptAbandoned`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consortia.errors import ProtocolError, ValidationError
-from consortia.hub.db import RoundRow, RoundSumsRow, StudyRow, TaskRow
+from consortia.hub.db import RoundAccRow, RoundRow, RoundSumsRow, StudyRow, TaskRow
 from consortia.hub.payloads import round_public
 from consortia.privacy.recovery import SeedShares
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
@@ -36,6 +42,7 @@ from consortia.wire import unpack_arrays
 __all__ = [
     "LiveRound",
     "LiveStudy",
+    "interrupted",
     "load_live",
     "restore_aggregator",
     "round_state",
@@ -209,3 +216,20 @@ def load_live(
         deadline=now + wait,
         opened=now,
     )
+
+
+def interrupted(s: Session, live: LiveStudy) -> bool:
+    """Whether the open attempt lost its running sum: vectors received, no sum persisted.
+
+    True only while it collects vectors (the sum is persisted with the last one);
+    such an attempt cannot be resumed, only abandoned.
+    """
+    rnd = live.round
+    if rnd.phase is not Phase.COLLECT or not rnd.received:
+        return False
+    stored = s.scalar(
+        select(RoundAccRow.attempt).where(  # not the blob: only whether it is there
+            RoundAccRow.study_id == live.id, RoundAccRow.round_index == rnd.index
+        )
+    )
+    return stored != rnd.attempt

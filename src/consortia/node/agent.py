@@ -15,11 +15,12 @@ import contextlib
 import json
 import logging
 import os
+import random
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -53,12 +54,15 @@ from consortia.node._helpers import (
 from consortia.node.approvals import Approvals, study_digest
 from consortia.node.config import NodeConfig
 from consortia.node.identity import fingerprint, load_identity, read_private, write_private
-from consortia.node.link import Answer, HubLink
+from consortia.node.link import EXPECT_CONTINUE_MIN, Answer, HubLink
 from consortia.node.payloads import BlobCache, fetch_blob
 from consortia.node.store import NodeStore
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
-from consortia.wire import CONTENT_TYPE, DEFAULT_MAX_BYTES, pack_arrays, unpack_arrays
+from consortia.wire import CONTENT_TYPE, DEFAULT_MAX_BYTES, pack_parts, unpack_arrays
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["NodeAgent"]
 
@@ -368,25 +372,39 @@ class NodeAgent:
     def _post(
         self,
         path: str,
-        body: bytes,
+        body: bytes | Sequence[Buffer],
         *,
         content_type: str = "application/json",
         wait: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Answer | None:
-        """POST on the node's keep-alive link, retried on transport errors (None: gave up)."""
+        """POST on the node's keep-alive link, retried on transport errors (None: gave up).
+
+        ``body`` may be parts (see :func:`consortia.wire.pack_parts`), sent without
+        being joined.  A hub whose upload slots are all busy answers ``503`` with
+        ``Retry-After`` before the body is sent: the post is tried again after a
+        random part of that delay (at most :data:`_MAX_RETRY_AFTER` s each time, for at
+        most :data:`_MAX_BUSY` s in all), so the waiting nodes do not come back at once.
+        """
         if wait is not None:
             path = f"{path}?wait={float(wait)!r}"
         sent = {**self._auth(), "Content-Type": content_type, **(headers or {})}
-        for delay in (0.1, 0.3, 1.0, 2.0, None):
+        busy_until = time.monotonic() + _MAX_BUSY
+        delays = iter((0.1, 0.3, 1.0, 2.0, None))
+        while True:
             try:
-                return self._link.post(path, body, sent)
+                r = self._link.post(path, body, sent)
             except httpx.TransportError as exc:
+                delay = next(delays, None)
                 if delay is None or self._stop.is_set():
                     log.warning("could not reach the hub (%s); the task will come again", exc)
                     return None
                 time.sleep(delay)
-        return None
+                continue
+            after = r.retry_after() if r.status_code == 503 else None
+            if after is None or time.monotonic() >= busy_until or self._stop.is_set():
+                return r
+            self._stop.wait(min(after, _MAX_RETRY_AFTER) * random.uniform(0.1, 1.0))
 
     def pins(self, study_id: str | None = None) -> dict[str, str]:
         """The peers this node's owner trusts: ``[peers]`` merged with the CLI's pins.
@@ -524,18 +542,23 @@ class NodeAgent:
             self._answered(task, "reveal", r)
             return next_tasks(r)
         self._report_budget(worker, task)
-        r = self._post(
-            self._path(task, "contribution"),
-            pack_arrays({"masked": masked.data}),
-            content_type=CONTENT_TYPE,
-            # the audit head anchors this node's log at the hub (detects truncation, rewrites)
-            headers=ContributionHeader.of(
-                masked.layout,
-                self.store.audit.head(),
-                masked.shares.to_json() if masked.shares is not None else None,
-            ).to_headers(),
-            wait=wait,
-        )
+        # sent from the masked array's own buffer; heartbeats go on while the hub's upload
+        # slots are busy, so that a node waiting its turn is never taken for a silent one
+        # (a small body needs no slot: no heartbeat thread for it)
+        with self._beating(task, hb if masked.data.nbytes >= EXPECT_CONTINUE_MIN else None):
+            r = self._post(
+                self._path(task, "contribution"),
+                pack_parts({"masked": masked.data}),
+                content_type=CONTENT_TYPE,
+                # the audit head anchors this node's log at the hub (detects truncation, rewrites)
+                headers=ContributionHeader.of(
+                    masked.layout,
+                    self.store.audit.head(),
+                    masked.shares.to_json() if masked.shares is not None else None,
+                ).to_headers(),
+                wait=wait,
+            )
+        del masked
         self._answered(task, "contribution", r)
         return next_tasks(r)
 
@@ -618,4 +641,6 @@ class NodeAgent:
 
 
 _MAX_HOLD = 60.0  # longest a refused task is held back, in seconds
+_MAX_RETRY_AFTER = 10.0  # longest wait before a post the hub was too busy for is tried again
+_MAX_BUSY = 3600.0  # longest a post is tried again while the hub says it is busy
 _MAX_PUBLIC = DEFAULT_MAX_BYTES  # largest public arrays a node fetches

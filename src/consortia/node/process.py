@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,11 @@ class NodeProcess(ChildProcess):
         """Start the node (it enrols if needed, publishes its catalogue, then polls)."""
         if self.running:
             return self
-        self._spawn()
+        env = os.environ.copy()
+        # large payloads: keep glibc from growing its mmap threshold (and the node's RSS),
+        # as for the hub (HubProcess.start)
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+        self._spawn(env)
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> NodeProcess:

@@ -108,7 +108,8 @@ def content_digest(arrays: Mapping[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         arr = np.ascontiguousarray(arrays[name], dtype=np.float64)
         h.update(name.encode() + b"\x00" + repr(arr.shape).encode() + b"\x00")
-        h.update(arr.tobytes())
+        # the array's own bytes (C order, as tobytes() gives them), without a copy
+        h.update(arr.reshape(-1).data.cast("B"))
     return h.hexdigest()
 
 

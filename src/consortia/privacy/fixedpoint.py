@@ -108,3 +108,19 @@ class FixedPoint:
         out = np.asarray(v, dtype=np.uint64).view(np.int64).astype(np.float64)
         out /= self.scale
         return out
+
+    def decode_in_place(self, v: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
+        """Decode a writable, contiguous uint64 array into its own memory; return the floats.
+
+        The same values as :meth:`decode`, bit for bit, without a second payload-sized
+        array: ``chunk`` words at a time are converted (through a chunk-sized
+        temporary) and written back over their encodings.  ``v`` is consumed.
+        """
+        if v.dtype != np.uint64 or v.ndim != 1 or not v.flags.c_contiguous or not v.flags.writeable:
+            raise ValidationError("decode_in_place needs a writable, contiguous 1-D uint64 array")
+        ints, out = v.view(np.int64), v.view(np.float64)
+        for start in range(0, v.size, chunk):
+            part = slice(start, start + chunk)
+            out[part] = ints[part].astype(np.float64)  # the chunk is copied before written
+            out[part] /= self.scale
+        return out

@@ -442,8 +442,9 @@ class SecureAggregator:
         seeds
             The revealed seeds, by site.
         consume
-            Remove the self-masks in place from the running sum (no payload-sized
-            copy); the aggregator cannot be finished again.
+            Remove the self-masks and decode in place, in the running sum's own
+            memory (no payload-sized copy: the arrays returned are views of it);
+            the aggregator cannot be finished again.
         shares
             For a participant whose seed is missing from ``seeds``: the shares of it
             that the other sites revealed, by holder (``Reveal.shares[site]`` of
@@ -490,4 +491,6 @@ class SecureAggregator:
         if consume:
             self._acc = None
         apply_masks(total, [(_self_key(full[s], ctx), -1) for s in ctx.sites])
+        if consume:  # decoded over the running sum's own memory (no second payload)
+            return self.layout.split(ctx.codec.decode_in_place(total))
         return self.layout.split(ctx.codec.decode(total))

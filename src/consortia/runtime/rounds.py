@@ -35,6 +35,12 @@ participants and two phases:
 A refusal (:class:`Refused`) from a participant of the open attempt fails the
 study, naming the rule (and the site, unless the rule depends on the data).
 
+A driver that lost an attempt's running sum while it was still collecting (the
+hub persists the sum only once the last vector is in, and restarted before) gives
+it up (:class:`AttemptAbandoned`): the round re-runs among the same participants
+as a new attempt with fresh masks.  This is allowed in ``collect`` only: no seed
+of the attempt was revealed, so nothing of it can ever be unmasked.
+
 A message for another attempt, a second different vector or seed, or a seed
 before every vector is in, is rejected with :class:`RoundRejected`; the same
 vector or seed again is acknowledged as a :attr:`Outcome.DUPLICATE` (drivers
@@ -52,6 +58,7 @@ from consortia.errors import ProtocolError
 from consortia.privacy.context import seed_threshold
 
 __all__ = [
+    "AttemptAbandoned",
     "Event",
     "Outcome",
     "Phase",
@@ -90,7 +97,8 @@ class Outcome(enum.StrEnum):
     RECOVERY_OPENED = "recovery_opened"
     """Sites died after their vector: the survivors are asked for their shares."""
     NEW_ATTEMPT = "new_attempt"
-    """Silent participants were excluded; the round re-runs among the survivors."""
+    """The round re-runs as a new attempt: among the survivors of an exclusion, or among
+    the same participants after an abandoned attempt."""
     ROUND_COMPLETE = "round_complete"
     """The last seed arrived: the sum can be unmasked."""
     FAILED = "failed"
@@ -258,7 +266,19 @@ class Refused:
     anonymous: bool = False
 
 
-Event = VectorReceived | RevealReceived | SharesReceived | SitesSilent | Refused
+@dataclass(frozen=True)
+class AttemptAbandoned:
+    """The driver lost ``attempt``'s running sum while it was collecting vectors.
+
+    The attempt is given up (none of its seeds was revealed) and the round re-runs
+    among the same participants with fresh masks.
+    """
+
+    attempt: int
+    reason: str = "the attempt's running sum was lost"
+
+
+Event = VectorReceived | RevealReceived | SharesReceived | SitesSilent | Refused | AttemptAbandoned
 
 
 @dataclass(frozen=True)
@@ -391,6 +411,23 @@ def _refused(state: RoundState, ev: Refused) -> Transition:
     return Transition(failed, Outcome.FAILED)
 
 
+def _abandoned(state: RoundState, ev: AttemptAbandoned) -> Transition:
+    if ev.attempt != state.attempt or state.phase is not Phase.COLLECT:
+        # past collect a seed may have been revealed: a new attempt of the same round
+        # could then be differenced against this one
+        raise RoundRejected(
+            f"attempt {ev.attempt} of round {state.index} cannot be abandoned: only the open "
+            f"attempt, while it collects vectors (attempt {state.attempt} is {state.phase})"
+        )
+    nxt = RoundState(
+        index=state.index,
+        attempt=state.attempt + 1,
+        participants=state.participants,
+        recovery=state.recovery,
+    )
+    return Transition(nxt, Outcome.NEW_ATTEMPT)
+
+
 def apply(state: RoundState, event: Event) -> Transition:
     """The transition of ``state`` on ``event`` (pure: ``state`` is not changed).
 
@@ -409,4 +446,6 @@ def apply(state: RoundState, event: Event) -> Transition:
         return _silent(state, event)
     if isinstance(event, Refused):
         return _refused(state, event)
+    if isinstance(event, AttemptAbandoned):
+        return _abandoned(state, event)
     raise ProtocolError(f"unknown round event {type(event).__name__}")

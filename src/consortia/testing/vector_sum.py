@@ -29,8 +29,12 @@ def site_vector(n_rows: int, round_index: int, size: int) -> np.ndarray:
     ``v[k] = n_rows + (round_index + 1) * (k mod 1000) / 1000``: exact in the default
     fixed point only up to its resolution, deterministic, and different per site.
     """
-    k = np.arange(size, dtype=np.float64)
-    return n_rows + (round_index + 1) * np.mod(k, 1000.0) / 1000.0
+    v = np.arange(size, dtype=np.float64)  # one payload-sized array, computed in place
+    np.mod(v, 1000.0, out=v)
+    v *= round_index + 1  # the same operations in the same order as the formula above
+    v /= 1000.0
+    v += n_rows
+    return v
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class VectorSum(Algorithm):
         checksums = np.zeros(self.rounds)
         for r in range(self.rounds):
             sums = yield Round("vector", {"round": [float(r)]})
-            last = np.array(sums["v"], dtype=np.float64)
+            last = np.asarray(sums["v"], dtype=np.float64)  # the sums are not reused: no copy
             checksums[r] = float(np.sum(last))
         return VectorSumResult(rounds=self.rounds, size=self.size, last=last, checksums=checksums)
 
