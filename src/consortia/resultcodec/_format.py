@@ -40,12 +40,17 @@ _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _LABEL_DTYPES = frozenset({"object"})
 
 
+_NEVER = frozenset({"builtins", "__main__", "__mp_main__"})
+
+
 def _allowed_module(module: str) -> bool:
     """Whether result types may come from ``module``."""
     if module == "consortia" or module.startswith("consortia."):
         return not any(part.startswith("__") for part in module.split("."))
     from consortia.protocol import registered_algorithms
 
+    if module in _NEVER:  # an algorithm defined by exec() or in a script names these
+        return False
     return module in {cls.__module__ for cls in registered_algorithms().values()}
 
 
