@@ -29,17 +29,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from consortia.hub.db import BlobRow, RoundAccRow, RoundSumsRow
+from consortia.hub.db import BlobRow, RoundAccRow, RoundSumsRow, StudyResultRow
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["put_acc", "put_blob", "put_sums"]
+__all__ = ["put_acc", "put_blob", "put_result", "put_sums"]
 
 # ``__table__`` is typed as a FromClause: a declarative class's is a Table
 _ACC = cast(Table, RoundAccRow.__table__)
 _SUMS = cast(Table, RoundSumsRow.__table__)
 _BLOBS = cast(Table, BlobRow.__table__)
+_RESULTS = cast(Table, StudyResultRow.__table__)
 _CHUNK = 1 << 20
 _IN_PLACE = 1 << 16  # smaller blobs are simply bound (nothing big is kept alive)
 
@@ -86,6 +87,25 @@ _INS_BLOB_ZERO = insert(_BLOBS).values(
 _ROWID: dict[str, Select[Any]] = {
     t.name: select(literal_column("rowid")).select_from(t).where(*_key(t)) for t in (_ACC, _SUMS)
 }
+_ROWID[_RESULTS.name] = (
+    select(literal_column("rowid"))
+    .select_from(_RESULTS)
+    .where(_RESULTS.c.study_id == bindparam("k_study"))
+)
+_INS_RESULT = insert(_RESULTS).values(
+    study_id=bindparam("k_study"),
+    result=bindparam("v_data", type_=_RESULTS.c.result.type),
+    digest=bindparam("v_digest"),
+    size=bindparam("v_size"),
+    encoded_at=bindparam("v_time"),
+)
+_INS_RESULT_ZERO = insert(_RESULTS).values(
+    study_id=bindparam("k_study"),
+    result=func.zeroblob(bindparam("v_size")),
+    digest=bindparam("v_digest"),
+    size=bindparam("v_size"),
+    encoded_at=bindparam("v_time"),
+)
 _ROWID[_BLOBS.name] = (
     select(literal_column("rowid"))
     .select_from(_BLOBS)
@@ -165,3 +185,15 @@ def put_blob(s: Session, digest: str, data: bytes) -> None:
         _write_in_place(s, _BLOBS, key, "data", view)
     else:
         s.execute(_INS_BLOB, {**key, "v_size": len(view), "v_data": view})
+
+
+def put_result(s: Session, study_id: str, frame: bytes, digest: str, encoded_at: float) -> None:
+    """Store a finished study's result frame (written in place on SQLite: no bound copy)."""
+    key = {"k_study": study_id}
+    view = _as_bytes(frame)
+    values = {**key, "v_size": len(view), "v_digest": digest, "v_time": encoded_at}
+    if _in_place(s, len(view)):
+        s.execute(_INS_RESULT_ZERO, values)
+        _write_in_place(s, _RESULTS, key, "result", view)
+    else:
+        s.execute(_INS_RESULT, {**values, "v_data": view})

@@ -14,11 +14,12 @@ import logging
 import time
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from consortia.errors import ResultCodecError
+from consortia.hub.blobs import put_result
 from consortia.hub.db import StudyResultRow, StudyRow
 from consortia.hub.queries import HubError
 from consortia.resultcodec import encode_result, result_digest
@@ -53,15 +54,7 @@ def store_result(s: Session, study_id: str, result: Any) -> str | None:
         )
         return None
     digest = result_digest(frame)
-    s.execute(
-        insert(RESULTS).values(
-            study_id=study_id,
-            result=frame,
-            digest=digest,
-            size=len(frame),
-            encoded_at=time.time(),
-        )
-    )
+    put_result(s, study_id, frame, digest, time.time())
     return digest
 
 
