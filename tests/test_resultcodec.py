@@ -452,3 +452,13 @@ def test_huge_declared_size_and_oversized_frames_are_refused() -> None:
     with pytest.raises(ResultCodecError, match="oversized"):
         decode_result(frame, max_bytes=len(frame) - 1)
     assert decode_result(frame, max_bytes=len(frame)).shape == (1000,)
+
+
+@pytest.mark.parametrize("case", ["vector_sum", "cox"])
+def test_the_parts_are_the_frame(case: str, sites: dict[str, pd.DataFrame]) -> None:
+    from consortia.resultcodec import encode_result_parts
+
+    result = Simulation(sites, policy=OPEN).run(CASES[case](tuple(sites)))
+    parts = encode_result_parts(result)
+    assert b"".join(parts) == encode_result(result)
+    assert any(isinstance(p, memoryview) for p in parts)  # arrays are not copied

@@ -187,13 +187,20 @@ def put_blob(s: Session, digest: str, data: bytes) -> None:
         s.execute(_INS_BLOB, {**key, "v_size": len(view), "v_data": view})
 
 
-def put_result(s: Session, study_id: str, frame: bytes, digest: str, encoded_at: float) -> None:
-    """Store a finished study's result frame (written in place on SQLite: no bound copy)."""
+def put_result(
+    s: Session, study_id: str, frame: Sequence[Buffer], digest: str, encoded_at: float
+) -> None:
+    """Store a finished study's result frame, given as its parts.
+
+    On SQLite the parts are written in place, one after the other: no payload-sized
+    copy is joined or bound.
+    """
     key = {"k_study": study_id}
-    view = _as_bytes(frame)
-    values = {**key, "v_size": len(view), "v_digest": digest, "v_time": encoded_at}
-    if _in_place(s, len(view)):
+    parts = [_as_bytes(p) for p in frame]
+    size = sum(len(p) for p in parts)
+    values = {**key, "v_size": size, "v_digest": digest, "v_time": encoded_at}
+    if _in_place(s, size):
         s.execute(_INS_RESULT_ZERO, values)
-        _write_in_place(s, _RESULTS, key, "result", view)
+        _write_in_place(s, _RESULTS, key, "result", parts)
     else:
-        s.execute(_INS_RESULT, {**values, "v_data": view})
+        s.execute(_INS_RESULT, {**values, "v_data": memoryview(b"".join(parts))})

@@ -10,6 +10,7 @@ then rebuilds it from the round sums, as it always can (``verify=True``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any, cast
@@ -22,7 +23,7 @@ from consortia.errors import ResultCodecError
 from consortia.hub.blobs import put_result
 from consortia.hub.db import StudyResultRow, StudyRow
 from consortia.hub.queries import HubError
-from consortia.resultcodec import encode_result, result_digest
+from consortia.resultcodec import encode_result_parts
 
 __all__ = ["DIGEST_HEADER", "store_result", "stored_result"]
 
@@ -42,7 +43,7 @@ def store_result(s: Session, study_id: str, result: Any) -> str | None:
     study still finishes, and its result stays available by replaying its sums.
     """
     try:
-        frame = encode_result(result)
+        parts = encode_result_parts(result)  # views of the result's arrays: no copy
     except ResultCodecError as exc:
         log.warning("study %s: its result is not stored (%s); replay its sums", study_id, exc)
         return None
@@ -53,8 +54,11 @@ def store_result(s: Session, study_id: str, result: Any) -> str | None:
             type(exc).__name__,
         )
         return None
-    digest = result_digest(frame)
-    put_result(s, study_id, frame, digest, time.time())
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    digest = h.hexdigest()  # result_digest() of the joined frame
+    put_result(s, study_id, parts, digest, time.time())
     return digest
 
 

@@ -56,7 +56,7 @@ from consortia.resultcodec._format import (
     VERSION,
 )
 from consortia.resultcodec._format import MAX_DEPTH as MAX_DEPTH
-from consortia.wire import pack_arrays, unpack_arrays
+from consortia.wire import pack_parts, unpack_arrays
 
 __all__ = [
     "FORMAT",
@@ -64,6 +64,7 @@ __all__ = [
     "VERSION",
     "decode_result",
     "encode_result",
+    "encode_result_parts",
     "result_digest",
 ]
 
@@ -94,6 +95,21 @@ def encode_result(obj: Any) -> bytes:
     ResultCodecError
         A value cannot be stored; the message names its path (``result.plan.sigma``).
     """
+    return b"".join(encode_result_parts(obj))
+
+
+def encode_result_parts(obj: Any) -> list[bytes | memoryview]:
+    """:func:`encode_result` as parts, without joining them into one payload-sized copy.
+
+    The first part is the frame's header; each array follows as a read-only view of
+    its own memory (see :func:`consortia.wire.pack_parts`).  Written one after the
+    other, the parts are exactly the bytes :func:`encode_result` returns.
+
+    Raises
+    ------
+    ResultCodecError
+        As for :func:`encode_result`.
+    """
     enc = _Encoder()
     value = enc.node(obj, "result", 0)
     tree = {"format": FORMAT, "version": VERSION, "value": value}
@@ -101,7 +117,7 @@ def encode_result(obj: Any) -> bytes:
     if len(raw) > MAX_TREE_BYTES:
         raise ResultCodecError(f"the result's tree exceeds {MAX_TREE_BYTES} bytes")
     try:
-        return pack_arrays({_TREE: np.frombuffer(raw, dtype=np.uint8), **enc.arrays})
+        return pack_parts({_TREE: np.frombuffer(raw, dtype=np.uint8), **enc.arrays})
     except ProtocolError as exc:  # pragma: no cover - dtypes are checked above
         raise ResultCodecError(f"the result cannot be packed: {exc}") from None
 
