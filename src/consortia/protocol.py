@@ -463,7 +463,9 @@ class Coordinator:
         """Give the sums of the current round; return the next round (or ``None``)."""
         if self.done:
             raise ProtocolError("the study is already finished")
-        frozen = {k: np.array(v, dtype=np.float64) for k, v in sums.items()}
+        # read-only views, not copies (a round's sums can be the size of a model): the
+        # runtime hands over arrays it no longer writes to
+        frozen = {k: np.asarray(v, dtype=np.float64).view() for k, v in sums.items()}
         for v in frozen.values():
             v.setflags(write=False)
         if self.keep_history:
