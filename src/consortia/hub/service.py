@@ -46,7 +46,6 @@ from consortia.hub.db import (
     DatasetRow,
     NodeRow,
     StudyRow,
-    TaskRow,
 )
 from consortia.hub.payloads import store_public, submit_details, task_message
 from consortia.hub.queries import HubError, StudyQueries
@@ -204,15 +203,15 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             self._finish_round(live)
         self.changed.notify_all()
 
-    def _abandon(self, s: Session, live: LiveStudy) -> None:
-        """Give up an attempt whose running sum was lost while collecting; commit.
+    def _open_attempt(
+        self, s: Session, live: LiveStudy, new: RoundState, *, excluded: Sequence[str]
+    ) -> None:
+        """Persist ``new``, the next attempt of the open round (the caller commits).
 
-        Nothing of it was revealed: the round re-runs among the same participants with
-        fresh masks (:class:`~consortia.runtime.rounds.AttemptAbandoned`).
+        The old attempt's tasks are superseded (``excluded`` ones marked so), its running
+        sum dropped, the round row reset to the new attempt and its tasks created.
         """
         rnd = live.round
-        t = apply(rnd.state, AttemptAbandoned(rnd.attempt))
-        new = t.state
         now = time.time()
         old = (
             TASKS.c.study_id == live.id,
@@ -220,11 +219,16 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
             TASKS.c.attempt == rnd.attempt,
         )
         s.execute(update(TASKS).where(*old).values(state="superseded", updated_at=now))
+        if excluded:
+            s.execute(
+                update(TASKS).where(*old, TASKS.c.node.in_(excluded)).values(state="excluded")
+            )
         s.execute(delete(ACC).where(ACC.c.study_id == live.id, ACC.c.round_index == rnd.index))
         self._update_round(
             s,
             live,
             attempt=new.attempt,
+            participants=list(new.participants),
             layout=None,
             received={},
             seeds={},
@@ -248,6 +252,17 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 for n in new.participants
             ],
         )
+
+    def _abandon(self, s: Session, live: LiveStudy) -> None:
+        """Give up an attempt whose running sum was lost while collecting; commit.
+
+        Nothing of it was revealed: the round re-runs among the same participants with
+        fresh masks (:class:`~consortia.runtime.rounds.AttemptAbandoned`).
+        """
+        rnd = live.round
+        t = apply(rnd.state, AttemptAbandoned(rnd.attempt))
+        new = t.state
+        self._open_attempt(s, live, new, excluded=())
         s.commit()
         live.round = LiveRound(step=rnd.step, public=rnd.public, state=new)
         live.agg, live.agg_attempt = None, -1
@@ -693,41 +708,8 @@ class StudyEngine(StudyQueries, RoundHandling, ApprovalHandling):
                 )
                 return
             new = t.state
-            old = (
-                TASKS.c.study_id == live.id,
-                TASKS.c.round_index == rnd.index,
-                TASKS.c.attempt == rnd.attempt,
-            )
-            s.execute(update(TASKS).where(*old).values(state="superseded"))
-            s.execute(
-                update(TASKS).where(*old, TASKS.c.node.in_(t.excluded)).values(state="excluded")
-            )
-            s.execute(delete(ACC).where(ACC.c.study_id == live.id, ACC.c.round_index == rnd.index))
-            self._update_round(
-                s,
-                live,
-                attempt=new.attempt,
-                participants=list(new.participants),
-                layout=None,
-                received={},
-                seeds={},
-                bundles={},
-                lost=[],
-                shares={},
-                phase=str(new.phase),
-                opened_at=time.time(),
-            )
+            self._open_attempt(s, live, new, excluded=t.excluded)
             study.participants = list(new.participants)
-            for n in new.participants:
-                s.add(
-                    TaskRow(
-                        study_id=live.id,
-                        round_index=rnd.index,
-                        attempt=new.attempt,
-                        node=n,
-                        state="pending",
-                    )
-                )
             s.commit()
         live.round = LiveRound(step=rnd.step, public=rnd.public, state=new)
         live.agg, live.agg_attempt = None, -1
