@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from consortia._limits import DEFAULT_MAX_BYTES
 from consortia.errors import ProtocolError
 
 __all__ = [
@@ -49,8 +50,6 @@ MAGIC = b"CNSTNS01"
 CONTENT_TYPE = "application/vnd.consortia.arrays"
 """The HTTP media type of a packed message."""
 
-DEFAULT_MAX_BYTES = 256 * 2**20
-"""Default upper bound on the size of a message accepted by :func:`unpack_arrays`."""
 
 SUPPORTED_DTYPES: frozenset[str] = frozenset(
     {

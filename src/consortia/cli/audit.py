@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import sqlalchemy as sa
 
-from consortia.audit import AuditEntry, AuditLog, read_key_file
 from consortia.errors import ConsortiaError
+
+if TYPE_CHECKING:  # imported when a command runs: `consortia --help` stays fast
+    import sqlalchemy as sa
+
+    from consortia.audit import AuditEntry, AuditLog
 
 _DB_HELP = "Database URL (sqlite:///..., postgresql+psycopg://...) or path of a SQLite file."
 
@@ -24,6 +28,8 @@ def open_engine(db: str) -> sa.Engine:
     SQLite connections wait up to :data:`SQLITE_BUSY_TIMEOUT` seconds for a lock that a
     hub or node appending to the log holds (the log's reads retry beyond that).
     """
+    import sqlalchemy as sa
+
     if "://" in db:
         try:
             url = sa.engine.make_url(db)
@@ -41,6 +47,10 @@ def open_engine(db: str) -> sa.Engine:
 
 
 def _open_log(db: str, key_file: Path | None, table: str) -> AuditLog:
+    import sqlalchemy as sa
+
+    from consortia.audit import AuditLog, read_key_file
+
     try:
         key = read_key_file(key_file) if key_file is not None else None
         return AuditLog(open_engine(db), key=key, table=table, create=False)
@@ -104,6 +114,8 @@ def verify(
         if not seq.isdigit() or len(digest) != 64:
             raise click.BadParameter("expected SEQ:HASH (64 hex characters)", param_hint="--anchor")
         anchor_pair = (int(seq), digest.lower())
+    import sqlalchemy as sa
+
     log = _open_log(db, key_file, table)
     anchors: list[tuple[int, str]] = []
     try:

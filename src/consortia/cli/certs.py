@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from consortia.certs import create_ca, issue_server_certificate
 from consortia.errors import ValidationError
 
 
@@ -29,6 +28,8 @@ def command() -> None:
 def init(directory: Path, common_name: str, days: int, overwrite: bool) -> None:
     """Create a certificate authority in DIR (ca.pem to distribute, ca-key.pem to keep)."""
     try:
+        from consortia.certs import create_ca
+
         files = create_ca(directory, common_name=common_name, days=days, overwrite=overwrite)
     except ValidationError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -64,6 +65,8 @@ def issue(ca_dir: Path, out_dir: Path, hosts: tuple[str, ...], name: str, days: 
     """Issue a TLS server certificate signed by the CA."""
     hostnames = hosts or ("localhost", "127.0.0.1")
     try:
+        from consortia.certs import issue_server_certificate
+
         files = issue_server_certificate(ca_dir, out_dir, hostnames=hostnames, days=days, name=name)
     except ValidationError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from consortia.errors import ConsortiaError
 
@@ -45,6 +44,8 @@ def command(nodes: int, data: Path | None, workdir: Path | None, seed: int) -> N
     consortia.connect(), prints each federated figure beside the pooled reference
     (numpy, statsmodels, lifelines) and stops every process it started.
     """
+    from rich.console import Console
+
     from consortia.demo import TOLERANCE, run_demo
 
     console = Console() if Console().is_terminal else Console(width=120)

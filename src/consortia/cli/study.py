@@ -6,14 +6,14 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from consortia.errors import ConsortiaError, PolicyError
+
+if TYPE_CHECKING:  # imported when a command runs: `consortia --help` stays fast
+    from rich.console import Console
 
 _hub = click.option(
     "--hub", envvar="CONSORTIA_HUB", required=True, help="Hub URL [$CONSORTIA_HUB]."
@@ -44,6 +44,8 @@ def _connect(hub: str, token: str, ca: str | None) -> Iterator[Any]:
 
 
 def _follow(fed, study_id: str, timeout: float | None) -> Any:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -59,6 +61,8 @@ def _follow(fed, study_id: str, timeout: float | None) -> Any:
 
 
 def _show(value: Any, console: Console) -> None:
+    import numpy as np
+
     summary = getattr(value, "summary", None)
     if callable(summary):
         summary = summary()
@@ -112,6 +116,8 @@ def submit(
         algo = algorithm_from_spec({"name": algorithm, "params": parsed})
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from exc
+    from rich.console import Console
+
     console = Console()
     with _connect(hub, token, ca) as fed:
         sid = fed.submit(algo, dataset=dataset, nodes=list(nodes) or None)
@@ -145,6 +151,8 @@ def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool) ->
 def result(hub: str, token: str, ca: str | None, study_id: str) -> None:
     """Print a finished study's result (rebuilt from its aggregated sums)."""
     with _connect(hub, token, ca) as fed:
+        from rich.console import Console
+
         _show(fed.result(study_id), Console())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consortia.wire import DEFAULT_MAX_BYTES
+from consortia._limits import DEFAULT_MAX_BYTES
 
 __all__ = [
     "APPROVAL_TIMEOUT",
