@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -79,6 +80,38 @@ def _show(value: Any, console: Console) -> None:
     console.print(repr(value))
 
 
+def _read_params(value: str) -> dict[str, Any]:
+    """``--params``: a JSON object given inline, as ``@FILE``, or as the path of a JSON file."""
+    text, where = value, "--params"
+    stripped = value.strip()
+    path = None
+    if stripped.startswith("@"):
+        path = Path(stripped[1:]).expanduser()
+    elif not stripped.startswith(("{", "[")) and Path(stripped).expanduser().is_file():
+        path = Path(stripped).expanduser()
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {path}: {exc.strerror or exc}", param_hint="--params"
+            ) from None
+        where = f"--params file {path}"
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{where} is not JSON ({exc}); give a JSON object inline, as @FILE or as FILE.json",
+            param_hint="--params",
+        ) from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(
+            f"{where} must be a JSON object of parameter names, not {type(parsed).__name__}",
+            param_hint="--params",
+        )
+    return parsed
+
+
 @click.group(name="study")
 def command() -> None:
     """Submit studies to a hub and follow them (as a researcher)."""
@@ -89,7 +122,12 @@ def command() -> None:
 @_token
 @_ca
 @click.option("--algorithm", required=True, help="A registered algorithm, e.g. stats.mean.")
-@click.option("--params", default="{}", show_default=True, help="Its parameters as JSON.")
+@click.option(
+    "--params",
+    default="{}",
+    show_default=True,
+    help="Its parameters: a JSON object, or @FILE / FILE.json naming a file that holds one.",
+)
 @click.option("--dataset", required=True, help="The dataset name the nodes publish.")
 @click.option("--node", "nodes", multiple=True, help="Restrict to these nodes (repeatable).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it to the end.")
@@ -108,10 +146,7 @@ def submit(
     """Submit a study; print its id, then (by default) follow it and print its result."""
     from consortia.protocol import algorithm_from_spec
 
-    try:
-        parsed = json.loads(params)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from None
+    parsed = _read_params(params)
     try:
         algo = algorithm_from_spec({"name": algorithm, "params": parsed})
     except ConsortiaError as exc:
