@@ -38,3 +38,12 @@ def test_tokens_created_by_the_cli_keep_a_keyed_hub_log_verifiable(tmp_path):
 def test_bootstrap_token_on_an_unkeyed_log_needs_no_key(tmp_path):
     db = str(tmp_path / "hub.sqlite")
     assert bootstrap_token(db, "researcher", "alice").startswith("cre_")
+
+
+def test_an_unknown_log_level_is_a_usage_error_not_a_traceback(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text("")
+    for cmd in (["hub", "start"], ["node", "start", "--config", str(config)]):
+        r = CliRunner().invoke(main, [*cmd, "--log-level", "verbose"])
+        assert r.exit_code == 2, r.output
+        assert "'verbose' is not one of" in r.output and "Traceback" not in r.output

@@ -64,7 +64,13 @@ def command() -> None:
     show_default=True,
     help="Seconds a study waits for a node owner's approval before it fails.",
 )
-@click.option("--log-level", default=defaults.LOG_LEVEL, show_default=True)
+@click.option(
+    "--log-level",
+    default=defaults.LOG_LEVEL,
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+    help="How much to log.",
+)
 def start(
     db: str,
     host: str,

@@ -73,7 +73,13 @@ def fingerprint(config: Path) -> None:
     "--enrol-token",
     help="A one-time enrolment token: enrol first unless this node already is.",
 )
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+    help="How much to log.",
+)
 def start(config: Path, enrol_token: str | None, log_level: str) -> None:
     """Publish the catalogue and answer the hub's tasks until interrupted.
 
