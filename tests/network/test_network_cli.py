@@ -149,9 +149,10 @@ def test_deployment_guide_end_to_end_over_tls(tmp_path, procs):
         token = cli(
             "hub", "enrolment-token", "create", "--db", "hub.sqlite", "--node", name, cwd=hub_dir
         ).stdout.strip()
+        (site / "enrol.token").write_text(token + "\n")
         enrols.append(
             subprocess.Popen(
-                [*CLI, "node", "enrol", "--config", "node.toml", "--token", token],
+                [*CLI, "node", "enrol", "--config", "node.toml", "--token-file", "enrol.token"],
                 cwd=site,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -41,14 +41,60 @@ def command() -> None:
     """Run a node (one per institution; it connects out to the hub only)."""
 
 
+def _enrol_token(token: str | None, token_file: Path | None, *, required: bool) -> str | None:
+    """The enrolment token from --token / $CONSORTIA_ENROL_TOKEN or from --token-file."""
+    if token and token_file:
+        raise click.UsageError("give the enrolment token once: --token or --token-file, not both")
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+    if required and not token:
+        raise click.UsageError(
+            "an enrolment token is needed: --token-file FILE, $CONSORTIA_ENROL_TOKEN or --token"
+        )
+    return token or None
+
+
+def _check_datasets(agent: Any) -> None:
+    """Refuse to enrol while a configured dataset does not load (the token is not spent)."""
+    agent.worker()
+    if agent.unavailable:
+        names = ", ".join(f"{n!r} ({err})" for n, err in sorted(agent.unavailable.items()))
+        raise click.ClickException(
+            f"dataset {names} does not load; the node's log says why. Fix the data or the "
+            "configuration and enrol again: the enrolment token was not used"
+        )
+
+
+_TOKEN_FILE = click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file holding the one-time enrolment token (not visible in the process list).",
+)
+
+
 @command.command("enrol")
 @_CONFIG
-@click.option("--token", required=True, help="The one-time enrolment token from the hub admin.")
-def enrol(config: Path, token: str) -> None:
-    """Enrol this node once; prints its identity fingerprint for peers to pin."""
+@click.option(
+    "--token",
+    envvar="CONSORTIA_ENROL_TOKEN",
+    help="The one-time enrolment token from the hub admin [$CONSORTIA_ENROL_TOKEN]; "
+    "prefer --token-file or the variable: a command line is visible to every local user.",
+)
+@_TOKEN_FILE
+def enrol(config: Path, token: str | None, token_file: Path | None) -> None:
+    """Enrol this node once; prints its identity fingerprint for peers to pin.
+
+    Every configured dataset is loaded and checked first, so that a data error does
+    not spend the one-time token.
+    """
+    secret = _enrol_token(token, token_file, required=True)
+    assert secret is not None
     agent = _agent(config)
     try:
-        agent.enrol(token)
+        _check_datasets(agent)
+        agent.enrol(secret)
         agent.publish()
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -71,7 +117,14 @@ def fingerprint(config: Path) -> None:
 @_CONFIG
 @click.option(
     "--enrol-token",
-    help="A one-time enrolment token: enrol first unless this node already is.",
+    envvar="CONSORTIA_ENROL_TOKEN",
+    help="A one-time enrolment token: enrol first unless this node already is "
+    "[$CONSORTIA_ENROL_TOKEN].",
+)
+@click.option(
+    "--enrol-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file holding the one-time enrolment token (not visible in the process list).",
 )
 @click.option(
     "--log-level",
@@ -80,19 +133,26 @@ def fingerprint(config: Path) -> None:
     type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
     help="How much to log.",
 )
-def start(config: Path, enrol_token: str | None, log_level: str) -> None:
+def start(
+    config: Path, enrol_token: str | None, enrol_token_file: Path | None, log_level: str
+) -> None:
     """Publish the catalogue and answer the hub's tasks until interrupted.
 
     `python -m consortia.node` runs this command with the same options.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    enrol_token = _enrol_token(enrol_token, enrol_token_file, required=False)
     agent = _agent(config)
     if enrol_token and not (agent.config.data_dir / "credential").exists():
         try:
+            _check_datasets(agent)
             agent.enrol(enrol_token)
         except ConsortiaError as exc:
             agent.close()
             raise click.ClickException(str(exc)) from exc
+        except click.ClickException:
+            agent.close()
+            raise
 
     def _stop(*_: object) -> None:
         agent.stop()

@@ -1,4 +1,4 @@
-"""``python -m consortia.node --config node.toml [--enrol-token T]``: run a node agent.
+"""``python -m consortia.node --config node.toml [--enrol-token-file F]``: run a node agent.
 
 The same command as ``consortia node start`` (``--help`` lists its options): one
 command line, defined once in :mod:`consortia.cli.node`.

@@ -44,8 +44,8 @@ class NodeProcess(ChildProcess):
     def command(self) -> list[str]:
         """The command line that starts the node."""
         cmd = [sys.executable, "-m", "consortia.node", "--config", str(self.config)]
-        if self.enrol_token:
-            cmd += ["--enrol-token", self.enrol_token]
+        # an enrolment token travels in the environment (CONSORTIA_ENROL_TOKEN), never on
+        # the command line, which every local user can read
         return [*cmd, "--log-level", self.log_level]
 
     def start(self) -> NodeProcess:
@@ -56,6 +56,9 @@ class NodeProcess(ChildProcess):
         # large payloads: keep glibc from growing its mmap threshold (and the node's RSS),
         # as for the hub (HubProcess.start)
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+        env.pop("CONSORTIA_ENROL_TOKEN", None)
+        if self.enrol_token:
+            env["CONSORTIA_ENROL_TOKEN"] = self.enrol_token
         self._spawn(env)
         return self
 
