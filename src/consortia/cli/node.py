@@ -104,6 +104,63 @@ def enrol(config: Path, token: str | None, token_file: Path | None) -> None:
     click.echo(f"identity fingerprint: {agent.fingerprint}")
 
 
+@command.command("check")
+@_CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+def check(config: Path, as_json: bool) -> None:
+    """Validate the configuration and every dataset; print the catalogue. Contacts no hub.
+
+    The catalogue is what the hub would see (column names, roles, types and rounded
+    counts; no values). Exits 1 if a dataset does not load, naming it and the rule.
+    """
+    from consortia.data import catalogue, load_dataset
+    from consortia.node import load_config
+
+    try:
+        cfg = load_config(config)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    entries: dict[str, Any] = {}
+    failed: list[str] = []
+    for ds in cfg.datasets:
+        try:
+            data = load_dataset(
+                str(ds.path),
+                schema=ds.schema,
+                name=ds.name,
+                expression=str(ds.expression) if ds.expression else None,
+                tiles=str(ds.tiles) if ds.tiles else None,
+            )
+        except (ConsortiaError, OSError, ValueError, TypeError, KeyError) as exc:
+            failed.append(ds.name)
+            entries[ds.name] = {"name": ds.name, "available": False, "error": type(exc).__name__}
+            click.echo(f"dataset {ds.name!r}: does not load: {type(exc).__name__}: {exc}", err=True)
+            continue
+        entries[ds.name] = catalogue(data)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(f"node {cfg.name!r} (hub {cfg.hub}): configuration is valid")
+        for name, entry in entries.items():
+            if name in failed:
+                continue
+            policy = next(d.policy for d in cfg.datasets if d.name == name)
+            click.echo(f"dataset {name!r}: {entry['rows']} rows (rounded as the hub sees them)")
+            for col in entry["columns"]:
+                click.echo(f"  column {col['name']}: {col['role']}, {col['type']}")
+            for modality, shape in entry["modalities"].items():
+                facts = ", ".join(f"{k} {v}" for k, v in shape.items())
+                click.echo(f"  modality {modality}: {facts}")
+            click.echo(
+                f"  policy: algorithms {', '.join(policy.allowed_algorithms) or 'none'}; "
+                f"min cohort {policy.min_cohort_size}; min sites {policy.min_sites}"
+            )
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(cfg.datasets)} datasets do not load: {', '.join(failed)}"
+        )
+
+
 @command.command("fingerprint")
 @_CONFIG
 def fingerprint(config: Path) -> None:
