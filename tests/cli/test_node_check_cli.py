@@ -58,3 +58,29 @@ def test_check_names_each_dataset_that_does_not_load_and_exits_1(tmp_path):
     assert "dataset 'gone': does not load" in r.output
     assert "2 of 3 datasets do not load: broken, gone" in r.output
     assert "dataset 'fine': 10 rows" in r.output
+
+
+def test_init_drafts_a_valid_configuration_that_check_accepts(tmp_path):
+    csv = tmp_path / "cohort.csv"
+    pd.DataFrame(
+        {
+            "pid": [f"p{i:03d}" for i in range(30)],
+            "time": [float(i) for i in range(30)],
+            "event": [i % 2 for i in range(30)],
+            "age": [50.0 + i for i in range(30)],
+        }
+    ).to_csv(csv, index=False)
+    out = tmp_path / "node.toml"
+    args = ["node", "init", "--name", "hospital-a", "--hub", "http://127.0.0.1:9"]
+    args += ["--data", str(csv), "--id", "pid", "--time", "time", "--event", "event"]
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert '"id" = "pid"' in text and '"time" = "time"' in text and '"age" = "float"' in text
+    r = CliRunner().invoke(main, ["node", "check", "--config", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "column pid: id" in r.output and "column age: covariate, float" in r.output
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 1 and "exists" in r.output
+    r = CliRunner().invoke(main, [*args[:-6], "--data", str(csv), "--time", "nope", "--out", "x"])
+    assert r.exit_code == 1 and "'nope' is missing" in r.output

@@ -104,6 +104,69 @@ def enrol(config: Path, token: str | None, token_file: Path | None) -> None:
     click.echo(f"identity fingerprint: {agent.fingerprint}")
 
 
+@command.command("init")
+@click.option("--name", required=True, help="The node's name in the federation, e.g. hospital-a.")
+@click.option("--hub", "hub_url", required=True, help="The hub's URL, e.g. https://hub:8443.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The clinical table (CSV, TSV or Parquet) to draft a schema from.",
+)
+@click.option("--dataset", default="cohort", show_default=True, help="The dataset's name.")
+@click.option("--id", "id_col", help="The patient-id column.")
+@click.option("--time", "time_col", help="The survival time column.")
+@click.option("--event", "event_col", help="The event indicator column (1 event, 0 censored).")
+@click.option("--group", "group_col", help="A grouping column (arm, stage...).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("node.toml"),
+    show_default=True,
+    help="Where to write the draft; an existing file is never overwritten.",
+)
+def init(
+    name: str,
+    hub_url: str,
+    data: Path,
+    dataset: str,
+    id_col: str | None,
+    time_col: str | None,
+    event_col: str | None,
+    group_col: str | None,
+    out: Path,
+) -> None:
+    """Draft a node's TOML from a data file: column types inferred, default policy.
+
+    Read the draft before starting the node: the policy's defaults (every algorithm
+    allowed, cohorts of at least 10, at least 3 trusted sites) are the owner's to tighten.
+    """
+    from consortia.data.loaders import read_table
+    from consortia.data.schema import Schema
+    from consortia.node import DatasetConfig, NodeConfig, load_config
+
+    if out.exists():
+        raise click.ClickException(f"{out} exists; give another --out or remove it first")
+    try:
+        frame = read_table(data)
+        schema = Schema.infer(frame, id=id_col, time=time_col, event=event_col, group=group_col)
+        cfg = NodeConfig(
+            name=name,
+            hub=hub_url,
+            data_dir=out.resolve().parent / "state",
+            datasets=(
+                DatasetConfig(name=dataset, path=data.resolve(), schema=schema.to_mapping()),
+            ),
+        )
+        cfg.write(out)
+        load_config(out)  # the draft is valid as written
+    except ConsortiaError as exc:
+        out.unlink(missing_ok=True)
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {out}: dataset {dataset!r} with {len(schema.columns)} columns")
+    click.echo(f"next: review it, then `consortia node check --config {out}`")
+
+
 @command.command("check")
 @_CONFIG
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
