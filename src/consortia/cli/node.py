@@ -261,6 +261,9 @@ def start(
     `python -m consortia.node` runs this command with the same options.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if log_level.lower() != "debug":  # one line per request is noise, not an owner's log
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     enrol_token = _enrol_token(enrol_token, enrol_token_file, required=False)
     agent = _agent(config)
     if enrol_token and not (agent.config.data_dir / "credential").exists():
