@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# PyTorch for consortia.learn: the CPU build, installed before the extras so that no
+# requirement pulls a CUDA build (set TORCH to another pinned CPU wheel if this one is absent)
+TORCH  ?= torch==2.13.0
 
 .PHONY: setup demo example test lint format bench clean
 
@@ -10,7 +13,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev,learn,omics]"
 	touch $@
 
 demo: setup            ## install, then run the end-to-end demo (hub + nodes on 127.0.0.1)
