@@ -1,0 +1,10 @@
+"""Patient subgroups across sites: federated PCA, k-means and the choice of k.
+
+Algorithms in this package register themselves on import (entry point group
+``consortia.algorithms``).  See ``docs/subgroups.md``.
+"""
+
+from consortia.subgroups._linalg import principal_angles
+from consortia.subgroups.pca import PCA, PCAResult, project
+
+__all__ = ["PCA", "PCAResult", "principal_angles", "project"]
