@@ -5,6 +5,16 @@ Algorithms in this package register themselves on import (entry point group
 """
 
 from consortia.subgroups._linalg import principal_angles
+from consortia.subgroups.kmeans import ClusterQuality, KMeans, KMeansResult, assign
 from consortia.subgroups.pca import PCA, PCAResult, project
 
-__all__ = ["PCA", "PCAResult", "principal_angles", "project"]
+__all__ = [
+    "PCA",
+    "ClusterQuality",
+    "KMeans",
+    "KMeansResult",
+    "PCAResult",
+    "assign",
+    "principal_angles",
+    "project",
+]

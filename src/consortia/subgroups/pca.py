@@ -204,6 +204,7 @@ def pca_rounds(
     """
     sums = yield Round("pca_mean")
     n = int(round(sums["n"][0]))
+    sums_sites = float(sums["sites"][0])
     if n < 2:
         raise AlgorithmError("PCA needs at least 2 patients over the sites")
     mean = join(sums, "total") / n
@@ -253,6 +254,7 @@ def pca_rounds(
         "rounds": rounds,
         "iterations": iterations,
         "max_angle_change": change,
+        "n_sites": int(round(sums_sites)),
     }
     return fields, rounds
 
@@ -314,7 +316,12 @@ def pca_local(step: str, public: Mapping[str, np.ndarray], m: SiteMatrix) -> dic
     """A site's arrays for one PCA step (sums over its rows only)."""
     x = m.x
     if step == "pca_mean":
-        return {"n": np.array([float(len(x))]), **split("total", x.sum(axis=0))}
+        # "sites": 1 per site, so the hub learns how many sites contributed (not who)
+        return {
+            "n": np.array([float(len(x))]),
+            "sites": np.ones(1),
+            **split("total", x.sum(axis=0)),
+        }
     inv_n = float(public["inv_n"][0])
     xc = x - public["mean"]
     if step == "pca_gram":
@@ -429,6 +436,7 @@ class PCA(Algorithm, FeatureParams):
             seed=self.seed,
             max_exact_features=self.max_exact_features,
         )
+        fields.pop("n_sites")
         return PCAResult(
             features=self.columns or self.genes,
             expression=self.expression,
