@@ -5,11 +5,14 @@ Algorithms in this package register themselves on import (entry point group
 """
 
 from consortia.subgroups._linalg import principal_angles
+from consortia.subgroups.choose_k import ChooseK, ChooseKResult
 from consortia.subgroups.kmeans import ClusterQuality, KMeans, KMeansResult, assign
 from consortia.subgroups.pca import PCA, PCAResult, project
 
 __all__ = [
     "PCA",
+    "ChooseK",
+    "ChooseKResult",
     "ClusterQuality",
     "KMeans",
     "KMeansResult",

@@ -68,13 +68,12 @@ def tree_rounds(
     point = np.zeros((0, d))
     direction = np.zeros((0, d))
     threshold = 4 * max(n_sites, 1) * max(min_size, 1)
-    rounds = 0
     for depth in range(max_depth + 1):
         public = {"depth": [depth]}
         if depth:
             public |= {"point": point, "direction": direction}
         sums = yield Round(TREE_STEP, public)
-        rounds += 1
+        rounds = depth + 1
         counts = np.asarray(sums["tree_count"], dtype=np.float64)
         tot = np.asarray(sums["tree_sum"], dtype=np.float64)
         m2 = np.asarray(sums["tree_m2"], dtype=np.float64)

@@ -25,8 +25,8 @@ from consortia.subgroups._init import TREE_STEP, candidates, tree_local, tree_ro
 from consortia.subgroups._lloyd import FINAL_STEP, LLOYD_STEP, FinalStats, lloyd_local
 from consortia.subgroups._lloyd import lloyd_rounds as _lloyd_rounds
 from consortia.subgroups.pca import (
-    PCA_STEPS,
     METHODS,
+    PCA_STEPS,
     PCAResult,
     pca_local,
     pca_parameters,

@@ -239,12 +239,16 @@ def space_public(pca: PCAResult, space: str) -> dict[str, np.ndarray]:
     return {"shift": np.zeros_like(pca.mean), "scale": np.ones_like(pca.mean)}
 
 
-def build_result(space: Space, stats: FinalStats, name: str, rounds: int) -> KMeansResult:
-    """The result of the best run (least inertia) of ``stats``."""
-    qualities = [quality(stats, r) for r in range(stats.centres.shape[0])]
+def build_result(
+    space: Space, stats: FinalStats, name: str, rounds: int, runs: range | None = None
+) -> KMeansResult:
+    """The result of the best run (least inertia) of ``stats`` among ``runs`` (all)."""
+    runs = range(stats.centres.shape[0]) if runs is None else runs
+    qualities = [quality(stats, r) for r in runs]
     inertias = np.array([q.inertia for q, _ in qualities])
-    best = int(np.argmin(inertias))
-    q, per = qualities[best]
+    pick = int(np.argmin(inertias))
+    best = runs[pick]
+    q, per = qualities[pick]
     return KMeansResult(
         centres=per["centres"],
         counts=per["count"],

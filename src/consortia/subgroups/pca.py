@@ -7,7 +7,7 @@ Two paths, the same first round:
     :mod:`consortia.precision`): the pooled mean.
 
 Exact path (``method="exact"``, or ``"auto"`` with at most ``max_exact_features``
-features): one more round.
+features and at least 3 patients per feature at the average site): one more round.
 
 ``pca_gram``
     Every site releases ``sum_i (x_i - m)(x_i - m)^T / n`` over its rows, with ``m``
@@ -22,7 +22,7 @@ features): one more round.
     fewer than ``p`` parameters for its cohort (``max_params_per_sample``) refuses
     it before computing anything: use the iterative path then.
 
-Iterative path (``method="iterative"``, or ``"auto"`` above ``max_exact_features``):
+Iterative path (``method="iterative"``, or ``"auto"`` otherwise):
 randomised subspace iteration; no party ever forms a ``p x p`` matrix.
 
 ``pca_scale``
@@ -214,7 +214,12 @@ def pca_rounds(
         raise AlgorithmError(
             f"n_components ({q}) must be at most min(features, patients - 1) = {min(p, n - 1)}"
         )
-    exact = method == "exact" or (method == "auto" and p <= max_exact_features)
+    # "auto": exact while the average site has 3 patients per feature (the default
+    # policy's max_params_per_sample of 0.33 for the p parameters the step declares)
+    per_site = n / max(sums_sites, 1.0)
+    exact = method == "exact" or (
+        method == "auto" and p <= max_exact_features and 3 * p <= per_site
+    )
     if n_components is None and not exact:
         raise AlgorithmError("every component needs the exact path: set n_components")
     rounds = 1
@@ -374,7 +379,8 @@ class PCA(Algorithm, FeatureParams):
     n_components
         Components to keep (at most ``min(features, patients - 1)``).
     method
-        ``"auto"`` (exact up to ``max_exact_features`` features, else iterative),
+        ``"auto"`` (exact up to ``max_exact_features`` features while the average
+        site holds 3 patients per feature, else iterative),
         ``"exact"`` or ``"iterative"``.
     oversample
         Extra basis vectors of the iterative path (faster, safer convergence).
