@@ -122,7 +122,7 @@ class FeatureParams:
         """The site's feature matrix (cached per algorithm instance and dataset)."""
         cached = self.__dict__.get("_site_matrix")
         if cached is not None and cached[0] is data.frame:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         m = self._expression(data) if self.expression else self._columns(data)
         m.x.setflags(write=False)
         object.__setattr__(self, "_site_matrix", (data.frame, m))

@@ -20,6 +20,7 @@ data and keep the one of least securely summed inertia.
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def tree_rounds(
     direction = np.zeros((0, d))
     threshold = 4 * max(n_sites, 1) * max(min_size, 1)
     for depth in range(max_depth + 1):
-        public = {"depth": [depth]}
+        public: dict[str, Any] = {"depth": [depth]}
         if depth:
             public |= {"point": point, "direction": direction}
         sums = yield Round(TREE_STEP, public)
@@ -95,7 +96,7 @@ def tree_rounds(
 
 def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     d2 = (x * x).sum(axis=1)[:, None] - 2.0 * x @ c.T + (c * c).sum(axis=1)[None, :]
-    return np.maximum(d2, 0.0)  # type: ignore[no-any-return]
+    return np.maximum(d2, 0.0)
 
 
 def _kmeans_pp(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

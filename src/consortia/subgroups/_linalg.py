@@ -12,7 +12,7 @@ def orthonormal(a: np.ndarray) -> np.ndarray:
     q, r = np.linalg.qr(np.asarray(a, dtype=np.float64))
     d = np.sign(np.diag(r))
     d[d == 0] = 1.0
-    return q * d  # type: ignore[no-any-return]
+    return q * d
 
 
 def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,4 +46,4 @@ def flip_signs(components: np.ndarray) -> np.ndarray:
     idx = np.argmax(np.abs(comp), axis=1)
     signs = np.sign(comp[np.arange(comp.shape[0]), idx])
     signs[signs == 0] = 1.0
-    return comp * signs[:, None]  # type: ignore[no-any-return]
+    return comp * signs[:, None]

@@ -56,7 +56,7 @@ def _labels(y: np.ndarray, centres: np.ndarray, valid: np.ndarray) -> np.ndarray
     cc = np.einsum("rkd,rkd->rk", centres, centres)
     score = cc[:, None, :] - 2.0 * np.einsum("nd,rkd->rnk", y, centres)
     score = np.where(valid[:, None, :] > 0, score, np.inf)
-    return np.argmin(score, axis=2)  # type: ignore[no-any-return]
+    return np.argmin(score, axis=2)
 
 
 def _cluster_sums(

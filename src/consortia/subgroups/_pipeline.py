@@ -63,7 +63,7 @@ def to_space(x: np.ndarray, public: Mapping[str, np.ndarray]) -> np.ndarray:
     y = (x - public["shift"]) / public["scale"]
     if "rotation" in public:
         y = y @ public["rotation"].T
-    return y  # type: ignore[no-any-return]
+    return y
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +207,7 @@ class ClusterParams(FeatureParams):
         digest = h.hexdigest()
         cached = self.__dict__.get("_space_cache")
         if cached is not None and cached[0] is x and cached[1] == digest:
-            return cached[2]  # type: ignore[no-any-return]
+            return cached[2]
         y = to_space(x, public)
         object.__setattr__(self, "_space_cache", (x, digest, y))
         return y

@@ -270,7 +270,7 @@ def _scale(var_n: np.ndarray, mean: np.ndarray, standardize: bool) -> np.ndarray
         return np.ones_like(mean)
     sd = np.sqrt(np.maximum(var_n, 0.0))
     tiny = sd <= 1e-12 * np.maximum(np.abs(mean), 1.0)
-    return np.where(tiny, 1.0, sd)  # type: ignore[no-any-return]
+    return np.where(tiny, 1.0, sd)
 
 
 def _iterate(
