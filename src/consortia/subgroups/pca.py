@@ -23,19 +23,25 @@ features and at least 3 patients per feature at the average site): one more roun
     it before computing anything: use the iterative path then.
 
 Iterative path (``method="iterative"``, or ``"auto"`` otherwise):
-randomised subspace iteration; no party ever forms a ``p x p`` matrix.
+randomised block Krylov subspace iteration (block Lanczos with full
+re-orthogonalisation and thick restarts); no party ever forms a ``p x p`` matrix.
 
 ``pca_scale``
     Every site releases ``sum_i (x_i - m)^2 / n`` (two-word): pooled variances (only
     when ``standardize``).
 ``pca_iterate`` (repeated)
-    The hub broadcasts an orthonormal ``p x l`` basis ``V`` (``l = n_components +
-    oversample``, a seeded Gaussian start); every site releases ``Z_k^T (Z_k V) / n``
-    for its standardised rows ``Z_k``; the sum is ``C V`` with ``C`` the pooled
-    covariance.  The hub takes the Rayleigh-Ritz pairs of ``V^T C V`` and the next
-    basis ``orth(C V)``.  It stops when the largest principal angle between the
-    spans of the leading ``n_components`` Ritz vectors of two successive rounds is
-    at most ``tol``.  Released per round: ``p x l`` sums over all patients.  The step
+    The hub broadcasts an orthonormal ``p x l`` block ``V`` (``l = n_components +
+    oversample``; the first a seeded Gaussian start); every site releases
+    ``Z_k^T (Z_k V) / n`` for its standardised rows ``Z_k``; the sum is ``C V`` with
+    ``C`` the pooled covariance.  The hub appends ``V`` to its Krylov basis ``K``,
+    takes the Rayleigh-Ritz pairs of ``K^T C K`` (known from the released ``C V``
+    blocks) and makes the next block from ``C V`` orthogonalised against ``K``.  It
+    stops when the largest principal angle between the spans of the leading
+    ``n_components`` Ritz vectors of two successive rounds is at most ``tol`` (or when
+    ``K`` is invariant under ``C``: the Ritz pairs are then exact).  Krylov
+    acceleration converges in far fewer rounds than plain subspace (power)
+    iteration when the eigenvalues beyond the kept ones are close to them.
+    Released per round: ``p x l`` sums over all patients.  The step
     declares ``l`` parameters (the rank of the subspace it estimates).
 
 Sites release only sums, never a row, and the hub never receives a patient's
@@ -50,6 +56,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg as sla
 
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ConvergenceError, ValidationError
@@ -283,29 +290,56 @@ def _iterate(
     max_iter: int,
     seed: int,
 ) -> Generator[Round, Sums, tuple[np.ndarray, np.ndarray, float, int, float]]:
+    """Randomised block Krylov iteration: one ``C V`` secure sum per round.
+
+    The hub keeps the orthonormal Krylov basis ``K`` and ``C K`` (``p x m``, ``m`` at
+    most ``10 l``: a thick restart on the leading Ritz vectors keeps it
+    there) and the projected matrix ``K^T C K``; each round's block is the newest
+    ``C V`` block orthogonalised against ``K``.
+    """
     p = mean.size
     width = min(q + oversample, p, n - 1)
+    ceiling = min(p, n - 1)
+    max_basis = min(ceiling, 10 * width)
     rng = np.random.default_rng(seed)
-    basis = orthonormal(rng.standard_normal((p, width)))
+    block = orthonormal(rng.standard_normal((p, width)))
     public_fixed = {"mean": mean, "scale": scale, "inv_n": [1.0 / n]}
+    basis = np.zeros((p, 0))
+    images = np.zeros((p, 0))  # C @ basis
+    h = np.zeros((0, 0))  # basis.T @ C @ basis
     previous: np.ndarray | None = None
     change = float("inf")
-    total = float("nan")
     for it in range(1, max_iter + 1):
-        sums = yield Round("pca_iterate", {**public_fixed, "basis": basis})
-        cv = join(sums, "cv") * (n / (n - 1))  # C V with C the covariance (ddof=1)
+        sums = yield Round("pca_iterate", {**public_fixed, "basis": block})
+        wb = join(sums, "cv") * (n / (n - 1))  # C V with C the covariance (ddof=1)
         total = float(join(sums, "trace")[0]) * (n / (n - 1))
-        h = basis.T @ cv
-        evals, y = np.linalg.eigh((h + h.T) / 2)
-        order = np.argsort(evals)[::-1]
-        evals, y = evals[order], y[:, order]
+        cross = basis.T @ wb
+        hb = block.T @ wb
+        h = np.block([[h, cross], [cross.T, (hb + hb.T) / 2]])
+        basis = np.hstack([basis, block])
+        images = np.hstack([images, wb])
+        m = h.shape[0]
+        top = min(m, 2 * width)  # the Ritz pairs a restart keeps (q of them are reported)
+        evals, y = sla.eigh((h + h.T) / 2, subset_by_index=[m - top, m - 1])
+        evals, y = evals[::-1], y[:, ::-1]
         lead = basis @ y[:, :q]
         if previous is not None:
             change = float(principal_angles(previous, lead)[-1])
         previous = lead
         if change <= tol:
             return np.maximum(evals[:q], 0.0), lead, total, it, change
-        basis = orthonormal(cv)
+        # the next block: the newest image outside the basis (twice, for orthogonality)
+        z = wb - basis @ (basis.T @ wb)
+        z -= basis @ (basis.T @ z)
+        u, sv, _ = np.linalg.svd(z, full_matrices=False)
+        keep = sv > 1e-12 * max(float(np.linalg.norm(wb, 2)), 1e-300)
+        if basis.shape[1] >= ceiling or not keep.any():
+            # the basis is invariant under C: its Ritz pairs are exact eigenpairs
+            return np.maximum(evals[:q], 0.0), lead, total, it, 0.0
+        block = u[:, keep][:, : min(width, ceiling - basis.shape[1])]
+        if basis.shape[1] + block.shape[1] > max_basis:  # thick restart
+            r = min(2 * width, basis.shape[1])
+            basis, images, h = basis @ y[:, :r], images @ y[:, :r], np.diag(evals[:r])
     raise ConvergenceError(
         f"PCA subspace iteration did not converge in max_iter={max_iter} rounds "
         f"(last principal angle change {change:.3g} > tol={tol:g})"
