@@ -21,6 +21,9 @@ left out (``n_suppressed``).  The counts are also declared count arrays, so a no
 whose policy sets a larger ``min_cell_count`` than the study's ``min_cluster_size``
 *refuses the round* (rule ``min_cell_count``) instead: the data owner's minimum wins.
 
+The clustering steps declare ``n_clusters x d`` model parameters (the centres, ``d``
+the dimension of the clustering space) for the nodes' parameters-per-sample rule.
+
 Which patient is in which cluster is never released: :func:`assign` runs at a site
 and labels that site's patients with the public centres.
 """

@@ -7,7 +7,7 @@ Two paths, the same first round:
     :mod:`consortia.precision`): the pooled mean.
 
 Exact path (``method="exact"``, or ``"auto"`` with at most ``max_exact_features``
-features and at least 3 patients per feature at the average site): one more round.
+features and at most 0.3 features per patient at the average site): one more round.
 
 ``pca_gram``
     Every site releases ``sum_i (x_i - m)(x_i - m)^T / n`` over its rows, with ``m``
@@ -221,11 +221,11 @@ def pca_rounds(
         raise AlgorithmError(
             f"n_components ({q}) must be at most min(features, patients - 1) = {min(p, n - 1)}"
         )
-    # "auto": exact while the average site has 3 patients per feature (the default
+    # "auto": exact while p <= 0.3 x the average site's patients (below the default
     # policy's max_params_per_sample of 0.33 for the p parameters the step declares)
     per_site = n / max(sums_sites, 1.0)
     exact = method == "exact" or (
-        method == "auto" and p <= max_exact_features and 3 * p <= per_site
+        method == "auto" and p <= max_exact_features and p <= 0.3 * per_site
     )
     if n_components is None and not exact:
         raise AlgorithmError("every component needs the exact path: set n_components")
@@ -413,8 +413,8 @@ class PCA(Algorithm, FeatureParams):
     n_components
         Components to keep (at most ``min(features, patients - 1)``).
     method
-        ``"auto"`` (exact up to ``max_exact_features`` features while the average
-        site holds 3 patients per feature, else iterative),
+        ``"auto"`` (exact up to ``max_exact_features`` features while they are at
+        most 0.3 times the average site's patients, else iterative),
         ``"exact"`` or ``"iterative"``.
     oversample
         Extra basis vectors of the iterative path (faster, safer convergence).
