@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies
 from sklearn.preprocessing import StandardScaler
 
 from consortia import Policy, Simulation
-from consortia.errors import PolicyError, ValidationError
+from consortia.errors import AlgorithmError, PolicyError, ValidationError
 from consortia.subgroups import ChooseK, KMeans, assign
 
 COLS = ("x0", "x1", "x2")
@@ -187,3 +187,9 @@ def test_bad_parameters(kwargs: dict, pattern: str) -> None:
         KMeans(columns=COLS, **{"n_clusters": 3, **kwargs})
     with pytest.raises(ValidationError, match="k_max must be at least k_min"):
         ChooseK(columns=COLS, k_min=5, k_max=3)
+
+
+def test_too_few_patients_for_a_public_summary_of_k_clusters() -> None:
+    sites = _blobs((30, 30, 30), seed=7)
+    with pytest.raises(AlgorithmError, match="fewer than n_clusters=3"):
+        Simulation(sites).run(KMeans(columns=COLS, n_clusters=3))
