@@ -26,6 +26,7 @@ from consortia.stats.dp import DPCount, DPCrossTab, DPHistogram
 from consortia.stats.dp_mean import DPMean
 from consortia.stats.linear import LinearRegression
 from consortia.stats.logistic import LogisticRegression
+from consortia.subgroups import PCA, ChooseK, KMeans
 from consortia.survival._grid import day_grid
 from consortia.survival.concordance import Concordance
 from consortia.survival.cox import CoxPH
@@ -84,6 +85,12 @@ CASES: dict[str, Callable[[tuple[str, ...]], Algorithm]] = {
     "linear": lambda s: LinearRegression(outcome="y", covariates=("x1", "x2")),
     "logistic": lambda s: LogisticRegression(outcome="event", covariates=("x1", "x2")),
     "vector_sum": lambda s: VectorSum(size=5, rounds=2),
+    "subgroups_pca": lambda s: PCA(columns=("x1", "x2", "y"), n_components=2),
+    "subgroups_pca_iterative": lambda s: PCA(
+        columns=("x1", "x2", "y"), n_components=1, method="iterative", oversample=1
+    ),
+    "subgroups_kmeans": lambda s: KMeans(columns=("x1", "x2"), n_clusters=2, n_init=2),
+    "subgroups_choose_k": lambda s: ChooseK(columns=("x1", "x2"), k_min=2, k_max=3, n_init=2),
     "concordance": lambda s: Concordance(
         time="T", event="E", covariates=("x1",), coefficients=(0.5,), time_grid=GRID, sites=s
     ),

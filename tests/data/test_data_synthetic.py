@@ -210,3 +210,51 @@ def test_sites_run_through_a_simulation() -> None:
     expected = c.pooled().frame[["age", "stage_IV", "time"]].mean().to_numpy()
     np.testing.assert_allclose(result.mean, expected, rtol=1e-8)
     assert result.n == 150
+
+
+def _digest(cohort) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in cohort.datasets.values():
+        h.update(pd.util.hash_pandas_object(d.frame, index=True).to_numpy().tobytes())
+        h.update(np.ascontiguousarray(d.expression.to_numpy()).tobytes())
+        for k in sorted(d.tiles):
+            h.update(np.ascontiguousarray(d.tiles[k]).tobytes())
+    h.update(pd.util.hash_pandas_object(cohort.truth.prognostic_latent).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_cohorts_without_subtypes_are_those_of_earlier_releases() -> None:
+    # the digest of this call before subtypes could be planted
+    cohort = synthetic_cohort(n_sites=2, patients_per_site=40, n_genes=60, seed=7)
+    assert _digest(cohort) == "7099ee1ade3bd1cf70588e16a68a27b0bb8f13b824179d78f9402dc91125fc06"
+    assert cohort.truth.subtype is None and cohort.truth.subtype_genes == {}
+
+
+def test_planted_subtypes_raise_their_signature_genes() -> None:
+    kwargs = {"n_sites": 3, "patients_per_site": 120, "n_genes": 80, "tiles": False, "seed": 4}
+    plain = synthetic_cohort(**kwargs)
+    cohort = synthetic_cohort(**kwargs, n_subtypes=3, subtype_genes=5, subtype_log2fc=2.0)
+    truth = cohort.truth
+    # the clinical tables (not their survival outcome) and the other draws are unchanged
+    for site, d in cohort.datasets.items():
+        cols = ["pid", "age", "stage", "msi", "arm"]
+        pd.testing.assert_frame_equal(d.frame[cols], plain.datasets[site].frame[cols])
+        assert "subtype" not in d.frame.columns
+    assert set(truth.subtype.unique()) == {0, 1, 2} and len(truth.subtype) == 360
+    assert len(truth.subtype_log_hr) == 3
+    genes = [g for gs in truth.subtype_genes.values() for g in gs]
+    assert len(set(genes)) == 15 and not set(genes) & set(truth.de_genes)
+    expr = np.log2(1 + pd.concat(d.expression for d in cohort.datasets.values()))
+    sub = truth.subtype.loc[expr.index]
+    for j, gs in truth.subtype_genes.items():
+        diff = expr.loc[sub == j, list(gs)].mean() - expr.loc[sub != j, list(gs)].mean()
+        assert (diff > 1.2).all()
+
+
+def test_bad_subtype_parameters() -> None:
+    with pytest.raises(ValidationError, match="n_subtypes must be 0"):
+        synthetic_cohort(n_subtypes=1)
+    with pytest.raises(ValidationError, match="n_subtypes \\* subtype_genes"):
+        synthetic_cohort(n_genes=60, n_subtypes=4, subtype_genes=10)

@@ -81,11 +81,14 @@ def _expression(
     z: np.ndarray,
     prog_idx: np.ndarray,
     alpha: np.ndarray,
+    subtype_log2: np.ndarray | None = None,
 ) -> pd.DataFrame:
     n = len(pids)
     size = rng.lognormal(0.0, 0.2) * rng.lognormal(0.0, 0.25, n)
     log2_mu = (base_log2 + batch)[None, :] + msi[:, None] * lfc[None, :]
     log2_mu[:, prog_idx] += z
+    if subtype_log2 is not None:  # planted subtypes (no draw: the other streams are unchanged)
+        log2_mu += subtype_log2
     mu = np.exp2(log2_mu, dtype=np.float32)
     mu *= size[:, None].astype(np.float32)
     shape = (1.0 / alpha).astype(np.float32)

@@ -37,6 +37,15 @@ The generating model (all effects are returned in :class:`SyntheticTruth`):
   with ``centre ~ N(0, 1)``, ``stain ~ N(0, 0.1)``, ``patient ~ N(0, 0.3)`` per
   dimension, ``noise ~ N(0, 1)``; ``msi_tile_shift`` is a random direction of length
   ``msi_tile_effect``.
+* Subtypes (only when ``n_subtypes > 0``; otherwise nothing below is drawn and the
+  cohort is the one earlier releases generated for the same arguments): every patient
+  belongs to one of ``n_subtypes`` planted molecular subtypes, drawn uniformly at every
+  site.  Subtype ``j`` raises the log2 mean of its own ``subtype_genes`` signature genes
+  (disjoint from the DE and prognostic genes and from the other subtypes') by
+  ``subtype_log2fc``, and multiplies the hazard by ``exp(subtype_log_hr[j])`` with
+  ``subtype_log_hr`` evenly spaced in ``[-0.4, 0.4]``.  The labels are returned in
+  :attr:`SyntheticTruth.subtype` only (the clinical table does not carry them).  The
+  subtype draws use their own random streams, so the other draws are unchanged.
 
 20,000 genes x 1,000 patients generate in about 2 s on one core.
 """
@@ -156,6 +165,13 @@ class SyntheticTruth:
         so a fit on observed expression is attenuated.
     weibull_shape, weibull_scale
         The baseline hazard: ``H0(t) = (t / scale) ** shape``, t in days.
+    subtype
+        The planted subtype (0 .. ``n_subtypes - 1``) of every patient, indexed by pid;
+        ``None`` when the cohort has no planted subtypes.
+    subtype_genes
+        Subtype -> the names of its signature genes (raised by ``subtype_log2fc``).
+    subtype_log_hr
+        The true log hazard ratio of each subtype (empty without subtypes).
     """
 
     log_hr: dict[str, float]
@@ -170,6 +186,9 @@ class SyntheticTruth:
     prognostic_latent: pd.DataFrame = field(repr=False)
     weibull_shape: float = _WEIBULL_SHAPE
     weibull_scale: float = _WEIBULL_SCALE
+    subtype: pd.Series | None = field(default=None, repr=False)
+    subtype_genes: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    subtype_log_hr: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,6 +273,37 @@ def _check_params(
     return sizes, [str(n) for n in names]
 
 
+_SUB_KEY = 1_000_000  # spawn keys of the subtype streams: apart from the cohort's own
+
+
+def _check_subtypes(
+    n_subtypes: Any, per: Any, log2fc: Any, n_genes: int, n_de: int, n_prog: int
+) -> None:
+    for name, v, low in (("n_subtypes", n_subtypes, 0), ("subtype_genes", per, 1)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+            raise ValidationError(f"{name} must be an integer >= {low}")
+    if n_subtypes == 1:
+        raise ValidationError("n_subtypes must be 0 (none) or at least 2")
+    if n_subtypes and n_de + n_prog + n_subtypes * per > n_genes:
+        raise ValidationError(
+            "n_de_genes + n_prognostic_genes + n_subtypes * subtype_genes must be at most n_genes"
+        )
+    if not np.isfinite(log2fc):
+        raise ValidationError("subtype_log2fc must be a finite number")
+
+
+def _subtype_genes(
+    seed: int, n_subtypes: int, per: int, n_genes: int, taken: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each subtype's signature genes (disjoint, outside ``taken``) and its log HR."""
+    if not n_subtypes:
+        return [], np.zeros(0)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SUB_KEY,)))
+    free = rng.permutation(np.setdiff1d(np.arange(n_genes), taken))
+    genes = [np.sort(free[j * per : (j + 1) * per]) for j in range(n_subtypes)]
+    return genes, np.linspace(-0.4, 0.4, n_subtypes)
+
+
 def synthetic_cohort(
     *,
     n_sites: int = 3,
@@ -272,6 +322,9 @@ def synthetic_cohort(
     tiles: bool = True,
     site_names: Sequence[str] | None = None,
     seed: int = 0,
+    n_subtypes: int = 0,
+    subtype_genes: int = 20,
+    subtype_log2fc: float = 1.5,
 ) -> SyntheticCohort:
     """Generate a seeded multimodal oncology cohort with planted effects.
 
@@ -309,6 +362,13 @@ def synthetic_cohort(
         Names of the sites (default ``site1``, ``site2``, ...).
     seed
         Seed of the generator: the same arguments give the same cohort.
+    n_subtypes
+        Number of planted molecular subtypes (0: none, the default; see the module
+        docs).  The truth is :attr:`SyntheticTruth.subtype`.
+    subtype_genes
+        Signature genes per subtype.
+    subtype_log2fc
+        Log2 fold change of a subtype's signature genes in its patients.
 
     Returns
     -------
@@ -339,6 +399,9 @@ def synthetic_cohort(
             raise ValidationError(f"{pname} must be a finite number >= 0")
     if not np.isfinite(batch_sd) or batch_sd < 0:
         raise ValidationError("batch_sd must be a finite number >= 0")
+    _check_subtypes(
+        n_subtypes, subtype_genes, subtype_log2fc, n_genes, n_de_genes, n_prognostic_genes
+    )
     hr = dict(DEFAULT_LOG_HR)
     if log_hr is not None:
         unknown = sorted(set(log_hr) - set(COVARIATES))
@@ -371,12 +434,14 @@ def synthetic_cohort(
     msi_shift = msi_tile_effect * direction / np.linalg.norm(direction)
     centre = rng_tiles.normal(0.0, 1.0, tile_dim)
     tilts = np.linspace(-case_mix, case_mix, n_sites) if n_sites > 1 else np.zeros(1)
+    sub_genes, sub_hr = _subtype_genes(seed, n_subtypes, subtype_genes, n_genes, chosen)
 
     schema = synthetic_schema()
     datasets: dict[str, Dataset] = {}
     stage_probs: dict[str, tuple[float, ...]] = {}
     batches: dict[str, np.ndarray] = {}
     latent: list[pd.DataFrame] = []
+    subtypes: list[pd.Series] = []
     for k, (site, n) in enumerate(zip(names, sizes)):
         rng_c, rng_e, rng_t = (np.random.default_rng(s) for s in streams[3 + 3 * k : 6 + 3 * k])
         p_stage = _STAGE_BASE * np.exp(tilts[k] * _STAGE_TILT)
@@ -385,6 +450,17 @@ def synthetic_cohort(
         clin, msi, z = _clinical(rng_c, site, n, p_stage, msi_prevalence, n_prognostic_genes)
         eta = sum(hr[c] * clin[c].to_numpy(float) for c in COVARIATES if c != "age")
         eta = eta + hr["age"] * (clin["age"].to_numpy() - _AGE_CENTRE) + z @ prog_hr
+        sub_log2 = None
+        if n_subtypes:
+            rng_s = np.random.default_rng(
+                np.random.SeedSequence(seed, spawn_key=(_SUB_KEY + 1 + k,))
+            )
+            labels = rng_s.integers(0, n_subtypes, n)
+            eta = eta + sub_hr[labels]
+            subtypes.append(pd.Series(labels, index=pd.Index(clin["pid"].to_numpy(), name="pid")))
+            sub_log2 = np.zeros((n, n_genes))
+            for j, idx in enumerate(sub_genes):
+                sub_log2[np.ix_(labels == j, idx)] = subtype_log2fc
         clin["time"], clin["event"] = _survival(rng_c, eta)
         frame = schema.validate(clin)
         latent.append(pd.DataFrame(z, index=pd.Index(frame["pid"].to_numpy(), name="pid")))
@@ -392,7 +468,9 @@ def synthetic_cohort(
         batches[site] = batch
         expr = None
         if expression:
-            expr = _expression(rng_e, frame["pid"], base_log2, batch, lfc, msi, z, prog_idx, alpha)
+            expr = _expression(
+                rng_e, frame["pid"], base_log2, batch, lfc, msi, z, prog_idx, alpha, sub_log2
+            )
             expr.columns = pd.Index(genes)
         tile_map = None
         if tiles:
@@ -418,5 +496,8 @@ def synthetic_cohort(
         batch_log2_shift=batches,
         msi_prevalence=float(msi_prevalence),
         prognostic_latent=pd.concat(latent).set_axis([genes[j] for j in prog_idx], axis=1),
+        subtype=pd.concat(subtypes).rename("subtype") if n_subtypes else None,
+        subtype_genes={j: tuple(genes[g] for g in idx) for j, idx in enumerate(sub_genes)},
+        subtype_log_hr=tuple(float(b) for b in sub_hr),
     )
     return SyntheticCohort(datasets=datasets, truth=truth, schema=schema, genes=genes)
