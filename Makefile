@@ -24,7 +24,7 @@ example: setup         ## install, then a first federated analysis in simulation
 	$(PY) examples/first_analysis.py
 
 test: setup lint       ## install, lint, then run the whole test suite
-	$(PY) -m pytest -n 2 -q
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
 
 lint: setup            ## ruff (lint + format) and mypy (py.typed promises types)
 	$(VENV)/bin/ruff check src tests bench examples
