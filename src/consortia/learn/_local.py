@@ -197,6 +197,11 @@ def loss_sum(task: str, score: np.ndarray, y: np.ndarray) -> float:
     """
     if score.size == 0:
         return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # the caller refuses a non-finite sum
+        return _loss_sum(task, score, y)
+
+
+def _loss_sum(task: str, score: np.ndarray, y: np.ndarray) -> float:
     if task == "regression":
         return float(np.sum((score - y[:, 0]) ** 2))
     if task == "binary":
