@@ -257,3 +257,22 @@ def test_nan_loss_and_a_diverging_server_optimiser(sites) -> None:
     )  # fmt: skip
     with pytest.raises(TrainingDivergedError, match="server optimiser 'fedadagrad' diverged"):
         Simulation(sites, policy=OPEN).run(diverging)
+
+
+def test_scaffold_control_variate_is_recomputed_bit_for_bit_by_a_restarted_site(sites) -> None:
+    algo = Training(
+        model="linear", features=FEATURES, task="binary", label="e", strategy="scaffold",
+        rounds=2, local_steps=4, batch_size=8, lr=0.1, seed=3,
+    )  # fmt: skip
+    data = Dataset(sites["s2"], site="s2")
+    w0 = np.array([0.1, -0.2, 0.05, 0.0])
+    w1 = w0 + 0.01
+    first = {"weights": w0, "round": [0.0], "control": np.zeros(4)}
+    second = {"weights": w1, "round": [1.0], "control": np.full(4, 0.02), "previous": w0}
+    kept = algorithm_from_spec(algo.spec())
+    kept.local("train", first, data)  # keeps c_i at w0
+    after_restart = algorithm_from_spec(algo.spec())  # a node restarted between rounds
+    a = kept.local("train", second, data)
+    b = after_restart.local("train", second, data)
+    for name in ("update", "grad"):
+        assert a.arrays[name].tobytes() == b.arrays[name].tobytes()

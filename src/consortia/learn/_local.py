@@ -19,7 +19,7 @@ import numpy as np
 from consortia.errors import TrainingDivergedError
 from consortia.learn.models import ModelSpec, flatten, unflatten
 
-__all__ = ["full_gradient", "loss_sum", "scores", "site_seed", "train"]
+__all__ = ["batch_gradient", "loss_sum", "scores", "site_seed", "train"]
 
 
 def site_seed(seed: int, round_index: int, site: str | None) -> int:
@@ -151,7 +151,7 @@ def train(
     return out
 
 
-def full_gradient(
+def batch_gradient(
     *,
     spec: ModelSpec,
     hp: Mapping[str, Any],
@@ -159,21 +159,38 @@ def full_gradient(
     x: np.ndarray,
     y: np.ndarray,
     weights: np.ndarray,
+    batch_size: int | None,
+    seed: int,
 ) -> np.ndarray:
-    """Gradient of the split's mean loss at ``weights`` (one full batch)."""
+    """Mean over one epoch's batches of the batch-mean-loss gradient at ``weights``.
+
+    The batches partition a permutation drawn from ``torch.Generator().manual_seed(seed)``
+    (the last one may be short); without ``batch_size``, the full-batch gradient.
+    """
     with deterministic() as torch:
         module = _module(spec, hp, x.shape[1], weights)
-        loss = _loss(
-            torch, task, module(torch.from_numpy(x)), torch.from_numpy(y), reduction="mean"
-        )
-        if not bool(torch.isfinite(loss)):
-            raise TrainingDivergedError(f"the local {task} loss is NaN or infinite")
-        loss.backward()
-        parts = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-            for p in module.parameters()
-        ]
-        return torch.cat(parts).numpy().astype(np.float64, copy=True)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        n = x.shape[0]
+        if batch_size is None or batch_size >= n:
+            batches = [torch.arange(n)]
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+            batches = list(torch.split(order, batch_size))
+        total = None
+        for idx in batches:
+            module.zero_grad(set_to_none=True)
+            loss = _loss(torch, task, module(xt[idx]), yt[idx], reduction="mean")
+            if not bool(torch.isfinite(loss)):
+                raise TrainingDivergedError(f"the local {task} loss is NaN or infinite")
+            loss.backward()
+            parts = [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in module.parameters()
+            ]
+            g = torch.cat(parts)
+            total = g if total is None else total + g
+        assert total is not None
+        return (total / len(batches)).numpy().astype(np.float64, copy=True)
 
 
 def scores(

@@ -164,10 +164,12 @@ class Scaffold(FedAvg):
     """Scaffold (Karimireddy et al. 2020), control variates of option I, released as sums.
 
     Each local gradient step uses ``g(w) - c_i + c``, where ``c_i`` is the site's
-    full-batch gradient at the *previous* global weights and ``c`` the sample-weighted
-    mean of those gradients over sites (the sum released in the previous round).  The
-    site recomputes ``c_i`` from the previous weights (broadcast) instead of storing it,
-    so a restarted node gives the same contribution.  The first round uses ``c = c_i = 0``.
+    gradient at the *previous* global weights (the mean of one seeded epoch's batch
+    gradients, or the full-batch gradient without batches) and ``c`` the sample-weighted
+    mean of those gradients over sites (the sum released in the previous round).  A
+    site keeps ``c_i`` between rounds and recomputes it bit for bit from the previous
+    weights (broadcast) when it has not (a restarted node).  The first round uses
+    ``c = c_i = 0``.
     """
 
     name: ClassVar[str] = "scaffold"

@@ -371,18 +371,15 @@ class Training(Algorithm):
         spec, hp, strategy = get_model(self.model), self.hyperparameters, self.strategy_
         weights = np.asarray(public["weights"], dtype=np.float64)
         common = {"spec": spec, "hp": hp, "task": self.task, "x": x, "y": y}
+        round_index = int(round(float(np.asarray(public["round"])[0])))
         correction = None
         grad_now = None
         if strategy.control_variates:
-            grad_now = _clip(
-                _local.full_gradient(**common, weights=weights), self.clip_norm / self.lr
-            )[0]
             if "previous" in public:
                 prev = np.asarray(public["previous"], dtype=np.float64)
-                own = self._cached_gradient(prev, common)
+                own = self._control(prev, common, round_index - 1, site)
                 correction = np.asarray(public["control"], dtype=np.float64) - own
-            self._cache_gradient(weights, grad_now)
-        round_index = int(round(float(np.asarray(public["round"])[0])))
+            grad_now = self._control(weights, common, round_index, site)
         new = _local.train(
             **common,
             weights=weights,
@@ -399,17 +396,31 @@ class Training(Algorithm):
             out["grad"] = n * grad_now
         return out
 
-    def _cached_gradient(self, weights: np.ndarray, common: Mapping[str, Any]) -> np.ndarray:
-        key = hashlib.sha256(weights.tobytes()).hexdigest()
-        cache = self.__dict__.get("_grad_cache", {})
-        if key in cache:
-            return cache[key]
-        # not kept (a restarted node): recomputed, bit for bit the same
-        return _clip(_local.full_gradient(**common, weights=weights), self.clip_norm / self.lr)[0]
+    def _control(
+        self, weights: np.ndarray, common: Mapping[str, Any], round_index: int, site: str | None
+    ) -> np.ndarray:
+        """Scaffold's ``c_i`` at ``weights`` (those of ``round_index``), clipped.
 
-    def _cache_gradient(self, weights: np.ndarray, grad: np.ndarray) -> None:
-        key = hashlib.sha256(weights.tobytes()).hexdigest()
-        object.__setattr__(self, "_grad_cache", {key: grad})
+        The mean of the batch gradients over one epoch of a permutation seeded from
+        (seed, round, site), or the full-batch gradient without ``batch_size``: the
+        gradient of the objective local training follows (a Cox loss on batches is not
+        the Cox loss of the whole split).  Computed at round ``r`` for the sum and again
+        at ``r + 1`` for the correction; kept in between, and recomputed bit for bit by
+        a restarted node.
+        """
+        key = (hashlib.sha256(weights.tobytes()).hexdigest(), round_index)
+        cache = self.__dict__.get("_control_cache")
+        if cache is not None and cache[0] == key:
+            return np.asarray(cache[1])
+        grad = _local.batch_gradient(
+            **common,
+            weights=weights,
+            batch_size=self.batch_size,
+            seed=_local.site_seed(self.seed, round_index, f"{site or ''}/control"),
+        )
+        clipped = _clip(grad, self.clip_norm / self.lr)[0]
+        object.__setattr__(self, "_control_cache", (key, clipped))
+        return clipped
 
     def _evaluate(self, d: _SiteData, score: np.ndarray) -> tuple[dict[str, Any], set[str]]:
         if self.task == "binary":
