@@ -132,7 +132,8 @@ class Training(Algorithm):
     patience
         Early stopping: stop when the federated validation loss has not improved for
         this many rounds, and keep the weights of its lowest value (needs a ``val``
-        split).  ``None``: no early stopping.
+        split); a study that reaches ``rounds`` first keeps its last weights.
+        ``None``: no early stopping.
     auc_bins
         Bins of the predicted probability for the AUC (binary).
     time_grid
