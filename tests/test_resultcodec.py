@@ -19,6 +19,7 @@ import pytest
 
 from consortia import Policy, Simulation
 from consortia.errors import ProtocolError, ResultCodecError
+from consortia.learn import Training
 from consortia.protocol import Algorithm, Contribution, Round, register, registered_algorithms
 from consortia.resultcodec import MAX_DEPTH, decode_result, encode_result, result_digest
 from consortia.stats.descriptive import Count, CrossTab, Histogram, Mean, Variance
@@ -125,6 +126,29 @@ CASES: dict[str, Callable[[tuple[str, ...]], Algorithm]] = {
     "logrank_planned": lambda s: LogRank(
         time="T", event="E", group="arm", groups=("a", "b"), **PLAN
     ),
+    # model training (its local step needs torch: skipped without it)
+    "learn_binary": lambda s: Training(
+        model="linear",
+        features=("x1", "x2"),
+        task="binary",
+        label="event",
+        rounds=2,
+        test_fraction=0.3,
+        auc_bins=20,
+    ),
+    "learn_cox": lambda s: Training(
+        model="cox_linear",
+        features=("x1", "x2"),
+        task="cox",
+        time="T",
+        event="E",
+        rounds=2,
+        local_steps=3,
+        batch_size=8,
+        strategy="fedyogi",
+        time_grid=GRID,
+        score_bins=16,
+    ),
 }
 
 
@@ -182,6 +206,8 @@ def test_every_registered_algorithm_has_a_case() -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_result_round_trips(case: str, sites: dict[str, pd.DataFrame]) -> None:
+    if case.startswith("learn"):
+        pytest.importorskip("torch")
     result = Simulation(sites, policy=OPEN).run(CASES[case](tuple(sites)))
     frame = encode_result(result)
     assert encode_result(result) == frame  # deterministic

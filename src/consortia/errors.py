@@ -72,6 +72,29 @@ class LocalStepError(AlgorithmError):
         super().__init__(f"the local step {step[:100]!r}{what} failed at the site ({cause}){hint}")
 
 
+class UnknownModelError(ValidationError):
+    """No model is registered under the requested name (see :mod:`consortia.learn.models`)."""
+
+
+class HyperparameterError(ValidationError):
+    """A model's or a strategy's hyperparameter is unknown, of the wrong type or out of range."""
+
+
+class TrainingError(AlgorithmError):
+    """Federated model training could not go on (see :mod:`consortia.learn`)."""
+
+
+class TrainingDivergedError(TrainingError, ConvergenceError):
+    """Training diverged: a NaN or infinite loss at a site, or a server step that blew up.
+
+    Nothing already released is lost: the rounds summed before stay in the study's history.
+    """
+
+
+class SplitClassError(TrainingError):
+    """A site's training split holds a single class of a binary outcome."""
+
+
 class ProtocolError(ConsortiaError):
     """A message breaks the federation protocol (wrong layout, round, study, ...)."""
 

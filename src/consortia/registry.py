@@ -52,6 +52,7 @@ ENTRY_POINT_GROUP = "consortia.algorithms"
 """The entry point group through which packages register algorithm modules or classes."""
 
 BUILTIN_PACKAGES = (
+    "consortia.learn",
     "consortia.stats",
     "consortia.subgroups",
     "consortia.survival",

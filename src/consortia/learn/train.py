@@ -1,0 +1,494 @@
+"""Federated model training as a consortia algorithm (``learn.train``).
+
+Rounds
+------
+* ``train`` (one per training round): the hub broadcasts the global weights
+  (``weights``; Scaffold adds ``control`` and ``previous``).  Each site scores the
+  broadcast model on its splits (the round's metrics), trains a copy on its
+  ``train`` split with PyTorch and releases, as sums over sites:
+  ``update = n_i * clip(y_i - x)``, its split sizes ``counts`` and, per split, the
+  summed loss ``loss`` and correct predictions ``correct`` (binary), ``clipped``
+  (1 when its update was clipped), and for Scaffold ``grad = n_i * clip(g_i(x))``.
+  The hub divides by ``sum n_i`` and lets the strategy move the global weights
+  (:mod:`consortia.learn.strategies`).
+* ``evaluate``: the final weights' metrics, plus AUC histograms (binary) or the
+  evaluation split's risk moments and event counts on ``time_grid`` (cox);
+* ``concordance`` (cox with a ``time_grid``): the cells of the C-index
+  (:mod:`consortia.learn.evaluation`).
+
+Clipping and the fixed-point range
+----------------------------------
+Every site clips its update to L2 norm ``clip_norm`` before weighting it, so each
+value of ``update`` satisfies ``|v| <= n_i * clip_norm``; Scaffold's gradient is
+clipped to ``clip_norm / lr``, so ``|v| <= n_i * clip_norm / lr``.  The privacy layer
+accepts ``|v| <= 2**(63 - frac_bits) / n_parties`` (``5.5e8`` for the default 24
+fractional bits and up to :data:`MAX_SITES` sites).  A site checks
+``n_i * clip_norm / min(lr, 1) <= 2**(63 - 24) / MAX_SITES`` before it trains and
+refuses otherwise, so the encoding of a clipped update can never overflow; losses are
+checked against the same bound.  Each value of the mean update is exact to
+``n_sites * 2**-25 / sum n_i`` (the codec's resolution).
+
+Determinism
+-----------
+Local training is seeded from ``(seed, round, site name)`` and runs single-threaded
+with deterministic torch algorithms in float64: a simulation and a deployment of the
+same study give bit-identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from consortia.data.dataset import Dataset
+from consortia.errors import (
+    AlgorithmError,
+    SchemaError,
+    SplitClassError,
+    TrainingDivergedError,
+    TrainingError,
+)
+from consortia.learn import _local
+from consortia.learn._hub import Evaluator, check_params
+from consortia.learn.evaluation import (
+    column_codes,
+    histogram_pairs,
+    split_codes,
+    within_auc_pairs,
+)
+from consortia.learn.models import get_model
+from consortia.learn.result import TrainingResult
+from consortia.learn.strategies import Strategy, make_strategy
+from consortia.precision import DEFAULT_FRAC_BITS
+from consortia.protocol import Algorithm, Contribution, Coordination, Requirements, Round, register
+from consortia.stats._validate import numeric_columns
+from consortia.survival._grid import binned_on, grid_map
+from consortia.survival._validate import survival_columns
+from consortia.survival.concordance import cell_pair_counts, harrell_pair_counts
+
+__all__ = ["MAX_SITES", "Training"]
+
+MAX_SITES = 1000
+"""Most sites the clipping bound is sized for (see the module notes)."""
+
+_RANGE = 2.0 ** (63 - DEFAULT_FRAC_BITS) / MAX_SITES
+
+
+@dataclass(frozen=True)
+class _SiteData:
+    x: np.ndarray  # features
+    y: np.ndarray  # label (n, 1) or time/event (n, 2)
+    split: np.ndarray  # 0 train, 1 val, 2 test
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Training(Algorithm):
+    """Train a registered model across sites with a federated strategy.
+
+    Parameters
+    ----------
+    model
+        A registered model name (:func:`consortia.learn.models.registered_models`).
+    features
+        Numeric feature columns, in the order of the model's inputs.
+    task
+        ``"binary"`` (``label`` holds 0/1; logistic loss on the first output),
+        ``"regression"`` (squared error) or ``"cox"`` (``time`` and ``event``; the
+        negative Breslow partial log-likelihood within each batch).
+    label, time, event
+        The outcome columns of the task.
+    hyperparameters
+        The model's JSON hyperparameters.
+    strategy
+        ``fedavg``, ``fedprox``, ``scaffold``, ``fedadam``, ``fedyogi`` or ``fedadagrad``.
+    strategy_params
+        The strategy's parameters (``server_lr``; ``mu``; ``beta1``, ``beta2``, ``tau``).
+    rounds
+        Most training rounds.
+    local_steps
+        SGD updates per site and round.
+    batch_size
+        Rows per update; ``None`` for the whole training split (full-batch gradient).
+    lr
+        The local (client) learning rate.
+    clip_norm
+        L2 bound of each site's update per round (see the module notes).
+    seed
+        The study's seed: initial weights, splits and local batches derive from it.
+    init
+        ``"uniform"`` (as torch's ``nn.Linear``) or ``"zeros"``.
+    split_column
+        A column holding ``train``/``val``/``test``; otherwise the split is hashed
+        from (seed, patient id) with ``val_fraction`` and ``test_fraction``.
+    id_column
+        The patient-id column of the hashed split (default: the dataset's declared
+        id column, else the row position).
+    patience
+        Early stopping: stop when the federated validation loss has not improved for
+        this many rounds, and keep the weights of its lowest value (needs a ``val``
+        split); a study that reaches ``rounds`` first keeps its last weights.
+        ``None``: no early stopping.
+    auc_bins
+        Bins of the predicted probability for the AUC (binary).
+    time_grid
+        Public time grid of the C-index (cox); ``None``: no C-index.
+    score_bins
+        Score bins of the C-index.
+    round_timeout
+        Seconds a site may spend on a training round (``Round.timeout``).
+    """
+
+    name = "learn.train"
+    model: str
+    features: tuple[str, ...]
+    task: str
+    label: str | None = None
+    time: str | None = None
+    event: str | None = None
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    strategy: str = "fedavg"
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
+    rounds: int = 10
+    local_steps: int = 1
+    batch_size: int | None = None
+    lr: float = 0.1
+    clip_norm: float = 100.0
+    seed: int = 0
+    init: str = "uniform"
+    split_column: str | None = None
+    id_column: str | None = None
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    patience: int | None = None
+    auc_bins: int = 1000
+    time_grid: tuple[float, ...] | None = None
+    score_bins: int = 1024
+    round_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        check_params(self)
+        hp = get_model(self.model).validate(self.hyperparameters)
+        object.__setattr__(self, "hyperparameters", MappingProxyType(hp))
+        strat = make_strategy(self.strategy, self.strategy_params)
+        object.__setattr__(self, "strategy_params", MappingProxyType(strat.params()))
+
+    # ------------------------------------------------------------------ shared
+
+    @property
+    def strategy_(self) -> Strategy:
+        """The strategy object."""
+        return make_strategy(self.strategy, self.strategy_params)
+
+    @property
+    def n_parameters(self) -> int:
+        """Length of the model's parameter vector."""
+        return get_model(self.model).n_parameters(len(self.features), self.hyperparameters)
+
+    def _outcomes(self) -> tuple[str, ...]:
+        if self.task == "cox":
+            return (str(self.time), str(self.event))
+        return (str(self.label),)
+
+    def requirements(self, step: str) -> Requirements:
+        """Every step: the model's parameter count; the feature, outcome and split columns."""
+        cols = (*self.features, *self._outcomes())
+        extra = tuple(c for c in (self.split_column, self.id_column) if c)
+        return Requirements(n_parameters=self.n_parameters, columns=cols + extra)
+
+    # ------------------------------------------------------------------ hub side
+
+    def coordinate(self) -> Coordination:
+        spec = get_model(self.model)
+        size = self.n_parameters
+        if self.init == "zeros":
+            weights = np.zeros(size)
+        else:
+            weights = spec.initial(len(self.features), self.hyperparameters, seed=self.seed)
+        strategy = self.strategy_
+        state = strategy.init_state(size)
+        control, previous = np.zeros(size), None
+        ev = Evaluator(task=self.task, auc_bins=self.auc_bins, score_bins=self.score_bins)
+        best = (np.inf, weights, 0)
+        stopped, done = False, 0
+        for r in range(self.rounds):
+            public: dict[str, Any] = {"weights": weights, "round": [r]}
+            if strategy.control_variates:
+                public["control"] = control
+                if previous is not None:
+                    public["previous"] = previous
+            sums = yield Round("train", public, timeout=self.round_timeout)
+            n_train = float(sums["counts"][0])
+            if n_train < 1:
+                raise AlgorithmError("no site has rows in its training split")
+            delta = np.asarray(sums["update"]) / n_train
+            ev.record(r, sums, float(np.linalg.norm(delta)))
+            done = r + 1
+            val = ev.last("val_loss")
+            if self.patience is not None and np.isfinite(val):
+                if val < best[0]:
+                    best = (val, weights, r)
+                elif r - best[2] >= self.patience:
+                    stopped = True
+                    break
+            if strategy.control_variates:
+                control, previous = np.asarray(sums["grad"]) / n_train, weights
+            weights, state = strategy.step(weights, delta, state)
+        best_round = done  # the weights after the last round
+        if stopped:  # the weights of the lowest validation loss
+            weights, best_round = best[1], best[2]
+        sums = yield Round("evaluate", {"weights": weights})
+        metrics, n = ev.final(sums)
+        c_split = ""
+        if self.task == "cox" and self.time_grid is not None:
+            c_split, cells = ev.cindex_round(sums, n)
+            if cells is not None:
+                sums = yield Round("concordance", {"weights": weights, **cells})
+                metrics.update(ev.cindex(sums))
+        return TrainingResult(
+            model=self.model,
+            hyperparameters=dict(self.hyperparameters),
+            features=tuple(self.features),
+            task=self.task,
+            weights=np.array(weights, dtype=np.float64),
+            strategy=self.strategy,
+            strategy_params=dict(self.strategy_params),
+            rounds=done,
+            best_round=int(best_round),
+            stopped_early=stopped,
+            history=ev.history(),
+            metrics=metrics,
+            n=n,
+            c_index_split=c_split,
+        )
+
+    # ------------------------------------------------------------------ site side
+
+    def _read(self, data: Dataset) -> _SiteData:
+        cached = self.__dict__.get("_site_data")
+        if cached is not None and cached[0] is data.frame:
+            return cached[1]
+        frame = data.frame
+        x = np.ascontiguousarray(numeric_columns(frame, self.features))
+        if self.task == "cox":
+            t, e = survival_columns(frame, str(self.time), str(self.event))
+            y = np.column_stack([t, e.astype(np.float64)])
+        else:
+            y = numeric_columns(frame, (str(self.label),)).reshape(-1, 1)
+            if self.task == "binary" and not np.all((y == 0) | (y == 1)):
+                raise SchemaError(f"label column {self.label!r} must hold only 0 and 1")
+        if self.split_column is not None:
+            split = column_codes(frame[self.split_column].astype(str).to_numpy(), self.split_column)
+        else:
+            col = self.id_column or data.id_column
+            if col is not None and col not in frame.columns:
+                raise SchemaError(f"id column {col!r} not found in the site's data")
+            ids = frame[col].to_numpy() if col is not None else np.arange(len(frame))
+            split = split_codes(
+                ids,
+                seed=self.seed,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+            )
+        site = _SiteData(np.ascontiguousarray(x), np.ascontiguousarray(y), split)
+        object.__setattr__(self, "_site_data", (frame, site))
+        return site
+
+    def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
+        d = self._read(data)
+        spec, hp = get_model(self.model), self.hyperparameters
+        weights = np.asarray(public["weights"], dtype=np.float64)
+        score = _local.scores(spec=spec, hp=hp, x=d.x, weights=weights)
+        arrays: dict[str, Any] = self._metric_arrays(d, score)
+        counts = {"counts", "correct"} if self.task == "binary" else {"counts"}
+        kwargs: dict[str, Any] = {}
+        if step == "train":
+            arrays.update(self._train(d, public, data.site))
+        elif step == "evaluate":
+            more, extra_counts = self._evaluate(d, score)
+            arrays.update(more)
+            counts |= extra_counts
+            if self.task == "cox" and self.time_grid is not None:
+                kwargs = binned_on(str(self.time), self.time_grid)
+        elif step == "concordance":
+            arrays = self._cells(d, score, public)
+            counts = {"events", "censored"}
+            kwargs = binned_on(str(self.time), self.time_grid or ())
+        else:
+            raise AlgorithmError(f"unknown step {step!r} for {self.name}")
+        return Contribution(
+            arrays,
+            cohort=len(d.x),
+            count_arrays=frozenset(counts),
+            n_parameters=self.n_parameters,
+            **kwargs,
+        )
+
+    def _metric_arrays(self, d: _SiteData, score: np.ndarray) -> dict[str, Any]:
+        counts, loss, correct = np.zeros(3), np.zeros(3), np.zeros(3)
+        for k in range(3):
+            rows = d.split == k
+            counts[k] = float(rows.sum())
+            loss[k] = _local.loss_sum(self.task, score[rows], d.y[rows])
+            if self.task == "binary":
+                correct[k] = float(np.sum((score[rows] > 0) == (d.y[rows, 0] == 1)))
+        if not np.all(np.isfinite(loss)) or np.any(np.abs(loss) > _RANGE):
+            raise TrainingDivergedError(
+                f"the {self.task} loss of the global model is NaN, infinite or beyond the "
+                "encoding range at a site; lower the learning rates"
+            )
+        out: dict[str, Any] = {"counts": counts, "loss": loss}
+        if self.task == "binary":
+            out["correct"] = correct
+        return out
+
+    def _train(
+        self, d: _SiteData, public: Mapping[str, np.ndarray], site: str | None
+    ) -> dict[str, Any]:
+        rows = d.split == 0
+        n = int(rows.sum())
+        size = self.n_parameters
+        if n == 0:
+            out: dict[str, Any] = {"update": np.zeros(size), "clipped": [0.0]}
+            if self.strategy_.control_variates:
+                out["grad"] = np.zeros(size)
+            return out
+        if n * self.clip_norm / min(self.lr, 1.0) > _RANGE:
+            raise TrainingError(
+                f"clip_norm times the site's training rows exceeds the fixed-point range "
+                f"({_RANGE:.3g}); lower 'clip_norm'"
+            )
+        x, y = d.x[rows], d.y[rows]
+        if self.task == "binary" and np.unique(y[:, 0]).size < 2:
+            raise SplitClassError(
+                f"the site's training split holds a single class of label {self.label!r}; "
+                "a binary model needs both classes at every training site"
+            )
+        spec, hp, strategy = get_model(self.model), self.hyperparameters, self.strategy_
+        weights = np.asarray(public["weights"], dtype=np.float64)
+        common = {"spec": spec, "hp": hp, "task": self.task, "x": x, "y": y}
+        round_index = int(round(float(np.asarray(public["round"])[0])))
+        correction = None
+        grad_now = None
+        if strategy.control_variates:
+            if "previous" in public:
+                prev = np.asarray(public["previous"], dtype=np.float64)
+                own = self._control(prev, common, round_index - 1, site)
+                correction = np.asarray(public["control"], dtype=np.float64) - own
+            grad_now = self._control(weights, common, round_index, site)
+        new = _local.train(
+            **common,
+            weights=weights,
+            lr=self.lr,
+            steps=self.local_steps,
+            batch_size=self.batch_size,
+            mu=strategy.proximal_mu,
+            correction=correction,
+            seed=_local.site_seed(self.seed, round_index, site),
+        )
+        delta, clipped = _clip(new - weights, self.clip_norm)
+        out = {"update": n * delta, "clipped": [1.0 if clipped else 0.0]}
+        if grad_now is not None:
+            out["grad"] = n * grad_now
+        return out
+
+    def _control(
+        self, weights: np.ndarray, common: Mapping[str, Any], round_index: int, site: str | None
+    ) -> np.ndarray:
+        """Scaffold's ``c_i`` at ``weights`` (those of ``round_index``), clipped.
+
+        The mean of the batch gradients over one epoch of a permutation seeded from
+        (seed, round, site), or the full-batch gradient without ``batch_size``: the
+        gradient of the objective local training follows (a Cox loss on batches is not
+        the Cox loss of the whole split).  Computed at round ``r`` for the sum and again
+        at ``r + 1`` for the correction; kept in between, and recomputed bit for bit by
+        a restarted node.
+        """
+        key = (hashlib.sha256(weights.tobytes()).hexdigest(), round_index)
+        cache = self.__dict__.get("_control_cache")
+        if cache is not None and cache[0] == key:
+            return np.asarray(cache[1])
+        grad = _local.batch_gradient(
+            **common,
+            weights=weights,
+            batch_size=self.batch_size,
+            seed=_local.site_seed(self.seed, round_index, f"{site or ''}/control"),
+        )
+        clipped = _clip(grad, self.clip_norm / self.lr)[0]
+        object.__setattr__(self, "_control_cache", (key, clipped))
+        return clipped
+
+    def _evaluate(self, d: _SiteData, score: np.ndarray) -> tuple[dict[str, Any], set[str]]:
+        if self.task == "binary":
+            prob = 1.0 / (1.0 + np.exp(-np.clip(score, -700, 700)))
+            edges = np.linspace(0.0, 1.0, self.auc_bins + 1)
+            pos, neg = np.zeros((3, self.auc_bins)), np.zeros((3, self.auc_bins))
+            own = np.zeros((3, 3))  # per split: histogram concordant, ambiguous, exact
+            for k in range(3):
+                rows = d.split == k
+                lab = d.y[rows, 0]
+                b = np.clip(
+                    np.searchsorted(edges, prob[rows], side="right") - 1, 0, self.auc_bins - 1
+                )
+                pos[k] = np.bincount(b[lab == 1], minlength=self.auc_bins)
+                neg[k] = np.bincount(b[lab == 0], minlength=self.auc_bins)
+                own[k, :2] = histogram_pairs(pos[k], neg[k])
+                own[k, 2] = within_auc_pairs(prob[rows], lab)
+            return {"hist_pos": pos.ravel(), "hist_neg": neg.ravel(), "auc_own": own.ravel()}, {
+                "hist_pos",
+                "hist_neg",
+            }
+        if self.task == "cox" and self.time_grid is not None:
+            idx, e = grid_map(d.y[:, 0], d.y[:, 1], self.time_grid, column=str(self.time))
+            k = len(self.time_grid)
+            events = np.zeros((3, k))
+            moments = np.zeros((3, 2))
+            for s in range(3):
+                rows = d.split == s
+                events[s] = np.bincount(idx[rows], weights=e[rows].astype(np.float64), minlength=k)
+                moments[s] = (score[rows].sum(), (score[rows] ** 2).sum())
+            return {"events": events.ravel(), "risk_moments": moments.ravel()}, {"events"}
+        return {}, set()
+
+    def _cells(
+        self, d: _SiteData, score: np.ndarray, public: Mapping[str, np.ndarray]
+    ) -> dict[str, Any]:
+        s = int(round(float(np.asarray(public["split"])[0])))
+        rows = d.split == s
+        idx, e = grid_map(d.y[rows, 0], d.y[rows, 1], self.time_grid or (), column=str(self.time))
+        risk = score[rows]
+        event_bins = np.rint(np.asarray(public["event_bins"])).astype(np.int64)
+        bounds = np.asarray(public["bounds"], dtype=np.float64)
+        cell = np.clip(np.searchsorted(bounds, risk, side="right") - 1, 0, bounds.size - 2)
+        pos = np.searchsorted(event_bins, idx, side="right") - 1
+        keep = pos >= 0
+        nb = bounds.size - 1
+        flat = pos[keep] * nb + cell[keep]
+        size = event_bins.size * nb
+        ev = e[keep].astype(np.float64)
+        events = np.bincount(flat, weights=ev, minlength=size)
+        censored = np.bincount(flat, weights=1.0 - ev, minlength=size)
+        conc, comp, amb = cell_pair_counts(
+            events.reshape(event_bins.size, nb), censored.reshape(event_bins.size, nb)
+        )
+        num, den = harrell_pair_counts(idx, e, risk)
+        return {
+            "events": events,
+            "censored": censored,
+            "own_cells": [conc, comp, amb],
+            "within_exact": [num, den],
+        }
+
+
+def _clip(v: np.ndarray, bound: float) -> tuple[np.ndarray, bool]:
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm):
+        raise TrainingDivergedError("a site's update is NaN or infinite")
+    if norm > bound:
+        return v * (bound / norm), True
+    return v, False
