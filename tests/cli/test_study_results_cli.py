@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from consortia.cli import main
 from consortia.hub import HubProcess
@@ -40,14 +40,15 @@ class World:
     def __init__(self, hub: HubProcess, agents: list[NodeAgent], token: str) -> None:
         self.hub, self.agents, self.token = hub, agents, token
 
-    def cli(self, *args: str) -> object:
-        r = CliRunner().invoke(main, ["study", *args, "--hub", self.hub.url, "--token", self.token])
-        return r
+    def cli(self, *args: str) -> Result:
+        return CliRunner().invoke(
+            main, ["study", *args, "--hub", self.hub.url, "--token", self.token]
+        )
 
     def ok(self, *args: str) -> str:
         r = self.cli(*args)
-        assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
-        return r.stdout  # type: ignore[attr-defined,no-any-return]
+        assert r.exit_code == 0, r.output
+        return r.stdout
 
     def finish(self, sid: str) -> None:
         with connect(self.hub.url, self.token) as fed:
@@ -167,7 +168,7 @@ def test_result_shows_the_statistics_in_lines_that_never_wrap(world, tmp_path) -
     pd.testing.assert_frame_equal(got, cox.summary, check_exact=False, rtol=1e-12)
     target = tmp_path / "cox.json"
     r = world.cli("result", world.cox, "--format", "json", "--out", str(target))
-    assert r.exit_code == 0 and r.stdout == ""  # type: ignore[attr-defined]
+    assert r.exit_code == 0 and r.stdout == ""
     assert json.loads(target.read_text()) == cox.to_dict()
 
 
@@ -180,7 +181,7 @@ def test_export_writes_every_table(world, tmp_path) -> None:
     assert len(got) == sum(c.timeline.size for c in km.curves.values())
     assert list(got.columns[:4]) == ["group", "time", "at_risk", "events"]
     r = world.cli("export", world.km, "--format", "csv", "--table", "nope")
-    assert r.exit_code == 2 and "summary, survival, timeline" in r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 2 and "summary, survival, timeline" in r.output
     assert json.loads(world.ok("export", world.km)) == km.to_dict()
     text = world.ok("export", world.km, "--format", "table")
     assert "---\nsurvival\n" in text and "---\ntimeline\n" in text
