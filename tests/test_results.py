@@ -123,7 +123,7 @@ def test_every_product_result_type_derives_from_result() -> None:
                 for k, v in vars(module).items()
                 if k.endswith("Result") and isinstance(v, type) and dataclasses.is_dataclass(v)
             }
-    assert len(types) == 17
+    assert len(types) >= 17  # every result of a registered consortia algorithm
     assert [t for t in types if not issubclass(t, Result)] == []
 
 

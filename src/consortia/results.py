@@ -196,11 +196,22 @@ def table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
              for i, n in enumerate(frame.index.names)]  # fmt: skip
     frame.index = frame.index.set_names([str(n) for n in names])
     frame = frame.reset_index()
-    cols = list(frame.columns)
-    return [
-        {str(c): jsonable(v) for c, v in zip(cols, row, strict=True)}
-        for row in frame.itertuples(index=False, name=None)
-    ]
+    cols = [str(c) for c in frame.columns]
+    columns = [_column(frame.iloc[:, i].to_numpy()) for i in range(len(cols))]
+    return [dict(zip(cols, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _column(values: np.ndarray) -> list[Any]:
+    """A column as JSON-ready values (vectorised for numeric columns)."""
+    import numpy as np
+
+    if values.dtype.kind in "iub":
+        out: list[Any] = values.tolist()
+        return out
+    if values.dtype.kind == "f":
+        out = values.tolist()
+        return out if np.isfinite(values).all() else [_float(v) for v in out]
+    return [jsonable(v) for v in values]
 
 
 # --------------------------------------------------------------------------- JSON
@@ -220,9 +231,9 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return _float(float(value))
     if isinstance(value, np.ndarray):
-        if value.dtype.kind in "fc" or value.dtype == object:
-            return _nested(value.tolist())
-        return value.tolist()
+        if value.dtype.kind in "iub" or (value.dtype.kind == "f" and np.isfinite(value).all()):
+            return value.tolist()
+        return _nested(value.tolist())
     if isinstance(value, pd.DataFrame):
         return table_records(value)
     if isinstance(value, pd.Series):
