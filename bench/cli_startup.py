@@ -12,6 +12,9 @@ Each figure is the median of ``--repeat`` runs (after one warm-up run of each, s
 that the file-system cache is warm for all three).  ``ratio`` is the slower help
 over the baseline; the target is ``ratio <= 4``.
 
+The CLI runs as ``python -m consortia`` (the code the ``consortia`` script runs,
+and the checkout's when ``PYTHONPATH=src``).
+
 Usage: ``python bench/cli_startup.py [--repeat 7]``
 """
 
