@@ -43,6 +43,7 @@ bench: setup          ## every benchmark (each prints its figures; none is a tes
 	$(PY) bench/round_latency.py
 	$(PY) bench/large_round.py
 	$(PY) bench/attacks.py
+	$(PY) bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

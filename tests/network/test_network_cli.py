@@ -206,8 +206,9 @@ def test_deployment_guide_end_to_end_over_tls(tmp_path, procs):
         env=env,
     ).stdout
     sid = out.splitlines()[0].strip()
-    assert "mean" in out and "n: 105" in out
-    status = json.loads(cli("study", "status", sid, cwd=tmp_path, env=env).stdout)
+    assert "mean" in out and "n = 105" in out
+    shown = cli("study", "status", sid, "--format", "json", cwd=tmp_path, env=env).stdout
+    status = json.loads(shown)
     assert status["status"] == "finished" and len(status["participants"]) == 3
     assert "mean" in cli("study", "result", sid, cwd=tmp_path, env=env).stdout
     assert "finished" in cli("study", "cancel", sid, cwd=tmp_path, env=env).stdout

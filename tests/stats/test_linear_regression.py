@@ -50,7 +50,14 @@ def test_ols_matches_statsmodels_on_toy_sites(toy_sites):
     res = Simulation(toy_sites).run(LinearRegression(outcome="y", covariates=("x1", "x2")))
     _check(res, toy_sites, "y", ["x1", "x2"])
     assert res.rounds == 2
-    assert list(res.summary.columns) == ["coef", "se", "t", "p", "ci_low", "ci_high"]
+    # the coefficient table shared with logistic and Cox models (lifelines' names)
+    summary = res.summary
+    assert list(summary.columns) == [
+        "coef", "se(coef)", "coef lower 95%", "coef upper 95%", "t", "p"
+    ]  # fmt: skip
+    np.testing.assert_array_equal(summary["se(coef)"], res.se)
+    np.testing.assert_array_equal(summary["coef lower 95%"], res.ci_low)
+    np.testing.assert_array_equal(summary["t"], res.t)
 
 
 def test_ols_exact_at_realistic_magnitudes():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,10 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from consortia.cli._output import (
+    STUDY_COLUMNS,
+    csv_table,
+    emit,
+    fmt_option,
+    out_option,
+    render_result,
+    status_text,
+    status_view,
+    text_table,
+)
 from consortia.errors import ConsortiaError, PolicyError
 
 if TYPE_CHECKING:  # imported when a command runs: `consortia --help` stays fast
-    from rich.console import Console
+    from consortia.sdk import RemoteFederation
 
 _hub = click.option(
     "--hub", envvar="CONSORTIA_HUB", required=True, help="Hub URL [$CONSORTIA_HUB]."
@@ -44,7 +54,9 @@ def _connect(hub: str, token: str, ca: str | None) -> Iterator[Any]:
         raise click.ClickException(str(exc)) from exc
 
 
-def _follow(fed, study_id: str, timeout: float | None) -> Any:
+def _follow(fed: RemoteFederation, study_id: str, timeout: float | None) -> Any:
+    """Wait for the study, with a progress line on standard error (stdout stays clean)."""
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -52,6 +64,7 @@ def _follow(fed, study_id: str, timeout: float | None) -> Any:
         TextColumn("[bold]{task.description}"),
         TimeElapsedColumn(),
         transient=True,
+        console=Console(stderr=True),
     ) as bar:
         task = bar.add_task(f"study {study_id[:8]}: waiting")
 
@@ -59,25 +72,6 @@ def _follow(fed, study_id: str, timeout: float | None) -> Any:
             bar.update(task, description=f"study {study_id[:8]}: round {round_index} ({step})")
 
         return fed.wait(study_id, timeout=timeout, progress=progress)
-
-
-def _show(value: Any, console: Console) -> None:
-    import numpy as np
-
-    summary = getattr(value, "summary", None)
-    if callable(summary):
-        summary = summary()
-    if summary is not None and hasattr(summary, "to_string"):
-        console.print(summary.to_string())
-        return
-    if dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            v = getattr(value, f.name)
-            if isinstance(v, np.ndarray):
-                v = np.array2string(v, precision=6, threshold=20)
-            console.print(f"[bold]{f.name}[/bold]: {v}")
-        return
-    console.print(repr(value))
 
 
 def _read_params(value: str) -> dict[str, Any]:
@@ -112,9 +106,30 @@ def _read_params(value: str) -> dict[str, Any]:
     return parsed
 
 
+def _names(items: Any) -> str:
+    return ", ".join(str(x) for x in items or [])
+
+
+def _time_grid(value: str | None) -> dict[str, float] | None:
+    """``--time-grid START:STOP:STEP`` as the ``{start, stop, step}`` grid parameter."""
+    if value is None:
+        return None
+    parts = value.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        start, stop, step = (float(x) for x in parts)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not START:STOP:STEP (three numbers, e.g. 0:3650:1)",
+            param_hint="--time-grid",
+        ) from None
+    return {"start": start, "stop": stop, "step": step}
+
+
 @click.group(name="study")
 def command() -> None:
-    """Submit studies to a hub and follow them (as a researcher)."""
+    """Submit studies to a hub, follow them, read and export their results."""
 
 
 @command.command("submit")
@@ -128,41 +143,76 @@ def command() -> None:
     show_default=True,
     help="Its parameters: a JSON object, or @FILE / FILE.json naming a file that holds one.",
 )
+@click.option(
+    "--time-grid",
+    metavar="START:STOP:STEP",
+    default=None,
+    help="A regular time grid for a survival study (its time_grid parameter), "
+    "e.g. 0:3650:1 for days over ten years.",
+)
 @click.option("--dataset", required=True, help="The dataset name the nodes publish.")
 @click.option("--node", "nodes", multiple=True, help="Restrict to these nodes (repeatable).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it to the end.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
+@fmt_option
+@out_option
 def submit(
     hub: str,
     token: str,
     ca: str | None,
     algorithm: str,
     params: str,
+    time_grid: str | None,
     dataset: str,
     nodes: tuple[str, ...],
     wait: bool,
     timeout: float | None,
+    fmt: str,
+    out: str | None,
 ) -> None:
     """Submit a study; print its id, then (by default) follow it and print its result."""
     from consortia.protocol import algorithm_from_spec
 
     parsed = _read_params(params)
+    grid = _time_grid(time_grid)
+    if grid is not None:
+        if "time_grid" in parsed:
+            raise click.UsageError("give the time grid once: --time-grid or time_grid in --params")
+        parsed["time_grid"] = grid
     try:
         algo = algorithm_from_spec({"name": algorithm, "params": parsed})
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from exc
-    from rich.console import Console
-
-    console = Console()
     with _connect(hub, token, ca) as fed:
         sid = fed.submit(algo, dataset=dataset, nodes=list(nodes) or None)
-        click.echo(sid)
+        # the id leads the output; to stderr when stdout is to hold JSON or CSV alone
+        click.echo(sid, err=wait and out is None and fmt != "table")
         if not wait:
             return
         st = _follow(fed, sid, timeout)
         if st.status != "finished":
             fed.result(sid)  # raises with the reason
-        _show(fed.result(sid, algo), console)
+        emit(render_result(fed.result(sid, algo), fmt), out)
+
+
+@command.command("list")
+@_hub
+@_token
+@_ca
+@fmt_option
+@out_option
+def list_(hub: str, token: str, ca: str | None, fmt: str, out: str | None) -> None:
+    """List your studies, newest first (an admin sees every study)."""
+    from consortia.cli._output import status_view
+
+    with _connect(hub, token, ca) as fed:
+        studies = fed.studies()
+    if fmt == "json":
+        emit(json.dumps([status_view(s) for s in studies], indent=2), out)
+        return
+    headers = [h for h, _ in STUDY_COLUMNS]
+    rows = [[get(s) for _, get in STUDY_COLUMNS] for s in studies]
+    emit(csv_table(headers, rows) if fmt == "csv" else text_table(headers, rows), out)
 
 
 @command.command("status")
@@ -171,11 +221,63 @@ def submit(
 @_ca
 @click.argument("study_id")
 @click.option("--follow", is_flag=True, help="Show progress until the study ends.")
-def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool) -> None:
-    """Print a study's state (as JSON)."""
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json")),
+    default="table",
+    show_default=True,
+    help="table: aligned lines; json: the hub's answer.",
+)
+def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool, fmt: str) -> None:
+    """Print a study's state; long parameter arrays are summarised, never dumped."""
     with _connect(hub, token, ca) as fed:
         st = _follow(fed, study_id, None) if follow else fed.status(study_id)
-        click.echo(json.dumps(st.raw, indent=2))
+    if fmt == "json":
+        click.echo(json.dumps(status_view(st.raw), indent=2))
+    else:
+        click.echo(status_text(st.raw), nl=False)
+
+
+@command.command("show")
+@_hub
+@_token
+@_ca
+@click.argument("study_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json")),
+    default="table",
+    show_default=True,
+    help="table: aligned text; json: status, rounds and result statistics.",
+)
+@out_option
+def show(hub: str, token: str, ca: str | None, study_id: str, fmt: str, out: str | None) -> None:
+    """Show a study: its state and parameters, its rounds and, once finished, its result."""
+    with _connect(hub, token, ca) as fed:
+        st = fed.status(study_id)
+        rounds = fed.rounds(study_id, limit=1000) if st.rounds_done else []
+        value = fed.result(study_id) if st.status == "finished" else None
+    if fmt == "json":
+        doc: dict[str, Any] = {"status": status_view(st.raw), "rounds": rounds}
+        if value is not None:
+            stats = getattr(value, "statistics", None)
+            doc["result"] = json.loads(render_result(value, "json"))
+            if callable(stats):
+                doc["result"] = doc["result"].get("statistics", doc["result"])
+        emit(json.dumps(doc, indent=2), out)
+        return
+    text = status_text(st.raw)
+    if rounds:
+        rows = [
+            [r.get("round_index"), r.get("step"), r.get("attempt"), _names(r.get("participants"))]
+            for r in rounds
+        ]
+        text += "\n" + text_table(["round", "step", "attempt", "participants"], rows)
+    if value is not None:
+        text += "\n" + render_result(value, "table")
+    emit(text, out)
 
 
 @command.command("result")
@@ -183,12 +285,59 @@ def status(hub: str, token: str, ca: str | None, study_id: str, follow: bool) ->
 @_token
 @_ca
 @click.argument("study_id")
-def result(hub: str, token: str, ca: str | None, study_id: str) -> None:
-    """Print a finished study's result (rebuilt from its aggregated sums)."""
-    with _connect(hub, token, ca) as fed:
-        from rich.console import Console
+@fmt_option
+@out_option
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Rebuild the result from the round sums and check it against the hub's.",
+)
+def result(
+    hub: str, token: str, ca: str | None, study_id: str, fmt: str, out: str | None, verify: bool
+) -> None:
+    """Print a finished study's result: its statistics and summary tables.
 
-        _show(fed.result(study_id), Console())
+    --format json writes the whole result (every statistic, table and field);
+    --format csv writes its summary table.
+    """
+    with _connect(hub, token, ca) as fed:
+        value = fed.result(study_id, verify=verify)
+    emit(render_result(value, fmt), out)
+
+
+@command.command("export")
+@_hub
+@_token
+@_ca
+@click.argument("study_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("json", "csv", "table")),
+    default="json",
+    show_default=True,
+    help="json: the whole result; csv: one table (--table); table: every table as text.",
+)
+@click.option("--table", "table", default=None, help="With --format csv: the table to write.")
+@out_option
+def export(
+    hub: str,
+    token: str,
+    ca: str | None,
+    study_id: str,
+    fmt: str,
+    table: str | None,
+    out: str | None,
+) -> None:
+    """Export a finished study's result in full (long tables included) to keep or share.
+
+    The tables of a result are named: ``summary`` and, by result type, ``survival``
+    and ``timeline`` (Kaplan-Meier), ``baseline_hazard`` (Cox), ``counts``
+    (contingency tables).  An unknown --table lists the result's tables.
+    """
+    with _connect(hub, token, ca) as fed:
+        value = fed.result(study_id)
+    emit(render_result(value, fmt, full=True, table=table), out)
 
 
 @command.command("cancel")

@@ -112,13 +112,25 @@ class StudyQueries:
         return out
 
     def list_studies(self, researcher: str | None) -> list[dict[str, Any]]:
-        """Studies of ``researcher`` (all for ``None``), newest first."""
+        """Studies of ``researcher`` (all for ``None``), newest first.
+
+        Each: id, status, dataset, algorithm (its spec), rounds done, participants
+        and the submission time (seconds since the epoch).
+        """
         with Session(self.engine) as s:
             q = select(StudyRow).order_by(StudyRow.created_at.desc())
             if researcher is not None:
                 q = q.where(StudyRow.researcher == researcher)
             return [
-                {"id": r.id, "status": r.status, "dataset": r.dataset, "algorithm": r.algorithm}
+                {
+                    "id": r.id,
+                    "status": r.status,
+                    "dataset": r.dataset,
+                    "algorithm": r.algorithm,
+                    "rounds_done": r.n_rounds,
+                    "participants": list(r.participants),
+                    "created_at": r.created_at,
+                }
                 for r in s.scalars(q)
             ]
 

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from consortia.results import Result
+
 __all__ = ["CountResult", "CrossTabResult", "HistogramResult", "MeanResult", "VarianceResult"]
 
 
 @dataclass(frozen=True)
-class CountResult:
+class CountResult(Result):
     """Pooled row count and missing-value counts.
 
     Attributes
@@ -33,9 +35,17 @@ class CountResult:
         """Number of non-missing values in each column."""
         return self.n - self.missing
 
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per column: missing and non-missing values."""
+        return pd.DataFrame(
+            {"missing": self.missing, "non_missing": self.non_missing},
+            index=pd.Index(self.columns, name="column"),
+        )
+
 
 @dataclass(frozen=True)
-class MeanResult:
+class MeanResult(Result):
     """Pooled means of columns.
 
     Attributes
@@ -52,9 +62,14 @@ class MeanResult:
     mean: np.ndarray
     n: int
 
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per column: its mean."""
+        return pd.DataFrame({"mean": self.mean}, index=pd.Index(self.columns, name="column"))
+
 
 @dataclass(frozen=True)
-class VarianceResult:
+class VarianceResult(Result):
     """Pooled means and sample variances of columns.
 
     Attributes
@@ -92,7 +107,7 @@ class VarianceResult:
 
 
 @dataclass(frozen=True)
-class HistogramResult:
+class HistogramResult(Result):
     """Pooled histogram on fixed, public bin edges.
 
     Attributes
@@ -124,9 +139,34 @@ class HistogramResult:
     threshold: int
     n: int
 
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per bin: its edges, count (NaN where suppressed) and whether suppressed."""
+        return pd.DataFrame(
+            {
+                "lower": self.edges[:-1],
+                "upper": self.edges[1:],
+                "count": self.counts,
+                "suppressed": np.asarray(self.suppressed, dtype=bool),
+            },
+            index=pd.RangeIndex(len(self.counts), name="bin"),
+        )
+
+    def statistics(self) -> dict[str, object]:
+        """Column, values counted, underflow and overflow, suppression."""
+        return {
+            "column": self.column,
+            "n": self.n,
+            "bins": len(self.counts),
+            "underflow": self.underflow,
+            "overflow": self.overflow,
+            "suppressed_bins": int(np.count_nonzero(self.suppressed)),
+            "suppress_below": self.threshold,
+        }
+
 
 @dataclass(frozen=True)
-class CrossTabResult:
+class CrossTabResult(Result):
     """Pooled contingency table of two categorical columns, small cells suppressed.
 
     Attributes
@@ -160,6 +200,20 @@ class CrossTabResult:
             index=pd.Index(list(self.row_categories), name=self.row),
             columns=pd.Index(list(self.column_categories), name=self.column),
         )
+
+    def statistics(self) -> dict[str, object]:
+        """The two columns, the rows tabulated and the suppression."""
+        return {
+            "row": self.row,
+            "column": self.column,
+            "cells": int(self.counts.size),
+            "suppressed_cells": int(np.count_nonzero(self.suppressed)),
+            "suppress_below": self.threshold,
+        }
+
+    def tables(self, *, full: bool = False) -> dict[str, pd.DataFrame]:
+        """``counts``: the contingency table."""
+        return {"counts": self.table}
 
 
 # The result codec records a result's type as "module:qualname" (and the SDK's verify=True

@@ -51,6 +51,7 @@ import pandas as pd
 from consortia.data.dataset import Dataset
 from consortia.errors import SchemaError, ValidationError
 from consortia.protocol import Contribution, Coordination, Round, register
+from consortia.results import Result
 from consortia.stats._dp_base import Z95, DPAlgorithm, carried_sd, int_counts
 from consortia.stats._validate import (
     category_codes,
@@ -80,7 +81,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DPCountResult:
+class DPCountResult(Result):
     """Differentially private row count and non-missing counts.
 
     Attributes
@@ -194,7 +195,7 @@ class DPCount(DPAlgorithm):
 
 
 @dataclass(frozen=True)
-class DPHistogramResult:
+class DPHistogramResult(Result):
     """Differentially private histogram on public bin edges.
 
     Attributes
@@ -246,6 +247,21 @@ class DPHistogramResult:
     def ci_high(self) -> np.ndarray:
         """Upper end of each bin's 95% interval."""
         return self.counts_raw + self.margin
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per bin: edges, count (clamped), raw count and 95% interval."""
+        return pd.DataFrame(
+            {
+                "lower": self.edges[:-1],
+                "upper": self.edges[1:],
+                "count": self.counts,
+                "raw": self.counts_raw,
+                "ci_low": self.ci_low,
+                "ci_high": self.ci_high,
+            },
+            index=pd.RangeIndex(len(self.counts), name="bin"),
+        )
 
 
 @register
@@ -328,7 +344,7 @@ class DPHistogram(DPAlgorithm):
 
 
 @dataclass(frozen=True)
-class DPCrossTabResult:
+class DPCrossTabResult(Result):
     """Differentially private contingency table of two categorical columns.
 
     Attributes
@@ -375,6 +391,15 @@ class DPCrossTabResult:
             index=pd.Index(list(self.row_categories), name=self.row),
             columns=pd.Index(list(self.column_categories), name=self.column),
         )
+
+    def tables(self, *, full: bool = False) -> dict[str, pd.DataFrame]:
+        """``counts``: the clamped noisy table; with ``full``, ``counts_raw`` too."""
+        out = {"counts": self.table}
+        if full:
+            out["counts_raw"] = pd.DataFrame(
+                self.counts_raw, index=self.table.index, columns=self.table.columns
+            )
+        return out
 
 
 @register

@@ -13,6 +13,7 @@ import pandas as pd
 from consortia.data.dataset import Dataset
 from consortia.errors import ValidationError
 from consortia.protocol import Contribution, Coordination, Round, register
+from consortia.results import Result
 from consortia.stats._dp_base import Z95, DPAlgorithm, carried_sd, int_counts
 from consortia.stats._validate import check_bool, check_columns_param, numeric_rows, used_rows
 
@@ -23,7 +24,7 @@ MEAN_LEVELS = 2**12
 
 
 @dataclass(frozen=True)
-class DPMeanResult:
+class DPMeanResult(Result):
     """Differentially private means of clipped columns.
 
     Attributes

@@ -19,6 +19,7 @@ from consortia.protocol import (
     Round,
     register,
 )
+from consortia.results import Result, coefficient_table
 from consortia.stats._glm import Standardizer, check_rank, join, moments, site_rows, split
 from consortia.stats._validate import check_columns_param, numeric_rows, used_rows
 
@@ -26,7 +27,7 @@ __all__ = ["LinearRegression", "LinearRegressionResult"]
 
 
 @dataclass(frozen=True)
-class LinearRegressionResult:
+class LinearRegressionResult(Result):
     """An ordinary least-squares fit (the first term is the intercept).
 
     Attributes
@@ -70,19 +71,40 @@ class LinearRegressionResult:
     rounds: int
 
     @property
+    def f_statistic(self) -> float:
+        """F statistic of the model against the intercept-only model."""
+        k = len(self.terms) - 1
+        if k == 0 or self.r_squared >= 1:
+            return float("nan") if k == 0 else float("inf")
+        return float((self.r_squared / k) / ((1 - self.r_squared) / self.df_resid))
+
+    @property
+    def f_pvalue(self) -> float:
+        """p-value of :attr:`f_statistic` on ``(len(terms) - 1, df_resid)`` degrees of freedom."""
+        return float(sps.f.sf(self.f_statistic, len(self.terms) - 1, self.df_resid))
+
+    @property
     def summary(self) -> pd.DataFrame:
-        """One row per term: coef, se, t, p, ci_low, ci_high."""
-        return pd.DataFrame(
-            {
-                "coef": self.coef,
-                "se": self.se,
-                "t": self.t,
-                "p": self.p,
-                "ci_low": self.ci_low,
-                "ci_high": self.ci_high,
-            },
-            index=pd.Index(self.terms, name="term"),
-        )
+        """The coefficient table (see :func:`consortia.results.coefficient_table`)."""
+        return coefficient_table(
+            self.terms, self.coef, self.se, self.ci_low, self.ci_high, self.t, self.p,
+            statistic_name="t",
+        )  # fmt: skip
+
+    def statistics(self) -> dict[str, float | int]:
+        """n, residual df, R², the model's F test, residual variance, rounds."""
+        return {
+            "n": self.n,
+            "df_resid": self.df_resid,
+            "r_squared": self.r_squared,
+            "adj_r_squared": self.adj_r_squared,
+            "f_statistic": self.f_statistic,
+            "f_df": len(self.terms) - 1,
+            "f_p": self.f_pvalue,
+            "residual_variance": self.residual_variance,
+            "rss": self.rss,
+            "rounds": self.rounds,
+        }
 
 
 @register

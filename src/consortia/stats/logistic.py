@@ -20,6 +20,7 @@ from consortia.protocol import (
     Round,
     register,
 )
+from consortia.results import Result, coefficient_table
 from consortia.stats._glm import Standardizer, check_rank, join, site_rows, split
 from consortia.stats._validate import check_columns_param, numeric_rows, used_rows
 
@@ -30,7 +31,7 @@ _SEPARATION_LIMIT = 30.0  # |coefficient| per standard deviation of a covariate
 
 
 @dataclass(frozen=True)
-class LogisticRegressionResult:
+class LogisticRegressionResult(Result):
     """A logistic regression fit (the first term is the intercept).
 
     Attributes
@@ -80,19 +81,23 @@ class LogisticRegressionResult:
 
     @property
     def summary(self) -> pd.DataFrame:
-        """One row per term: coef, se, z, p, ci_low, ci_high, odds_ratio."""
-        return pd.DataFrame(
-            {
-                "coef": self.coef,
-                "se": self.se,
-                "z": self.z,
-                "p": self.p,
-                "ci_low": self.ci_low,
-                "ci_high": self.ci_high,
-                "odds_ratio": self.odds_ratio,
-            },
-            index=pd.Index(self.terms, name="term"),
-        )
+        """The coefficient table, with odds ratios ``exp(coef)`` (see
+        :func:`consortia.results.coefficient_table`)."""
+        return coefficient_table(
+            self.terms, self.coef, self.se, self.ci_low, self.ci_high, self.z, self.p,
+            exponentiate=True,
+        )  # fmt: skip
+
+    def statistics(self) -> dict[str, float | int | bool]:
+        """n, log-likelihood, penalty, convergence, Newton steps and rounds."""
+        return {
+            "n": self.n,
+            "log_likelihood": self.log_likelihood,
+            "penalty": self.penalty,
+            "converged": self.converged,
+            "iterations": self.iterations,
+            "rounds": self.rounds,
+        }
 
 
 @register

@@ -10,13 +10,14 @@ import pandas as pd
 from scipy import stats
 
 from consortia.errors import AlgorithmError, SchemaError
+from consortia.results import Result, coefficient_table
 from consortia.stats._validate import numeric_columns
 
 __all__ = ["CoxPHResult"]
 
 
 @dataclass(frozen=True)
-class CoxPHResult:
+class CoxPHResult(Result):
     """A fitted Cox proportional hazards model.
 
     Attributes
@@ -122,20 +123,72 @@ class CoxPHResult:
 
     @property
     def summary(self) -> pd.DataFrame:
-        """A table shaped like lifelines' ``CoxPHFitter.summary`` (same column names)."""
-        level = f"{100 * (1 - self.alpha):g}%"
+        """The coefficient table, with hazard ratios ``exp(coef)``: lifelines'
+        ``CoxPHFitter.summary`` columns (see :func:`consortia.results.coefficient_table`)."""
         q = stats.norm.ppf(1 - self.alpha / 2)
-        df = pd.DataFrame(index=pd.Index(self.covariates, name="covariate"))
-        df["coef"] = self.coef
-        df["exp(coef)"] = self.hazard_ratios
-        df["se(coef)"] = self.se
-        df[f"coef lower {level}"] = self.coef - q * self.se
-        df[f"coef upper {level}"] = self.coef + q * self.se
-        df[f"exp(coef) lower {level}"] = np.exp(self.coef - q * self.se)
-        df[f"exp(coef) upper {level}"] = np.exp(self.coef + q * self.se)
-        df["z"] = self.z
-        df["p"] = self.p
-        return df
+        return coefficient_table(
+            self.covariates, self.coef, self.se, self.coef - q * self.se,
+            self.coef + q * self.se, self.z, self.p, exponentiate=True, level=1 - self.alpha,
+        )  # fmt: skip
+
+    @property
+    def log_likelihood_ratio_test(self) -> tuple[float, int, float]:
+        """``(statistic, df, p)`` of the likelihood-ratio test against all coefficients 0.
+
+        The statistic is ``2 * (log_likelihood - log_likelihood_null)`` on
+        ``len(covariates)`` degrees of freedom (lifelines'
+        ``log_likelihood_ratio_test``).  For a penalised model the log-likelihood
+        includes the penalty, as in lifelines.
+        """
+        stat = float(2.0 * (self.log_likelihood - self.log_likelihood_null))
+        df = len(self.covariates)
+        return stat, df, float(stats.chi2.sf(stat, df))
+
+    @property
+    def wald_test(self) -> tuple[float, int, float]:
+        """``(statistic, df, p)`` of the global Wald test ``coef' variance^-1 coef``
+        (robust when ``variance`` is the sandwich one), on ``len(covariates)`` df."""
+        stat = float(self.coef @ np.linalg.solve(self.variance, self.coef))
+        df = len(self.covariates)
+        return stat, df, float(stats.chi2.sf(stat, df))
+
+    def statistics(self) -> dict[str, Any]:
+        """n, events, log-likelihoods, the likelihood-ratio and Wald tests, the fit's settings."""
+        lr, lr_df, lr_p = self.log_likelihood_ratio_test
+        wald, wald_df, wald_p = self.wald_test
+        out: dict[str, Any] = {
+            "n": self.n,
+            "events": self.n_events,
+            "log_likelihood": self.log_likelihood,
+            "log_likelihood_null": self.log_likelihood_null,
+            "lr_test": lr,
+            "lr_df": lr_df,
+            "lr_p": lr_p,
+            "wald_test": wald,
+            "wald_df": wald_df,
+            "wald_p": wald_p,
+            "ties": self.ties,
+            "robust": self.robust,
+            "confidence": 1 - self.alpha,
+            "strata": self.strata if self.strata is not None else "none",
+            "stratified_by_site": self.stratified_by_site,
+            "converged": self.converged,
+            "iterations": self.iterations,
+            "rounds": self.rounds,
+        }
+        if self.plan is not None:
+            out["planned_bins"] = int(self.plan.grids[0].size)
+            out["cells_below_k"] = self.cells_below_k
+        return out
+
+    def tables(self, *, full: bool = False) -> dict[str, pd.DataFrame]:
+        """``summary`` (the coefficients); with ``full``, the baseline hazards too."""
+        out = {"summary": self.summary}
+        if full and self.baseline_hazard is not None:
+            assert self.baseline_cumulative_hazard is not None
+            out["baseline_hazard"] = self.baseline_hazard
+            out["baseline_cumulative_hazard"] = self.baseline_cumulative_hazard
+        return out
 
     def predict_partial_hazard(self, covariates: pd.DataFrame) -> pd.Series:
         """``exp((x - mean)'coef)`` for new patients (lifelines' partial hazard)."""

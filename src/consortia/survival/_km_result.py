@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from consortia.errors import ValidationError
+from consortia.results import Result
 from consortia.survival._plan import GridPlan
 
 __all__ = ["KaplanMeierCurve", "KaplanMeierResult"]
@@ -96,23 +98,33 @@ class KaplanMeierCurve:
 
     @property
     def table(self) -> pd.DataFrame:
-        """The estimate as a DataFrame indexed by time."""
-        level = f"{1 - self.alpha:g}"
-        return pd.DataFrame(
+        """The estimate as a DataFrame indexed by time (every timeline point).
+
+        Columns ``at_risk``, ``events``, ``survival``, ``variance`` (Greenwood),
+        ``lower 95%`` and ``upper 95%`` (the band, at the curve's level); for a
+        life table also ``censored`` and ``error_bound``.
+        """
+        level = f"{100 * (1 - self.alpha):g}%"
+        out = pd.DataFrame(
             {
                 "at_risk": self.n_at_risk.astype(np.int64),
                 "events": self.n_events.astype(np.int64),
                 "survival": self.survival,
                 "variance": self.variance,
-                f"lower_{level}": self.ci_lower,
-                f"upper_{level}": self.ci_upper,
+                f"lower {level}": self.ci_lower,
+                f"upper {level}": self.ci_upper,
             },
             index=pd.Index(self.timeline, name="time"),
         )
+        if self.n_censored is not None:
+            out["censored"] = self.n_censored.astype(np.int64)
+        if self.error_bound is not None:
+            out["error_bound"] = self.error_bound
+        return out
 
 
 @dataclass(frozen=True)
-class KaplanMeierResult:
+class KaplanMeierResult(Result):
     """Kaplan-Meier curves per group.
 
     Attributes
@@ -166,18 +178,58 @@ class KaplanMeierResult:
     @property
     def summary(self) -> pd.DataFrame:
         """Per group: patients, events, median survival and its confidence interval."""
-        level = f"{1 - self.alpha:g}"
+        level = f"{100 * (1 - self.alpha):g}%"
         rows = {
             k: {
                 "n": c.n,
                 "events": c.events,
                 "median": c.median,
-                f"median_lower_{level}": c.median_ci[0],
-                f"median_upper_{level}": c.median_ci[1],
+                f"median lower {level}": c.median_ci[0],
+                f"median upper {level}": c.median_ci[1],
             }
             for k, c in self.curves.items()
         }
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis("group")
+
+    def survival_table(self, *, event_times_only: bool = True) -> pd.DataFrame:
+        """Every curve in one table indexed by (group, time): at risk, events, S(t), band.
+
+        Parameters
+        ----------
+        event_times_only
+            Keep the times with at least one event (where S(t) changes; a life
+            table keeps every bin); otherwise every timeline point.
+        """
+        frames = []
+        for label, c in self.curves.items():
+            t = c.table.drop(columns="variance")
+            if event_times_only and c.n_censored is None:
+                t = t[t["events"] > 0]
+            frames.append(t.assign(group=label).reset_index())
+        table = pd.concat(frames, ignore_index=True)
+        return table.set_index(["group", "time"])
+
+    def statistics(self) -> dict[str, Any]:
+        """Groups, patients, events, confidence level, the grid (planned or given)."""
+        out: dict[str, Any] = {
+            "groups": ", ".join(str(k) for k in self.curves),
+            "n": sum(c.n for c in self.curves.values()),
+            "events": sum(c.events for c in self.curves.values()),
+            "confidence": 1 - self.alpha,
+            "grid_points": int(np.asarray(self.time_grid).size),
+        }
+        if self.plan is not None:
+            out["planned_bins"] = int(self.plan.grids[0].size)
+            out["cells_below_k"] = self.cells_below_k
+        return out
+
+    def tables(self, *, full: bool = False) -> dict[str, pd.DataFrame]:
+        """``summary`` (per group) and ``survival`` (the curves at their event times);
+        with ``full``, ``timeline``: the curves at every grid point."""
+        out = {"summary": self.summary, "survival": self.survival_table()}
+        if full:
+            out["timeline"] = self.survival_table(event_times_only=False)
+        return out
 
 
 # The result codec records a result's type as "module:qualname" (and the SDK's verify=True

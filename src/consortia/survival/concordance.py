@@ -67,6 +67,7 @@ import pandas as pd
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.results import Result
 from consortia.stats._validate import numeric_columns
 from consortia.survival._grid import binned_on, grid_map, grid_param
 from consortia.survival._validate import survival_columns
@@ -172,7 +173,7 @@ def cell_pair_counts(events: np.ndarray, censored: np.ndarray) -> tuple[float, f
 
 
 @dataclass(frozen=True)
-class ConcordanceResult:
+class ConcordanceResult(Result):
     """Harrell's C pooled across sites, and per site.
 
     Attributes
@@ -203,14 +204,39 @@ class ConcordanceResult:
     refinements: int = 0
 
     @property
+    def interval(self) -> tuple[float, float]:
+        """Where the exact pooled index lies for sure: ``c_index -/+ error_bound`` within [0, 1]."""
+        return (
+            max(0.0, self.c_index - self.error_bound),
+            min(1.0, self.c_index + self.error_bound),
+        )
+
+    @property
     def summary(self) -> pd.DataFrame:
-        """One row per site and one for the pooled index."""
+        """One row per site (exact: error bound 0) and one for the pooled index."""
         rows = {
-            s: {"c_index": c, "comparable_pairs": self.site_pairs[s][1]}
+            s: {"c_index": c, "error_bound": 0.0, "comparable_pairs": self.site_pairs[s][1]}
             for s, c in self.per_site.items()
         }
-        rows["pooled"] = {"c_index": self.c_index, "comparable_pairs": self.comparable_pairs}
-        return pd.DataFrame.from_dict(rows, orient="index")
+        rows["pooled"] = {
+            "c_index": self.c_index,
+            "error_bound": self.error_bound,
+            "comparable_pairs": self.comparable_pairs,
+        }
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("site")
+
+    def statistics(self) -> dict[str, float | int]:
+        """The pooled index, its error bound and the interval it implies, the pair counts."""
+        low, high = self.interval
+        return {
+            "c_index": self.c_index,
+            "error_bound": self.error_bound,
+            "c_index_lower": low,
+            "c_index_upper": high,
+            "comparable_pairs": self.comparable_pairs,
+            "ambiguous_pairs": self.ambiguous_pairs,
+            "refinements": self.refinements,
+        }
 
 
 @register

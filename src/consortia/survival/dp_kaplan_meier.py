@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.results import Result
 from consortia.survival._grid import grid_param
 from consortia.survival._plan import PlanSettings, plan_contribution
 from consortia.survival._validate import check_levels, level_codes, survival_columns
@@ -44,7 +46,7 @@ __all__ = ["DPKaplanMeier", "DPKaplanMeierResult"]
 
 
 @dataclass(frozen=True)
-class DPKaplanMeierResult:
+class DPKaplanMeierResult(Result):
     """Noisy Kaplan-Meier curves (differentially private).
 
     Attributes
@@ -77,6 +79,33 @@ class DPKaplanMeierResult:
         pos = np.searchsorted(self.timeline, t, side="right") - 1
         s = np.concatenate(([1.0], self.survival[label]))
         return s[pos + 1]
+
+    def statistics(self) -> dict[str, Any]:
+        """Groups, grid points, and the noise and privacy cost of the release."""
+        return {
+            "groups": ", ".join(self.survival),
+            "grid_points": int(self.timeline.size),
+            "noise_sd": self.noise_sd,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+        }
+
+    def tables(self, *, full: bool = False) -> dict[str, pd.DataFrame]:
+        """``survival``: per group and grid point, the noisy counts and S(t)."""
+        frames = [
+            pd.DataFrame(
+                {
+                    "group": label,
+                    "time": self.timeline,
+                    "at_risk": self.at_risk[label],
+                    "events": self.events[label],
+                    "survival": self.survival[label],
+                }
+            )
+            for label in self.survival
+        ]
+        table = pd.concat(frames, ignore_index=True).set_index(["group", "time"])
+        return {"survival": table}
 
 
 @register

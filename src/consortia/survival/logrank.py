@@ -43,6 +43,7 @@ from consortia.data.dataset import Dataset
 from consortia.errors import AlgorithmError, ValidationError
 from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.results import Result
 from consortia.survival._grid import binned_on, grid_counts, grid_map, grid_param
 from consortia.survival._plan import (
     GridPlan,
@@ -69,7 +70,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LogRankResult:
+class LogRankResult(Result):
     """The log-rank test.
 
     Attributes
@@ -127,6 +128,22 @@ class LogRankResult:
             },
             index=pd.Index(self.groups, name="group"),
         )
+
+    def statistics(self) -> dict[str, Any]:
+        """The test (chi2, df, p), patients, events, strata and, on a planned grid, its bins."""
+        out: dict[str, Any] = {
+            "chi2": self.chi2,
+            "df": self.df,
+            "p": self.p_value,
+            "n": int(round(float(self.n.sum()))),
+            "events": int(round(float(self.observed.sum()))),
+            "groups": len(self.groups),
+            "strata": self.n_strata,
+        }
+        if self.plan is not None:
+            out["planned_bins"] = int(self.plan.grids[0].size)
+            out["cells_below_k"] = self.cells_below_k
+        return out
 
 
 def logrank_components(events: np.ndarray, at_risk: np.ndarray) -> dict[str, np.ndarray]:

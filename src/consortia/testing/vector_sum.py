@@ -13,6 +13,7 @@ import numpy as np
 from consortia.data.dataset import Dataset
 from consortia.errors import ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Round, register
+from consortia.results import Result
 
 __all__ = ["MAX_ROUNDS", "MAX_SIZE", "VectorSum", "VectorSumResult", "site_vector"]
 
@@ -38,7 +39,7 @@ def site_vector(n_rows: int, round_index: int, size: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class VectorSumResult:
+class VectorSumResult(Result):
     """Result of :class:`VectorSum`.
 
     Attributes
