@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from consortia.results import Result
+
 __all__ = ["TrainingResult"]
 
 
 @dataclass(frozen=True)
-class TrainingResult:
+class TrainingResult(Result):
     """A federated model: final weights, per-round metrics and how it was trained.
 
     Attributes

@@ -29,6 +29,7 @@ import pandas as pd
 from consortia.data.dataset import Dataset
 from consortia.errors import ValidationError
 from consortia.protocol import Algorithm, Contribution, Coordination, Requirements, register
+from consortia.results import Result
 from consortia.subgroups._pipeline import ClusterParams
 from consortia.subgroups.kmeans import KMeansResult, build_result, space_name
 
@@ -36,7 +37,7 @@ __all__ = ["ChooseK", "ChooseKResult"]
 
 
 @dataclass(frozen=True)
-class ChooseKResult:
+class ChooseKResult(Result):
     """k-means for every k of a range, with the criteria to choose among them.
 
     Attributes

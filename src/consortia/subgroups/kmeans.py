@@ -45,6 +45,7 @@ from consortia.protocol import (
     Requirements,
     register,
 )
+from consortia.results import Result
 from consortia.subgroups._lloyd import FinalStats, _labels
 from consortia.subgroups._pipeline import ClusterParams, Space, to_space
 from consortia.subgroups.pca import PCAResult, _feature_reader
@@ -53,7 +54,7 @@ __all__ = ["ClusterQuality", "KMeans", "KMeansResult", "assign", "quality"]
 
 
 @dataclass(frozen=True)
-class ClusterQuality:
+class ClusterQuality(Result):
     """Quality of one clustering, from the final round's sums.
 
     Attributes
@@ -130,7 +131,7 @@ def quality(stats: FinalStats, r: int) -> tuple[ClusterQuality, dict[str, np.nda
 
 
 @dataclass(frozen=True)
-class KMeansResult:
+class KMeansResult(Result):
     """Federated k-means subgroups (public: centres, sizes and quality; no labels).
 
     Attributes

@@ -70,6 +70,7 @@ from consortia.protocol import (
     Sums,
     register,
 )
+from consortia.results import Result
 from consortia.subgroups._features import FeatureParams, SiteMatrix
 from consortia.subgroups._linalg import flip_signs, orthonormal, principal_angles
 
@@ -79,7 +80,7 @@ METHODS = ("auto", "exact", "iterative")
 
 
 @dataclass(frozen=True)
-class PCAResult:
+class PCAResult(Result):
     """Principal components of the pooled data, computed from secure sums.
 
     Attributes
