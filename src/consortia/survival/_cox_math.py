@@ -58,7 +58,7 @@ def unpack(v: np.ndarray, p: int) -> np.ndarray:
 
 
 def _moments(z: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """Rows ``phi * [1, z, pack(z z')]``: ``(n, [B,] 1 + p + p(p+1)/2)`` for ``z`` of ``(n, [B,] p)``."""
+    """Rows ``phi * [1, z, pack(z z')]``: ``(n, [B,] q)`` for ``z`` of ``(n, [B,] p)``."""
     iu, ju = np.triu_indices(z.shape[-1])
     ones = np.ones((*z.shape[:-1], 1))
     return phi[..., None] * np.concatenate([ones, z, z[..., iu] * z[..., ju]], axis=-1)
