@@ -19,6 +19,7 @@ import pytest
 
 from consortia import Policy, Simulation
 from consortia.errors import ProtocolError, ResultCodecError
+from consortia.omics.limma import ModeratedT
 from consortia.omics.screen import CoxScreen
 from consortia.protocol import Algorithm, Contribution, Round, register, registered_algorithms
 from consortia.resultcodec import MAX_DEPTH, decode_result, encode_result, result_digest
@@ -111,6 +112,9 @@ CASES: dict[str, Callable[[tuple[str, ...]], Algorithm]] = {
         covariates=("x2",),
         source="columns",
         stratify_by_site=True,
+    ),
+    "moderated_t": lambda s: ModeratedT(
+        genes=("y", "T"), covariates=("x1", "x2"), source="columns", adjust_for_site=True
     ),
     "dp_kaplan_meier": lambda s: DPKaplanMeier(
         time="T",

@@ -59,9 +59,15 @@ def unpack(v: np.ndarray, p: int) -> np.ndarray:
 
 def _moments(z: np.ndarray, phi: np.ndarray) -> np.ndarray:
     """Rows ``phi * [1, z, pack(z z')]``: ``(n, [B,] q)`` for ``z`` of ``(n, [B,] p)``."""
-    iu, ju = np.triu_indices(z.shape[-1])
-    ones = np.ones((*z.shape[:-1], 1))
-    return phi[..., None] * np.concatenate([ones, z, z[..., iu] * z[..., ju]], axis=-1)
+    p = z.shape[-1]
+    out = np.empty((*z.shape[:-1], 1 + p + p * (p + 1) // 2))
+    out[..., 0] = phi
+    np.multiply(phi[..., None], z, out=out[..., 1 : 1 + p])
+    k = 1 + p
+    for i in range(p):  # pack(z z') row by row: z_i * (phi z_j), j >= i
+        np.multiply(z[..., i : i + 1], out[..., 1 + i : 1 + p], out=out[..., k : k + p - i])
+        k += p - i
+    return out
 
 
 def last_at_risk(
@@ -89,6 +95,8 @@ def last_at_risk(
 
 def _reverse_cumsum_by_segment(a: np.ndarray, seg_codes: np.ndarray) -> np.ndarray:
     """Reverse cumulative sum along axis 0, restarting at every change of ``seg_codes``."""
+    if len(seg_codes) == 0 or bool(np.all(seg_codes == seg_codes[0])):  # one segment
+        return np.cumsum(a[::-1], axis=0)[::-1]
     out = np.empty_like(a)
     for c in np.unique(seg_codes):
         idx = np.flatnonzero(seg_codes == c)
