@@ -4,7 +4,7 @@
   counts, 10 planted prognostic genes, site batch shifts and case mix), 5 sites
   of 200 patients, 20,000 genes.
 * Federated: ``consortia.omics.screen.CoxScreen`` (site-stratified, Efron ties,
-  ``log2(CPM + 1)`` values, univariate per gene) through the full
+  ``log2(CPM + 1)`` values, each gene adjusted for MSI status) through the full
   secure-aggregation path of ``consortia.Simulation`` under the default policy.
 * Pooled reference: ``lifelines.CoxPHFitter`` per gene on the pooled data
   (``strata=["site"]``, tight tolerances) for a random sample of genes (and
@@ -40,6 +40,7 @@ from consortia.omics.screen import CoxScreen
 from consortia.survival._grid import day_grid
 
 TIGHT = {"precision": 1e-18, "r_precision": 0.0, "max_steps": 200}
+COVARIATES = ("msi_high",)  # the MSI-associated genes are prognostic through MSI status
 
 
 def pooled_values(cohort, genes) -> pd.DataFrame:
@@ -52,13 +53,14 @@ def pooled_values(cohort, genes) -> pd.DataFrame:
         f = pd.DataFrame(x, columns=list(genes))
         f["T"] = ds.frame["time"].to_numpy(float)
         f["E"] = ds.frame["event"].to_numpy()
+        f["msi_high"] = ds.frame["msi_high"].to_numpy(float)
         f["site"] = site
         frames.append(f)
     return pd.concat(frames, ignore_index=True)
 
 
 def lifelines_gene(df: pd.DataFrame, gene: str, strata: bool) -> tuple[np.ndarray, float]:
-    cols = [gene, "T", "E", *(["site"] if strata else [])]
+    cols = [gene, *COVARIATES, "T", "E", *(["site"] if strata else [])]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -102,7 +104,13 @@ def main() -> None:
     rng = np.random.default_rng(1)
     sample = sorted(set(rng.choice(cohort.genes, args.sample, replace=False)) | set(planted))
 
-    alg = CoxScreen(time="time", event="event", genes=cohort.genes, stratify_by_site=True)
+    alg = CoxScreen(
+        time="time",
+        event="event",
+        genes=cohort.genes,
+        covariates=COVARIATES,
+        stratify_by_site=True,
+    )
     t0 = time.perf_counter()
     res = Simulation(cohort.sites()).run(alg)
     t_fed = time.perf_counter() - t0
@@ -126,7 +134,9 @@ def main() -> None:
     # pooled (unstratified) mode on a day grid, first genes only
     genes_p = cohort.genes[: args.pooled_genes]
     grid = day_grid(int(max(ds.frame["time"].max() for ds in cohort.sites().values())))
-    pooled_alg = CoxScreen(time="time", event="event", genes=genes_p, time_grid=grid)
+    pooled_alg = CoxScreen(
+        time="time", event="event", genes=genes_p, covariates=COVARIATES, time_grid=grid
+    )
     t0 = time.perf_counter()
     res_p = Simulation(cohort.sites(), policy=Policy(min_cell_count=1)).run(pooled_alg)
     t_p = time.perf_counter() - t0
