@@ -17,6 +17,7 @@ from consortia.data import catalogue, load_dataset, load_expression, synthetic_c
 from consortia.data.h5ad import read_h5ad_counts
 from consortia.errors import SchemaError, ValidationError
 from consortia.node import load_config
+from consortia.node.agent import NodeAgent
 from consortia.omics.screen import CoxScreen
 
 SCHEMA = {"id": "pid", "time": "T", "event": "E"}
@@ -245,13 +246,12 @@ def test_node_config_registers_an_h5ad_dataset_and_the_screen_runs_on_it(tmp_pat
         d = cfg.datasets[0]
         assert d.expression == folder / "counts.h5ad" and d.expression_patient_id == "patient"
         assert load_config(cfg.write(folder / "again.toml")) == cfg
-        loaded[site] = load_dataset(
-            d.path,
-            schema=d.schema,
-            name=d.name,
-            expression=d.expression,
-            expression_patient_id=d.expression_patient_id,
-        )
+        agent = NodeAgent(cfg)  # how a node registers its datasets
+        try:
+            loaded[site] = agent.worker().datasets["crc"]
+            assert not agent.unavailable
+        finally:
+            agent.close()
     alg = CoxScreen(time="time", event="event", genes=genes, stratify_by_site=True)
     from_files = Simulation(loaded).run(alg)
     in_memory = Simulation(cohort.sites()).run(alg)
