@@ -58,15 +58,22 @@ def unpack(v: np.ndarray, p: int) -> np.ndarray:
 
 
 def _moments(z: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """Rows ``phi * [1, z, pack(z z')]``: ``(n, [B,] q)`` for ``z`` of ``(n, [B,] p)``."""
+    """Rows ``phi * [1, z, pack(z z')]``, moment axis second: ``(n, q[, B])``.
+
+    ``z`` is ``(n, p)`` or ``(n, B, p)`` (a batch of models), ``phi`` ``(n,)`` or
+    ``(n, B)``; ``q = 1 + p + p(p+1)/2``.  With the moment axis before the batch
+    axis every moment is written contiguously.
+    """
     p = z.shape[-1]
-    out = np.empty((*z.shape[:-1], 1 + p + p * (p + 1) // 2))
-    out[..., 0] = phi
-    np.multiply(phi[..., None], z, out=out[..., 1 : 1 + p])
+    out = np.empty((z.shape[0], 1 + p + p * (p + 1) // 2, *z.shape[1:-1]))
+    out[:, 0] = phi
+    for i in range(p):
+        np.multiply(phi, z[..., i], out=out[:, 1 + i])
     k = 1 + p
-    for i in range(p):  # pack(z z') row by row: z_i * (phi z_j), j >= i
-        np.multiply(z[..., i : i + 1], out[..., 1 + i : 1 + p], out=out[..., k : k + p - i])
-        k += p - i
+    for i in range(p):  # pack(z z'): (i, j) for j >= i, row by row
+        for j in range(i, p):
+            np.multiply(out[:, 1 + i], z[..., j], out=out[:, k])
+            k += 1
     return out
 
 
@@ -140,7 +147,7 @@ def risk_sums(
     """
     n_times = len(event_codes)
     keep = bins >= 0
-    m = _moments(z[keep], phi[keep])
+    m = _moments(z[keep], phi[keep])  # (rows, q[, B])
     rest = m.shape[1:]
     m = m.reshape(m.shape[0], int(np.prod(rest)))
     rows = bins[keep]
@@ -149,6 +156,7 @@ def risk_sums(
     )
     exits = np.asarray(ind @ m)
     risk = _reverse_cumsum_by_segment(exits, event_codes).reshape(n_times, *rest)
+    risk = np.moveaxis(risk, 1, -1)  # (K[, B], q)
     ties = None
     if tie_rows is not None:
         ev = event[keep] == 1
@@ -157,7 +165,7 @@ def risk_sums(
             shape=(n_times, int(ev.sum())),
         )
         ties = np.asarray(ind_e @ m[ev])[np.asarray(tie_rows, dtype=np.int64)]
-        ties = ties.reshape(len(ties), *rest)
+        ties = np.moveaxis(ties.reshape(len(ties), *rest), 1, -1)
     return risk, ties
 
 
