@@ -20,6 +20,8 @@ import pytest
 from consortia import Policy, Simulation
 from consortia.errors import ProtocolError, ResultCodecError
 from consortia.learn import Training
+from consortia.omics.limma import ModeratedT
+from consortia.omics.screen import CoxScreen
 from consortia.protocol import Algorithm, Contribution, Round, register, registered_algorithms
 from consortia.resultcodec import MAX_DEPTH, decode_result, encode_result, result_digest
 from consortia.stats.descriptive import Count, CrossTab, Histogram, Mean, Variance
@@ -107,6 +109,20 @@ CASES: dict[str, Callable[[tuple[str, ...]], Algorithm]] = {
     "cox_planned": lambda s: CoxPH(time="T", event="E", covariates=("x1", "x2"), **PLAN),
     "cox_by_site": lambda s: CoxPH(
         time="T", event="E", covariates=("x1",), stratify_by_site=True, time_grid=GRID
+    ),
+    "cox_screen": lambda s: CoxScreen(
+        time="T", event="E", genes=("x1", "x2", "y"), source="columns", time_grid=GRID
+    ),
+    "cox_screen_by_site": lambda s: CoxScreen(
+        time="T",
+        event="E",
+        genes=("x1", "y"),
+        covariates=("x2",),
+        source="columns",
+        stratify_by_site=True,
+    ),
+    "moderated_t": lambda s: ModeratedT(
+        genes=("y", "T"), covariates=("x1", "x2"), source="columns", adjust_for_site=True
     ),
     "dp_kaplan_meier": lambda s: DPKaplanMeier(
         time="T",

@@ -53,6 +53,7 @@ ENTRY_POINT_GROUP = "consortia.algorithms"
 
 BUILTIN_PACKAGES = (
     "consortia.learn",
+    "consortia.omics",
     "consortia.stats",
     "consortia.subgroups",
     "consortia.survival",

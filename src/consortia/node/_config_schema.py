@@ -140,6 +140,22 @@ def _fingerprint(value: Any) -> str:
     return value.lower()
 
 
+def _option(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail("name", f"must be a non-empty string, not {_kind(value)}")
+    return value
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(
+            "names", f"must be a list of column names (non-empty strings), not {_kind(value)}"
+        )
+    return tuple(value)
+
+
 def _schema(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -194,6 +210,8 @@ Flag = Annotated[bool, PlainValidator(_flag)]
 Patterns = Annotated[tuple[str, ...], PlainValidator(_patterns)]
 Approval = Annotated[Literal["auto", "manual"], BeforeValidator(_approval)]
 Fingerprint = Annotated[str, PlainValidator(_fingerprint)]
+Option = Annotated[str | None, PlainValidator(_option)]
+Names = Annotated[tuple[str, ...], PlainValidator(_names)]
 SchemaTable = Annotated[dict[str, Any] | None, PlainValidator(_schema)]
 PolicyTable = Annotated[Policy, PlainValidator(_policy)]
 
@@ -228,6 +246,13 @@ class DatasetTable(_Table):
     policy: PolicyTable = Field(default_factory=Policy)
     expression: ConfigPath | None = None
     tiles: ConfigPath | None = None
+    # an AnnData (.h5ad) expression file: its layer of raw counts (default X), the obs
+    # column of patient ids (default the obs index), the var column of gene ids (default
+    # the var index), obs columns joined to the clinical table
+    expression_layer: Option = None
+    expression_patient_id: Option = None
+    expression_gene_id: Option = None
+    expression_obs: Names = ()
 
 
 class NodeFile(_Table):

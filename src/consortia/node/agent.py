@@ -177,6 +177,10 @@ class NodeAgent:
                         name=ds.name,
                         expression=str(ds.expression) if ds.expression else None,
                         tiles=str(ds.tiles) if ds.tiles else None,
+                        expression_layer=ds.expression_layer,
+                        expression_patient_id=ds.expression_patient_id,
+                        expression_gene_id=ds.expression_gene_id,
+                        expression_obs=ds.expression_obs,
                     )
                 except (ConsortiaError, OSError, ValueError, TypeError, KeyError) as exc:
                     # the message stays in the node's own log; the hub sees only the class

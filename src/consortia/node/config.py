@@ -33,6 +33,11 @@ Example (every path may be relative to the TOML file's folder)::
 
     [datasets.cohort]
     path = "/data/cohort.csv"               # CSV, TSV or Parquet
+    # expression = "/data/counts.h5ad"     # optional: raw counts (CSV/Parquet or AnnData)
+    # expression_layer = "counts"          # .h5ad: the layer of raw counts (default X)
+    # expression_patient_id = "patient"    # .h5ad: obs column of patient ids (default index)
+    # expression_gene_id = "gene_id"       # .h5ad: var column of gene ids (default index)
+    # expression_obs = ["batch"]           # .h5ad: obs columns joined to the clinical table
     [datasets.cohort.schema]                # see consortia.data.Schema.from_mapping
     id = "patient_id"
     time = "time"
@@ -69,7 +74,19 @@ __all__ = ["APPROVAL_MODES", "DatasetConfig", "NodeConfig", "load_config"]
 APPROVAL_MODES = ("auto", "manual")
 """``auto``: every study runs at once; ``manual``: each new study waits for the owner."""
 
-_DATASET_KEYS = ("name", "path", "schema", "policy", "expression", "tiles")
+_DATASET_KEYS = (
+    "name",
+    "path",
+    "schema",
+    "policy",
+    "expression",
+    "tiles",
+    "expression_layer",
+    "expression_patient_id",
+    "expression_gene_id",
+    "expression_obs",
+)
+_H5AD_KEYS = ("expression_layer", "expression_patient_id", "expression_gene_id")
 _NODE_KEYS = (
     "name",
     "hub",
@@ -118,6 +135,10 @@ class DatasetConfig:
     policy: Policy = field(default_factory=Policy)
     expression: Path | None = None
     tiles: Path | None = None
+    expression_layer: str | None = None
+    expression_patient_id: str | None = None
+    expression_gene_id: str | None = None
+    expression_obs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _normalise(self, DatasetArguments, _DATASET_KEYS, "DatasetConfig")
@@ -185,6 +206,11 @@ class NodeConfig:
                 lines.append(f"expression = {_q(str(ds.expression))}")
             if ds.tiles is not None:
                 lines.append(f"tiles = {_q(str(ds.tiles))}")
+            for key in _H5AD_KEYS:
+                if getattr(ds, key) is not None:
+                    lines.append(f"{key} = {_q(getattr(ds, key))}")
+            if ds.expression_obs:
+                lines.append(f"expression_obs = {_toml_value(list(ds.expression_obs))}")
             if ds.schema:
                 lines += ["", f"[datasets.{toml_key(ds.name)}.schema]"]
                 lines += [f"{_q(k)} = {_toml_value(v)}" for k, v in ds.schema.items()]
@@ -268,6 +294,10 @@ def load_config(path: str | Path) -> NodeConfig:
                 policy=ds.policy,
                 expression=ds.expression,
                 tiles=ds.tiles,
+                expression_layer=ds.expression_layer,
+                expression_patient_id=ds.expression_patient_id,
+                expression_gene_id=ds.expression_gene_id,
+                expression_obs=ds.expression_obs,
             )
             for name, ds in checked.datasets.items()
         ),

@@ -34,6 +34,7 @@ from scipy import sparse
 __all__ = [
     "pack",
     "partial_likelihood",
+    "partial_likelihood_batch",
     "risk_sums",
     "score_meat",
     "unpack",
@@ -57,9 +58,23 @@ def unpack(v: np.ndarray, p: int) -> np.ndarray:
 
 
 def _moments(z: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """Rows ``phi * [1, z, pack(z z')]`` of shape ``(n, 1 + p + p(p+1)/2)``."""
-    iu, ju = np.triu_indices(z.shape[1])
-    return phi[:, None] * np.hstack([np.ones((len(z), 1)), z, z[:, iu] * z[:, ju]])
+    """Rows ``phi * [1, z, pack(z z')]``, moment axis second: ``(n, q[, B])``.
+
+    ``z`` is ``(n, p)`` or ``(n, B, p)`` (a batch of models), ``phi`` ``(n,)`` or
+    ``(n, B)``; ``q = 1 + p + p(p+1)/2``.  With the moment axis before the batch
+    axis every moment is written contiguously.
+    """
+    p = z.shape[-1]
+    out = np.empty((z.shape[0], 1 + p + p * (p + 1) // 2, *z.shape[1:-1]))
+    out[:, 0] = phi
+    for i in range(p):
+        np.multiply(phi, z[..., i], out=out[:, 1 + i])
+    k = 1 + p
+    for i in range(p):  # pack(z z'): (i, j) for j >= i, row by row
+        for j in range(i, p):
+            np.multiply(out[:, 1 + i], z[..., j], out=out[:, k])
+            k += 1
+    return out
 
 
 def last_at_risk(
@@ -87,6 +102,8 @@ def last_at_risk(
 
 def _reverse_cumsum_by_segment(a: np.ndarray, seg_codes: np.ndarray) -> np.ndarray:
     """Reverse cumulative sum along axis 0, restarting at every change of ``seg_codes``."""
+    if len(seg_codes) == 0 or bool(np.all(seg_codes == seg_codes[0])):  # one segment
+        return np.cumsum(a[::-1], axis=0)[::-1]
     out = np.empty_like(a)
     for c in np.unique(seg_codes):
         idx = np.flatnonzero(seg_codes == c)
@@ -111,9 +128,10 @@ def risk_sums(
     event
         Per row, 1 for an event (at the event time ``bins``), 0 for censoring.
     z
-        Standardised covariates ``(n, p)``.
+        Standardised covariates ``(n, p)``, or ``(n, B, p)`` for a batch of ``B``
+        models fitted side by side (one per gene in a screen).
     phi
-        ``w * exp(z'b - offset)`` per row.
+        ``w * exp(z'b - offset)`` per row: ``(n,)``, or ``(n, B)`` for a batch.
     event_codes
         Stratum code of each event time (risk sets restart per stratum).
     tie_rows
@@ -123,19 +141,22 @@ def risk_sums(
     Returns
     -------
     risk : numpy.ndarray
-        ``(K, 1 + p + p(p+1)/2)``: ``[S0, S1, pack(S2)]`` per event time.
+        ``(K, [B,] 1 + p + p(p+1)/2)``: ``[S0, S1, pack(S2)]`` per event time.
     ties : numpy.ndarray or None
         The same sums over the events at each time of ``tie_rows``.
     """
     n_times = len(event_codes)
     keep = bins >= 0
-    m = _moments(z[keep], phi[keep])
+    m = _moments(z[keep], phi[keep])  # (rows, q[, B])
+    rest = m.shape[1:]
+    m = m.reshape(m.shape[0], int(np.prod(rest)))
     rows = bins[keep]
     ind = sparse.csr_matrix(
         (np.ones(rows.size), (rows, np.arange(rows.size))), shape=(n_times, rows.size)
     )
     exits = np.asarray(ind @ m)
-    risk = _reverse_cumsum_by_segment(exits, event_codes)
+    risk = _reverse_cumsum_by_segment(exits, event_codes).reshape(n_times, *rest)
+    risk = np.moveaxis(risk, 1, -1)  # (K[, B], q)
     ties = None
     if tie_rows is not None:
         ev = event[keep] == 1
@@ -144,6 +165,7 @@ def risk_sums(
             shape=(n_times, int(ev.sum())),
         )
         ties = np.asarray(ind_e @ m[ev])[np.asarray(tie_rows, dtype=np.int64)]
+        ties = np.moveaxis(ties.reshape(len(ties), *rest), 1, -1)
     return risk, ties
 
 
@@ -161,7 +183,8 @@ def partial_likelihood(
 
     Efron's method when ``ties`` is given (lifelines' weighted form: the
     events' mean weight ``dw/d`` multiplies each of the ``d`` tie fractions),
-    Breslow's otherwise.
+    Breslow's otherwise.  One model; :func:`partial_likelihood_batch` evaluates
+    a batch of models at once.
 
     Parameters
     ----------
@@ -176,34 +199,81 @@ def partial_likelihood(
     offset
         The public offset used for ``phi``.
     """
-    p = beta.size
-    s0, s1, s2 = risk[:, 0], risk[:, 1 : 1 + p], unpack(risk[:, 1 + p :], p)
-    ll = float(xe @ beta) - offset * float(dw.sum())
-    grad = xe.astype(np.float64).copy()
-    hess = np.zeros((p, p))
+    ll, grad, hess = partial_likelihood_batch(
+        risk[:, None],
+        None if ties is None else ties[:, None],
+        tie_rows,
+        d,
+        dw,
+        np.asarray(xe, dtype=np.float64)[None],
+        np.asarray(beta, dtype=np.float64)[None],
+        np.array([offset], dtype=np.float64),
+    )
+    return float(ll[0]), grad[0], hess[0]
+
+
+def partial_likelihood_batch(
+    risk: np.ndarray,
+    ties: np.ndarray | None,
+    tie_rows: np.ndarray | None,
+    d: np.ndarray,
+    dw: np.ndarray,
+    xe: np.ndarray,
+    beta: np.ndarray,
+    offset: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`partial_likelihood` for ``B`` models sharing their event times, vectorised.
+
+    Parameters
+    ----------
+    risk, ties
+        ``(K, B, q)`` and ``(len(tie_rows), B, q)`` (or ``None``): the sums of
+        :func:`risk_sums` for a batch.
+    tie_rows, d, dw
+        As for :func:`partial_likelihood` (common to the batch).
+    xe, beta
+        ``(B, p)``.
+    offset
+        ``(B,)``: each model's public offset.
+
+    Returns
+    -------
+    loglik : numpy.ndarray
+        ``(B,)``.
+    grad : numpy.ndarray
+        ``(B, p)``.
+    hess : numpy.ndarray
+        ``(B, p, p)``.
+    """
+    p = beta.shape[-1]
+    s0, s1, s2 = risk[..., 0], risk[..., 1 : 1 + p], unpack(risk[..., 1 + p :], p)
+    ll = np.einsum("bi,bi->b", xe, beta) - offset * float(dw.sum())
+    grad = np.array(xe, dtype=np.float64)
     # j = 0 term (the only one for Breslow, where it carries the full weight dw)
     c0 = dw / d if ties is not None else dw
-    a = s1 / s0[:, None]
-    ll -= float(np.sum(c0 * np.log(s0)))
-    grad -= c0 @ a
-    hess += np.einsum("k,ki,kj->ij", c0, a, a) - np.einsum("k,kij->ij", c0 / s0, s2)
+    a = s1 / s0[..., None]
+    ll -= np.einsum("k,kb->b", c0, np.log(s0))
+    grad -= np.einsum("k,kbi->bi", c0, a)
+    hess = np.einsum("k,kbi,kbj->bij", c0, a, a) - np.einsum("kb,kbij->bij", c0[:, None] / s0, s2)
     # Efron's j >= 1 terms, at the times where two or more events tie
     if ties is not None and tie_rows is not None and len(tie_rows) > 0:
         rows = np.asarray(tie_rows, dtype=np.int64)
-        t0, t1, t2 = ties[:, 0], ties[:, 1 : 1 + p], unpack(ties[:, 1 + p :], p)
+        t0, t1, t2 = ties[..., 0], ties[..., 1 : 1 + p], unpack(ties[..., 1 + p :], p)
         dk, ck = d[rows], c0[rows]
         r0, r1, r2 = s0[rows], s1[rows], s2[rows]
         for j in range(1, int(dk.max())):
             sel = dk > j
-            f = j / dk[sel]
+            f = (j / dk[sel])[:, None]
             den = r0[sel] - f * t0[sel]
-            num1 = r1[sel] - f[:, None] * t1[sel]
-            num2 = r2[sel] - f[:, None, None] * t2[sel]
-            aj = num1 / den[:, None]
+            num1 = r1[sel] - f[..., None] * t1[sel]
+            num2 = r2[sel] - f[..., None, None] * t2[sel]
+            aj = num1 / den[..., None]
             c = ck[sel]
-            ll -= float(np.sum(c * np.log(den)))
-            grad -= c @ aj
-            hess += np.einsum("k,ki,kj->ij", c, aj, aj) - np.einsum("k,kij->ij", c / den, num2)
+            ll -= np.einsum("k,kb->b", c, np.log(den))
+            grad -= np.einsum("k,kbi->bi", c, aj)
+            hess += np.einsum("k,kbi,kbj->bij", c, aj, aj) - np.einsum(
+                "kb,kbij->bij", c[:, None] / den, num2
+            )
     return ll, grad, hess
 
 

@@ -1,0 +1,1 @@
+"""Omics algorithms: federated biomarker discovery on expression data."""
