@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from consortia.errors import ValidationError
+from consortia.results import Result
 
 __all__ = ["CoxScreenResult", "fdr_bh"]
 
@@ -39,7 +40,7 @@ def fdr_bh(pvalues: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class CoxScreenResult:
+class CoxScreenResult(Result):
     """Per-gene Cox models: the gene's log hazard ratio, its Wald test and the FDR.
 
     Attributes

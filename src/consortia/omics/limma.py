@@ -42,6 +42,7 @@ from consortia.omics._ebayes import squeeze_var
 from consortia.omics._screen_result import fdr_bh
 from consortia.precision import join, split
 from consortia.protocol import Algorithm, Contribution, Coordination, Requirements, Round, register
+from consortia.results import Result
 from consortia.stats._validate import numeric_columns
 from consortia.survival._cox_math import pack, unpack
 
@@ -49,7 +50,7 @@ __all__ = ["ModeratedT", "ModeratedTResult"]
 
 
 @dataclass(frozen=True)
-class ModeratedTResult:
+class ModeratedTResult(Result):
     """limma-style results for the tested coefficient, one row per gene.
 
     Attributes
