@@ -194,3 +194,25 @@ def test_show_gives_state_rounds_and_result(world) -> None:
     doc = json.loads(world.ok("show", world.km, "--format", "json"))
     assert doc["status"]["status"] == "finished" and len(doc["rounds"]) == 1
     assert doc["result"]["events"] > 0
+
+
+def test_model_download_writes_safetensors_and_a_card(world, tmp_path) -> None:
+    pytest.importorskip("torch")
+    from consortia.learn.export import load_model
+
+    params = {"model": "linear", "features": ["x1"], "task": "binary", "label": "arm",
+              "rounds": 2, "lr": 0.1}  # fmt: skip
+    sid = world.submit("--algorithm", "learn.train", "--params", json.dumps(params))
+    auth = ["--hub", world.hub.url, "--token", world.token]
+    out = tmp_path / "model"
+    r = CliRunner().invoke(main, ["model", "download", sid, "--out", str(out), *auth])
+    assert r.exit_code == 0, r.output
+    tensors, card = load_model(out)
+    assert sum(t.size for t in tensors.values()) == 2  # one weight and a bias
+    assert card["provenance"]["study"] == sid and card["provenance"]["dataset"] == "data"
+    assert sorted(card["provenance"]["sites"]) == ["node0", "node1"]
+    assert card["provenance"]["researcher"] == "alice" and card["rounds"] == 2
+    r = CliRunner().invoke(main, ["model", "download", sid, "--out", str(out), *auth])
+    assert r.exit_code == 1 and "exists" in r.output
+    r = CliRunner().invoke(main, ["model", "download", world.km, "--out", str(out), *auth])
+    assert r.exit_code == 1 and "is not a training study" in r.output
