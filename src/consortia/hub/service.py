@@ -199,10 +199,16 @@ class StudyEngine:
         self._monitor.start()
 
     def stop(self) -> None:
-        """Stop the monitor thread and wake every waiting long-poll."""
+        """Stop the monitor thread, wake every waiting long-poll, let finishing rounds end.
+
+        A round still being finished after a few seconds (a coordinator that does not
+        return) is left to its thread: its seeds are committed, and the next start
+        finishes it.
+        """
         self.registry.stop()
         if self._monitor is not None:
             self._monitor.join(timeout=2)
+        self.finisher.wait_idle(5.0)
 
     def _resume_finish(self, live: Any) -> None:
         with live.lock:
