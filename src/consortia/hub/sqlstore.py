@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -30,9 +30,19 @@ from consortia.hub.db import (
     StudyRow,
     TaskRow,
 )
-from consortia.hub.payloads import allowed_blob, round_public, store_blob_once, use_blob
+from consortia.hub.payloads import allowed_blob, store_blob_once
 from consortia.hub.results import RESULTS, store_result
-from consortia.hub.statements import ACC, ROUNDS, SET_TASK, STUDIES, TASKS, round_update
+from consortia.hub.sqlrows import (
+    close_tasks,
+    fail_study,
+    insert_round,
+    insert_tasks,
+    round_record,
+    set_task,
+    study_record,
+    update_round,
+)
+from consortia.hub.statements import ACC, STUDIES, TASKS
 from consortia.hub.store import (
     AuditEntry,
     NewStudy,
@@ -48,25 +58,6 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = ["SqlStudyStore"]
-
-_OPEN_TASKS = ("pending", "contributed", "waiting_approval")
-
-
-def _study(row: StudyRow) -> StudyRecord:
-    return StudyRecord(
-        id=row.id,
-        researcher=row.researcher,
-        algorithm=dict(row.algorithm),
-        dataset=row.dataset,
-        frac_bits=row.frac_bits,
-        status=row.status,
-        participants=list(row.participants),
-        n_rounds=row.n_rounds,
-        error=row.error,
-        error_rule=row.error_rule,
-        error_site=row.error_site,
-        error_detail=row.error_detail,
-    )
 
 
 class SqlStudyStore(StudyStore):
@@ -98,44 +89,25 @@ class SqlStudyStore(StudyStore):
     def study(self, study_id: str) -> StudyRecord | None:
         with Session(self.engine) as s:
             row = s.get(StudyRow, study_id)
-            return None if row is None else _study(row)
+            return None if row is None else study_record(row)
 
     def list_studies(self, researcher: str | None) -> list[StudyRecord]:
         with Session(self.engine) as s:
             q = select(StudyRow).order_by(StudyRow.created_at.desc())
             if researcher is not None:
                 q = q.where(StudyRow.researcher == researcher)
-            return [_study(r) for r in s.scalars(q)]
-
-    def _round(self, s: Session, row: RoundRow) -> RoundRecord:
-        return RoundRecord(
-            study_id=row.study_id,
-            index=row.round_index,
-            step=row.step,
-            public=round_public(s, row.study_id, row.public),
-            attempt=row.attempt,
-            participants=tuple(row.participants),
-            phase=row.phase,
-            done=bool(row.done),
-            received=dict(row.received or {}),
-            seeds=dict(row.seeds or {}),
-            layout=row.layout,
-            bundles=dict(row.bundles or {}),
-            lost=tuple(row.lost or ()),
-            shares=dict(row.shares or {}),
-            finished_at=row.finished_at,
-        )
+            return [study_record(r) for r in s.scalars(q)]
 
     def round(self, study_id: str, index: int) -> RoundRecord | None:
         with Session(self.engine) as s:
             row = s.get(RoundRow, (study_id, index))
-            return None if row is None else self._round(s, row)
+            return None if row is None else round_record(s, row)
 
     def open_round(self, study_id: str) -> RoundRecord | None:
         with Session(self.engine) as s:
             q = select(RoundRow).where(RoundRow.study_id == study_id, RoundRow.done.is_(False))
             row = s.scalar(q)
-            return None if row is None else self._round(s, row)
+            return None if row is None else round_record(s, row)
 
     def finished_rounds(self, study_id: str, start: int, limit: int) -> list[RoundRecord]:
         with Session(self.engine) as s:
@@ -149,7 +121,7 @@ class SqlStudyStore(StudyStore):
                 .order_by(RoundRow.round_index)
                 .limit(limit)
             ).all()
-            return [self._round(s, r) for r in rows]
+            return [round_record(s, r) for r in rows]
 
     def sums(self, study_id: str, index: int) -> bytes | None:
         with Session(self.engine) as s:
@@ -262,46 +234,6 @@ class SqlStudyStore(StudyStore):
             s.commit()
         return digest
 
-    def _insert_round(
-        self, s: Session, study_id: str, step: str, public: str, state: RoundState
-    ) -> None:
-        now = time.time()
-        use_blob(s, study_id, public)  # the round's nodes may fetch its public arrays
-        s.execute(
-            insert(ROUNDS),
-            {
-                "study_id": study_id,
-                "round_index": state.index,
-                "step": step,
-                "public": public,
-                "attempt": state.attempt,
-                "participants": list(state.participants),
-                "phase": str(state.phase),
-                "received": {},
-                "seeds": {},
-                "done": False,
-                "opened_at": now,
-            },
-        )
-        self._insert_tasks(s, study_id, state, now)
-
-    @staticmethod
-    def _insert_tasks(s: Session, study_id: str, state: RoundState, now: float) -> None:
-        s.execute(
-            insert(TASKS),
-            [
-                {
-                    "study_id": study_id,
-                    "round_index": state.index,
-                    "attempt": state.attempt,
-                    "node": n,
-                    "state": "pending",
-                    "updated_at": now,
-                }
-                for n in state.participants
-            ],
-        )
-
     def create_study(self, new: NewStudy, audit: AuditEntry) -> None:
         r = new.record
         same = self.audit.engine is self.engine
@@ -321,20 +253,12 @@ class SqlStudyStore(StudyStore):
             s.flush()  # the study row before its rounds (foreign key)
             if new.state is not None:
                 assert new.step is not None and new.public is not None
-                self._insert_round(s, r.id, new.step, new.public, new.state)
+                insert_round(s, r.id, new.step, new.public, new.state)
             if same:  # the audit entry (digests, never arrays) commits with the study
                 self.audit.append(*audit, connection=s.connection())
             s.commit()
         if not same:
             self.audit.append(*audit)
-
-    @staticmethod
-    def _close_tasks(s: Session, study_id: str, state: str) -> None:
-        s.execute(
-            update(TASKS)
-            .where(TASKS.c.study_id == study_id, TASKS.c.state.in_(_OPEN_TASKS))
-            .values(state=state, updated_at=time.time())
-        )
 
     def cancel(self, study_id: str, actor: str) -> bool:
         with Session(self.engine) as s:
@@ -343,28 +267,9 @@ class SqlStudyStore(StudyStore):
                 return False
             study.status, study.updated_at = "cancelled", time.time()
             study.error = f"cancelled by {actor}"
-            self._close_tasks(s, study_id, "cancelled")
+            close_tasks(s, study_id, "cancelled")
             s.commit()
             return True
-
-    def _fail(
-        self,
-        s: Session,
-        study_id: str,
-        reason: str,
-        rule: str | None,
-        site: str | None,
-        detail: str | None,
-    ) -> bool:
-        study = s.get(StudyRow, study_id)
-        if study is None or study.status != "running":
-            return False
-        study.status, study.error, study.error_rule = "failed", reason, rule
-        if site is not None or detail is not None:
-            study.error_site, study.error_detail = site, detail
-        study.updated_at = time.time()
-        self._close_tasks(s, study_id, "cancelled")
-        return True
 
     def fail(
         self,
@@ -376,28 +281,9 @@ class SqlStudyStore(StudyStore):
         detail: str | None = None,
     ) -> bool:
         with Session(self.engine) as s:
-            done = self._fail(s, study_id, reason, rule, site, detail)
+            done = fail_study(s, study_id, reason, rule, site, detail)
             s.commit()
         return done
-
-    @staticmethod
-    def _update_round(s: Session, study_id: str, index: int, **values: Any) -> None:
-        params = {f"v_{k}": v for k, v in values.items()}
-        s.execute(round_update(tuple(values)), {"k_study": study_id, "k_round": index, **params})
-
-    @staticmethod
-    def _set_task(s: Session, study_id: str, state: RoundState, node: str, task: str) -> None:
-        s.execute(
-            SET_TASK,
-            {
-                "k_study": study_id,
-                "k_round": state.index,
-                "k_attempt": state.attempt,
-                "k_node": node,
-                "v_state": task,
-                "v_time": time.time(),
-            },
-        )
 
     def new_attempt(
         self, study_id: str, old: RoundState, new: RoundState, excluded: Sequence[str]
@@ -415,7 +301,7 @@ class SqlStudyStore(StudyStore):
                     update(TASKS).where(*key, TASKS.c.node.in_(excluded)).values(state="excluded")
                 )
             s.execute(delete(ACC).where(ACC.c.study_id == study_id, ACC.c.round_index == old.index))
-            self._update_round(
+            update_round(
                 s,
                 study_id,
                 old.index,
@@ -430,7 +316,7 @@ class SqlStudyStore(StudyStore):
                 phase=str(new.phase),
                 opened_at=now,
             )
-            self._insert_tasks(s, study_id, new, now)
+            insert_tasks(s, study_id, new, now)
             if excluded:
                 s.execute(
                     update(STUDIES)
@@ -450,7 +336,7 @@ class SqlStudyStore(StudyStore):
     ) -> None:
         extra = {} if bundles is None else {"bundles": dict(bundles)}
         with Session(self.engine) as s:
-            self._update_round(
+            update_round(
                 s,
                 study_id,
                 state.index,
@@ -461,7 +347,7 @@ class SqlStudyStore(StudyStore):
             )
             if masked_sum is not None:  # written from the array, no copy
                 put_acc(s, study_id, state.index, state.attempt, masked_sum, first=True)
-            self._set_task(s, study_id, state, node, "contributed")
+            set_task(s, study_id, state, node, "contributed")
             s.commit()
 
     def record_seed(
@@ -473,20 +359,18 @@ class SqlStudyStore(StudyStore):
     ) -> None:
         extra = {} if shares is None else {"shares": {k: dict(v) for k, v in shares.items()}}
         with Session(self.engine) as s:
-            self._update_round(s, study_id, state.index, seeds=dict(state.seeds), **extra)
-            self._set_task(s, study_id, state, node, "revealed")
+            update_round(s, study_id, state.index, seeds=dict(state.seeds), **extra)
+            set_task(s, study_id, state, node, "revealed")
             s.commit()
 
     def open_recovery(self, study_id: str, state: RoundState) -> None:
         with Session(self.engine) as s:
-            self._update_round(
-                s, study_id, state.index, phase=str(state.phase), lost=list(state.lost)
-            )
+            update_round(s, study_id, state.index, phase=str(state.phase), lost=list(state.lost))
             s.commit()
 
     def set_task(self, study_id: str, state: RoundState, node: str, task_state: str) -> None:
         with Session(self.engine) as s:
-            self._set_task(s, study_id, state, node, task_state)
+            set_task(s, study_id, state, node, task_state)
             s.commit()
 
     def finish_round(
@@ -502,7 +386,7 @@ class SqlStudyStore(StudyStore):
         with Session(self.engine) as s:
             # stored from the sums' own memory (the running sum's, decoded in place): no copy
             put_sums(s, study_id, state.index, packed)
-            self._update_round(
+            update_round(
                 s,
                 study_id,
                 state.index,
@@ -513,7 +397,7 @@ class SqlStudyStore(StudyStore):
             )
             s.execute(update(STUDIES).where(where).values(n_rounds=state.index + 1, updated_at=now))
             if end.failure is not None:
-                self._fail(s, study_id, end.failure, None, None, None)
+                fail_study(s, study_id, end.failure, None, None, None)
             elif end.finished:
                 s.execute(update(STUDIES).where(where).values(status="finished"))
                 digest = store_result(s, study_id, end.result)  # None: not encodable
@@ -522,6 +406,6 @@ class SqlStudyStore(StudyStore):
                 if state.lost:  # nodes lost at the reveal take no part in later rounds
                     survivors = list(state.survivors)
                     s.execute(update(STUDIES).where(where).values(participants=survivors))
-                self._insert_round(s, study_id, end.step, end.public, end.state)
+                insert_round(s, study_id, end.step, end.public, end.state)
             s.commit()
         return digest
