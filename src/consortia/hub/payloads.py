@@ -41,7 +41,7 @@ from consortia.messages import (
 from consortia.wire import MAGIC, pack_arrays
 
 if TYPE_CHECKING:
-    from consortia.hub.state import LiveStudy
+    from consortia.hub.state import LiveRound, LiveStudy
 
 __all__ = [
     "SMALL_PARAM",
@@ -233,10 +233,13 @@ def task_message(
     *,
     waiting: bool,
     heartbeat: float | None = None,
+    rnd: LiveRound | None = None,
 ) -> dict[str, Any]:
     """The JSON of the :class:`~consortia.messages.TaskMessage` of ``live``'s open attempt.
 
-    ``size_of`` reads a stored blob's size (see :func:`public_ref`).  Built and
+    ``rnd`` is the round the caller read (``live.round`` by default: a round that
+    moved on meanwhile must not be mixed with the task kind decided from the one
+    read).  ``size_of`` reads a stored blob's size (see :func:`public_ref`).  Built and
     validated once per attempt and kind (every participant gets the same
     message but for ``waiting``), then copied.
 
@@ -246,7 +249,8 @@ def task_message(
         The hub's own state does not make a valid task (a bug, or a database edited
         by hand).
     """
-    rnd = live.round
+    if rnd is None:
+        rnd = live.round
     key = (live.id, rnd.index, rnd.attempt, kind, rnd.public)
     with _SIZES_LOCK:
         cached = _TASKS.get(key)

@@ -84,6 +84,7 @@ class TaskBoard:
                     waiting=node in live.waiting,  # for its owner's approval
                     # seconds between the heartbeats of a node still computing
                     heartbeat=ctx.config.node_timeout / 3 or None,
+                    rnd=rnd,
                 )
                 | extra
             )
