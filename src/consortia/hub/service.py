@@ -60,6 +60,7 @@ from consortia.hub.queries import Queries
 from consortia.hub.registry import StudyRegistry
 from consortia.hub.rounds import RoundService
 from consortia.hub.sqlstore import SqlStudyStore
+from consortia.hub.state import LiveStudy
 from consortia.hub.store import StudyStore
 from consortia.hub.studies import Studies
 from consortia.hub.tasks import TaskBoard
@@ -210,7 +211,8 @@ class StudyEngine:
             self._monitor.join(timeout=2)
         self.finisher.wait_idle(5.0)
 
-    def _resume_finish(self, live: Any) -> None:
+    def _resume_finish(self, live: LiveStudy) -> None:
+        """Finish a round whose every seed was committed before a restart."""
         with live.lock:
             self.finisher.begin(live)
         self.finisher.submit(live)
