@@ -135,7 +135,7 @@ def test_a_node_owner_who_does_not_decide_in_time_fails_the_study_cleanly(world)
     _wait(hub, "site3", sid)
     hub.check_timeouts()  # the round's own deadline has not passed yet
     assert hub.status(sid, "alice")["status"] == "running"
-    hub._live[sid].deadline = 0.0  # the round's deadline passes (no wall-clock wait)
+    hub.registry.get(sid).deadline = 0.0  # the round's deadline passes (no wall-clock wait)
     hub.check_timeouts()
     st = hub.status(sid, "alice")
     assert st["status"] == "failed" and st["error_rule"] == "approval_timeout"

@@ -78,7 +78,7 @@ def test_a_round_whose_seeds_were_all_committed_is_finished_after_a_restart(worl
     hub = StudyEngine(engine)
     sid = hub.submit("alice", algo.spec(), "data")
     names = list(workers)
-    hub._finish_round = lambda live: None  # the hub "dies" right after the last seed's commit
+    hub.finisher.finish = lambda live: None  # the hub "dies" right after the last seed's commit
     for kinds in (("contribute",), ("reveal",)):
         for n in names:
             _answer(hub, workers[n], kinds)

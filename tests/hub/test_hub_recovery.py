@@ -79,7 +79,7 @@ def test_a_survivor_silent_during_recovery_fails_the_study(world):  # noqa: F811
 def test_the_hub_refuses_shares_out_of_turn(world):  # noqa: F811
     import pytest
 
-    from consortia.hub.queries import HubError
+    from consortia.hub.errors import HubError
 
     hub, sid, workers, _ = _study(world)
     names = list(workers)

@@ -12,7 +12,7 @@ from test_hub_engine import _answer, world  # noqa: F401  (the fixture and its h
 
 from consortia import Simulation
 from consortia.hub.db import StudyResultRow
-from consortia.hub.queries import HubError
+from consortia.hub.errors import HubError
 from consortia.hub.results import stored_result
 from consortia.hub.service import StudyEngine
 from consortia.protocol import Algorithm, Contribution, Round, register

@@ -14,7 +14,7 @@ from consortia.audit import AuditLog
 from consortia.hub.anchors import node_heads
 from consortia.hub.auth import ROLE_DEFAULT, Expiry, Principal, create_token, hash_token
 from consortia.hub.db import NodeRow, TokenRow
-from consortia.hub.queries import HubError
+from consortia.hub.errors import HubError
 from consortia.hub.schemas import TokenRequest, TokenResponse
 from consortia.hub.tokens import TokenInfo
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from consortia.audit import AuditLog
 from consortia.hub.db import NodeAuditHeadRow
-from consortia.hub.queries import HubError
+from consortia.hub.errors import HubError
 
 __all__ = ["HEAD_HEADER", "anchor_head", "node_heads", "parse_head"]
 

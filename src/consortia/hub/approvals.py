@@ -16,29 +16,25 @@ waiting state lives in memory: after a hub restart the node's next poll gets its
 task without the ``waiting`` flag and posts its notice again (the approval clock
 restarts).
 
-:class:`ApprovalHandling` is mixed into :class:`~consortia.hub.service.StudyEngine`
-and uses its state (``_live``, ``lock``, ``engine``) and helpers (``_live_for``,
-``_set_task``, ``_fail``, ``_bump``).
+:class:`Approvals` is one of the collaborators of
+:class:`~consortia.hub.service.StudyEngine`; it changes a study's state under that
+study's lock.
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the route's annotations at runtime
 
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from consortia.audit import AuditLog
-from consortia.hub.db import StudyRow
-from consortia.hub.queries import HubError
+from consortia.hub.context import HubContext
+from consortia.hub.errors import HubError
 from consortia.hub.settings import APPROVAL_TIMEOUT
 from consortia.hub.state import LiveStudy
+from consortia.hub.studies import Studies
 
-__all__ = ["ApprovalHandling", "PendingRequest", "approval_router"]
+__all__ = ["Approvals", "PendingRequest", "approval_router"]
 
 DEFAULT_APPROVAL_TIMEOUT = APPROVAL_TIMEOUT
 """Seconds a study waits for a node's owner before it fails (see :mod:`consortia.hub.settings`)."""
@@ -52,33 +48,32 @@ class PendingRequest(BaseModel):
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class ApprovalHandling:
-    """Nodes waiting for their owner's approval, per running study (mixed into the engine)."""
+class Approvals:
+    """Nodes waiting for their owner's approval, per running study.
 
-    approval_timeout: float
-    engine: Engine
-    audit: AuditLog
-    lock: threading.RLock
-    _live: dict[str, LiveStudy]
-    clock: Callable[[], float]
+    Parameters
+    ----------
+    ctx
+        The engine's shared parts.
+    studies
+        Access to running studies (and failing one).
+    """
 
-    if TYPE_CHECKING:  # the engine's helpers (see StudyEngine and RoundHandling)
+    def __init__(self, ctx: HubContext, studies: Studies) -> None:
+        self.ctx = ctx
+        self.studies = studies
 
-        def _live_for(self, node: str, study_id: str) -> LiveStudy | None: ...
-        def _set_task(self, s: Session, live: LiveStudy, node: str, state: str) -> None: ...
-        def _bump(
-            self, nodes: list[str] | tuple[str, ...] | set[str], study_id: str | None = None
-        ) -> None: ...
-        def _fail(
-            self, s: Session, study: StudyRow, reason: str, rule: str | None = None
-        ) -> None: ...
+    @property
+    def timeout(self) -> float:
+        """Seconds a study waits for a node's owner before it fails."""
+        return self.ctx.config.approval_timeout
 
     def await_approval(
         self, node: str, study_id: str, round_index: int, attempt: int, digest: str
     ) -> dict[str, Any]:
         """Mark ``node`` as waiting for its owner in the open attempt (idempotent)."""
-        with self.lock:
-            live: LiveStudy | None = self._live_for(node, study_id)
+        ctx = self.ctx
+        with self.studies.hold(node, study_id) as live:
             if live is None:
                 return {"status": "not running"}
             rnd = live.round
@@ -91,36 +86,32 @@ class ApprovalHandling:
             ):
                 raise HubError(409, "this attempt is not waiting for this node's contribution")
             if node not in live.waiting:
-                live.waiting[node] = self.clock() + self.approval_timeout
-                with Session(self.engine) as s:
-                    self._set_task(s, live, node, "waiting_approval")
-                    s.commit()
-                self.audit.append(
+                live.waiting[node] = ctx.clock() + self.timeout
+                ctx.store.set_task(study_id, rnd.state, node, "waiting_approval")
+                ctx.audit.log.append(
                     f"node:{node}",
                     "study.waiting_approval",
                     {"study": study_id, "round": round_index, "digest": digest},
                 )
-                self._bump((), study_id)
-            return {"status": "waiting", "approval_timeout": self.approval_timeout}
+                ctx.registry.bump((), study_id)
+            return {"status": "waiting", "approval_timeout": self.timeout}
 
-    def _hold_for_approval(
-        self, s: Session, study: StudyRow, live: LiveStudy, missing: list[str]
-    ) -> list[str] | None:
+    def hold(self, live: LiveStudy, missing: list[str]) -> list[str] | None:
         """The round's deadline passed: which missing nodes to exclude (None: none now).
 
         Nodes waiting for their owner are not excluded; one that waited past the
-        approval timeout fails the study (the caller commits).  When only waiting
-        nodes are missing, the round's deadline moves to the first approval deadline.
+        approval timeout fails the study.  When only waiting nodes are missing, the
+        round's deadline moves to the first approval deadline.  The caller holds the
+        study's lock.
         """
         waiting = [n for n in missing if n in live.waiting]
         if not waiting:
             return missing
-        now = self.clock()
+        now = self.ctx.clock()
         expired = [n for n in waiting if live.waiting[n] <= now]
         if expired:
-            study.error_site = expired[0]
-            reason = f"node {expired[0]}'s owner did not approve within {self.approval_timeout:g} s"
-            self._fail(s, study, reason, "approval_timeout")
+            reason = f"node {expired[0]}'s owner did not approve within {self.timeout:g} s"
+            self.studies.fail(live.id, reason, "approval_timeout", site=expired[0])
             return None
         others = [n for n in missing if n not in live.waiting]
         if others:
@@ -129,7 +120,13 @@ class ApprovalHandling:
         return None
 
 
-def approval_router(studies: ApprovalHandling, node: Any) -> APIRouter:
+class _Awaits(Protocol):
+    def await_approval(
+        self, node: str, study_id: str, round_index: int, attempt: int, digest: str
+    ) -> dict[str, Any]: ...
+
+
+def approval_router(studies: _Awaits, node: Any) -> APIRouter:
     """The node-facing endpoint of owner approvals.
 
     Parameters

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from consortia.hub.queries import HubError
+from consortia.hub.errors import HubError
 
 __all__ = [
     "MAX_INDEX",

@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortia.errors import AuthenticationError
 from consortia.hub.auth import Principal
+from consortia.hub.errors import HubError
 from consortia.hub.fastpath import bearer_token
-from consortia.hub.queries import HubError
 
 __all__ = ["BodyTooLarge", "RequestGuard", "read_body"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from consortia.audit import canonical_json
 from consortia.hub.blobs import put_blob
 from consortia.hub.db import BlobRefRow, BlobRow, TaskRow
+from consortia.hub.errors import HubError
 from consortia.messages import (
     EMPTY_PUBLIC,
     AlgorithmSpec,
@@ -40,18 +41,21 @@ from consortia.messages import (
 from consortia.wire import MAGIC, pack_arrays
 
 if TYPE_CHECKING:
-    from consortia.hub.state import LiveStudy
+    from consortia.hub.state import LiveRound, LiveStudy
 
 __all__ = [
     "SMALL_PARAM",
+    "allowed_blob",
     "public_ref",
     "read_blob",
     "round_public",
     "spec_digest",
     "store_blob",
+    "store_blob_once",
     "store_public",
     "submit_details",
     "task_message",
+    "use_blob",
 ]
 
 SMALL_PARAM = 1024
@@ -63,8 +67,6 @@ _SIZES_LOCK = threading.Lock()
 
 
 def _refused(status: int, message: str) -> Exception:
-    from consortia.hub.queries import HubError  # queries -> state -> payloads: not at import
-
     return HubError(status, message)
 
 
@@ -76,18 +78,32 @@ def _remember(digest: str, size: int) -> None:
             _SIZES.popitem(last=False)
 
 
-def store_blob(s: Session, study_id: str, data: bytes) -> str:
-    """Store ``data`` once (if new) and mark it used by ``study_id``; return its SHA-256.
+def store_blob_once(s: Session, data: bytes) -> str:
+    """Store ``data`` once (if new) in the caller's transaction; return its SHA-256.
 
-    Runs in the caller's transaction (the hub's lock serialises writers).
+    The caller serialises writers of blobs (a check, then an insert).
     """
     digest = hashlib.sha256(data).hexdigest()
     if not s.scalar(select(exists().where(BlobRow.sha256 == digest))):
         put_blob(s, digest, data)
+    _remember(digest, len(data))
+    return digest
+
+
+def use_blob(s: Session, study_id: str, digest: str) -> None:
+    """Mark blob ``digest`` used by ``study_id`` (its nodes may fetch it), in ``s``."""
     used = exists().where(BlobRefRow.sha256 == digest, BlobRefRow.study_id == study_id)
     if not s.scalar(select(used)):
         s.execute(insert(BlobRefRow).values(sha256=digest, study_id=study_id))
-    _remember(digest, len(data))
+
+
+def store_blob(s: Session, study_id: str, data: bytes) -> str:
+    """Store ``data`` once (if new) and mark it used by ``study_id``; return its SHA-256.
+
+    Runs in the caller's transaction.
+    """
+    digest = store_blob_once(s, data)
+    use_blob(s, study_id, digest)
     return digest
 
 
@@ -117,30 +133,26 @@ def round_public(s: Session, study_id: str, stored: str | bytes) -> str:
     return stored
 
 
-def public_ref(engine: Engine, digest: str) -> BlobRef | None:
-    """The reference a task carries for the public arrays ``digest`` (None: no arrays)."""
+def public_ref(size_of: Callable[[str], int | None], digest: str) -> BlobRef | None:
+    """The reference a task carries for the public arrays ``digest`` (None: no arrays).
+
+    ``size_of`` reads a stored blob's size (:meth:`consortia.hub.store.StudyStore.blob_size`)
+    when it is not cached.
+    """
     if digest == EMPTY_PUBLIC.sha256:
         return None
     with _SIZES_LOCK:
         size = _SIZES.get(digest)
     if size is None:
-        with Session(engine) as s:
-            size = s.scalar(select(BlobRow.size).where(BlobRow.sha256 == digest))
+        size = size_of(digest)
         if size is None:
             raise _refused(500, "a round's public arrays are missing from the hub's blobs")
         _remember(digest, int(size))
     return BlobRef(sha256=digest, size=int(size))
 
 
-def read_blob(engine: Engine, node: str, digest: str) -> bytes:
-    """The blob ``digest`` if ``node`` takes part in a study that uses it.
-
-    Raises
-    ------
-    HubError
-        404 when there is no such blob or none of the node's studies uses it (the
-        answer is the same: a node learns nothing of other studies' payloads).
-    """
+def allowed_blob(engine: Engine, node: str, digest: str) -> bytes | None:
+    """The blob ``digest`` if ``node`` takes part in a study that uses it, else None."""
     allowed = (
         select(BlobRow.data)
         .where(
@@ -155,9 +167,22 @@ def read_blob(engine: Engine, node: str, digest: str) -> bytes:
     )
     with Session(engine) as s:
         data = s.scalar(allowed)
+    return None if data is None else bytes(data)
+
+
+def read_blob(engine: Engine, node: str, digest: str) -> bytes:
+    """The blob ``digest`` if ``node`` takes part in a study that uses it.
+
+    Raises
+    ------
+    HubError
+        404 when there is no such blob or none of the node's studies uses it (the
+        answer is the same: a node learns nothing of other studies' payloads).
+    """
+    data = allowed_blob(engine, node, digest)
     if data is None:
         raise _refused(404, "no blob with this digest in this node's studies")
-    return bytes(data)
+    return data
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
@@ -201,17 +226,21 @@ _TASKS_MAX = 1024
 
 
 def task_message(
-    engine: Engine,
+    size_of: Callable[[str], int | None],
     live: LiveStudy,
     kind: TaskKind,
     participants: list[dict[str, str]],
     *,
     waiting: bool,
     heartbeat: float | None = None,
+    rnd: LiveRound | None = None,
 ) -> dict[str, Any]:
     """The JSON of the :class:`~consortia.messages.TaskMessage` of ``live``'s open attempt.
 
-    Built and validated once per attempt and kind (every participant gets the same
+    ``rnd`` is the round the caller read (``live.round`` by default: a round that
+    moved on meanwhile must not be mixed with the task kind decided from the one
+    read).  ``size_of`` reads a stored blob's size (see :func:`public_ref`).  Built and
+    validated once per attempt and kind (every participant gets the same
     message but for ``waiting``), then copied.
 
     Raises
@@ -220,7 +249,8 @@ def task_message(
         The hub's own state does not make a valid task (a bug, or a database edited
         by hand).
     """
-    rnd = live.round
+    if rnd is None:
+        rnd = live.round
     key = (live.id, rnd.index, rnd.attempt, kind, rnd.public)
     with _SIZES_LOCK:
         cached = _TASKS.get(key)
@@ -235,7 +265,7 @@ def task_message(
             algorithm=AlgorithmSpec.model_validate(live.spec),
             dataset=live.dataset,
             step=rnd.step,
-            public=public_ref(engine, rnd.public),
+            public=public_ref(size_of, rnd.public),
             participants=[PeerKeyModel.model_validate(p) for p in participants],
             frac_bits=live.frac_bits,
             researcher=live.researcher,

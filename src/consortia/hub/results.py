@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from consortia.errors import ResultCodecError
 from consortia.hub.blobs import put_result
 from consortia.hub.db import StudyResultRow, StudyRow
-from consortia.hub.queries import HubError
+from consortia.hub.errors import HubError
 from consortia.resultcodec import encode_result_parts
 
 __all__ = ["DIGEST_HEADER", "store_result", "stored_result"]

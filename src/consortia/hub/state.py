@@ -1,13 +1,13 @@
 """In-memory state of the hub's running studies, rebuilt from the database on demand.
 
-The database is the source of truth.  For speed, the hub mirrors each running
-study's open round (attempt, participants, phase, who sent a vector, who
-revealed a seed), its coordinator and its running masked sum in memory, and
-updates the mirror only after the database transaction that records a change
-has committed.  :func:`load_live` rebuilds the mirror of a study from the
-database: the coordinator by replaying the persisted round sums
-(:meth:`consortia.protocol.Coordinator.replay` semantics), the running masked
-sum from its persisted bytes.
+The store (:class:`~consortia.hub.store.StudyStore`) is the source of truth.
+For speed, the hub mirrors each running study's open round (attempt,
+participants, phase, who sent a vector, who revealed a seed), its coordinator
+and its running masked sum in memory, and updates the mirror only after the
+store's transaction that records a change has committed.  :func:`load_live`
+rebuilds the mirror of a study from the store: the coordinator by replaying the
+persisted round sums (:meth:`consortia.protocol.Coordinator.replay` semantics),
+the running masked sum from its persisted bytes.
 
 The running sum is persisted only once the attempt's last vector is in (writing
 a payload-sized sum on every upload cost more than the round's arithmetic): an
@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from consortia.errors import ProtocolError, ValidationError
-from consortia.hub.db import RoundAccRow, RoundRow, RoundSumsRow, StudyRow, TaskRow
-from consortia.hub.payloads import round_public
+from consortia.hub.store import RoundRecord, StudyRecord, StudyStore
 from consortia.privacy.recovery import SeedShares
 from consortia.privacy.secagg import Layout, RoundContext, SecureAggregator
 from consortia.protocol import Coordinator, algorithm_from_spec
@@ -115,8 +112,12 @@ class LiveStudy:
     opened: float = 0.0  # monotonic time at which the open phase began
     beats: dict[str, float] = field(default_factory=dict)  # node -> its last heartbeat
     progress: dict[str, float] = field(default_factory=dict)  # node -> fraction it reported
-    # the round's every seed is committed and it is being finished (see hub.rounds):
-    # the unmasking and coordinate() hold this study's lock, not the hub-wide one
+    # the study's own lock: every change of its state (and of this mirror) holds it,
+    # never the hub-wide lock of the registry (see consortia.hub.registry)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # the round's every seed is committed and it is being finished (see hub.finishing):
+    # the unmasking and coordinate() hold only finish_lock, so that this study's own
+    # requests (a retried reveal, a status) are answered meanwhile
     finishing: bool = False
     finish_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -126,18 +127,18 @@ def shares_digest(shares: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(dict(shares), sort_keys=True).encode()).hexdigest()
 
 
-def round_state(row: RoundRow, recovery: int | None = None) -> RoundState:
-    """The state machine's view of a persisted round (``recovery``: the hub's setting)."""
+def round_state(row: RoundRecord, recovery: int | None = None) -> RoundState:
+    """The state machine's view of a stored round (``recovery``: the hub's setting)."""
     return RoundState(
-        index=row.round_index,
+        index=row.index,
         attempt=row.attempt,
         participants=tuple(row.participants),
         phase=Phase.DONE if row.done else Phase(row.phase),
-        received=dict(row.received or {}),
-        seeds=dict(row.seeds or {}),
+        received=dict(row.received),
+        seeds=dict(row.seeds),
         recovery=recovery,
-        lost=tuple(row.lost or ()),
-        shared={k: shares_digest(v) for k, v in (row.shares or {}).items()},
+        lost=tuple(row.lost),
+        shared={k: shares_digest(v) for k, v in row.shares.items()},
     )
 
 
@@ -158,14 +159,14 @@ def restore_aggregator(
 
 
 def load_live(
-    s: Session,
-    study: StudyRow,
+    store: StudyStore,
+    study: StudyRecord,
     *,
     node_timeout: float,
     reveal_timeout: float,
     recovery: int | None = None,
 ) -> LiveStudy:
-    """Rebuild a running study's in-memory state from the database.
+    """Rebuild a running study's in-memory state from its store.
 
     Raises
     ------
@@ -173,34 +174,21 @@ def load_live(
         If a round is missing (the database was edited) or no round is open.
     """
     algo = algorithm_from_spec(study.algorithm)
-    indices = s.scalars(
-        select(RoundRow.round_index)
-        .where(RoundRow.study_id == study.id, RoundRow.done.is_(True))
-        .order_by(RoundRow.round_index)
-    ).all()
     coord = Coordinator(algo, keep_history=False)
-    for index in indices:  # one round's sums in memory at a time
-        raw = s.scalar(
-            select(RoundSumsRow.sums).where(
-                RoundSumsRow.study_id == study.id, RoundSumsRow.round_index == index
-            )
-        )
-        if index != coord.round_index or raw is None:
+    for index, raw in store.replay_sums(study.id):  # one round's sums in memory at a time
+        if index != coord.round_index or not raw:
             raise ProtocolError(f"study {study.id}: round {coord.round_index} is missing")
         coord.advance(unpack_arrays(raw, max_bytes=2**62))
-    row = s.scalar(select(RoundRow).where(RoundRow.study_id == study.id, RoundRow.done.is_(False)))
-    if row is None or row.round_index != coord.round_index or coord.done:
+    row = store.open_round(study.id)
+    if row is None or row.index != coord.round_index or coord.done:
         raise ProtocolError(f"study {study.id}: round {coord.round_index} is not open")
-    members = set(
-        s.scalars(select(TaskRow.node).where(TaskRow.study_id == study.id).distinct()).all()
-    )
     rnd = LiveRound(
         step=row.step,
-        public=round_public(s, study.id, row.public),
+        public=row.public,
         state=round_state(row, recovery),
         layout=row.layout,
-        bundles=dict(row.bundles or {}),
-        shares=dict(row.shares or {}),
+        bundles=dict(row.bundles),
+        shares=dict(row.shares),
     )
     wait = reveal_timeout if rnd.phase == "reveal" else node_timeout
     now = time.monotonic()
@@ -210,7 +198,7 @@ def load_live(
         spec=dict(study.algorithm),
         dataset=study.dataset,
         frac_bits=study.frac_bits,
-        members=members | set(study.participants),
+        members=store.members(study.id) | set(study.participants),
         coord=coord,
         round=rnd,
         deadline=now + wait,
@@ -218,7 +206,7 @@ def load_live(
     )
 
 
-def interrupted(s: Session, live: LiveStudy) -> bool:
+def interrupted(store: StudyStore, live: LiveStudy) -> bool:
     """Whether the open attempt lost its running sum: vectors received, no sum persisted.
 
     True only while it collects vectors (the sum is persisted with the last one);
@@ -227,9 +215,4 @@ def interrupted(s: Session, live: LiveStudy) -> bool:
     rnd = live.round
     if rnd.phase is not Phase.COLLECT or not rnd.received:
         return False
-    stored = s.scalar(
-        select(RoundAccRow.attempt).where(  # not the blob: only whether it is there
-            RoundAccRow.study_id == live.id, RoundAccRow.round_index == rnd.index
-        )
-    )
-    return stored != rnd.attempt
+    return store.acc_attempt(live.id, rnd.index) != rnd.attempt
