@@ -229,11 +229,13 @@ def load_targets(path: str | Path | None = None) -> TargetTable:
         text = resources.files("consortia.subgroups").joinpath("data", SHIPPED).read_text("utf-8")
         return validate_targets(_read_delimited(text, ",", SHIPPED), source=f"consortia:{SHIPPED}")
     p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".json", ".csv", ".tsv", ".txt"):
+        raise TargetTableError("the file must end in .csv, .tsv or .json", source=str(p))
     try:
         text = p.read_text("utf-8")
     except OSError as exc:
         raise TargetTableError(f"cannot be read ({type(exc).__name__})", source=str(p)) from exc
-    suffix = p.suffix.lower()
     if suffix == ".json":
         try:
             records = json.loads(text)
@@ -242,10 +244,8 @@ def load_targets(path: str | Path | None = None) -> TargetTable:
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise TargetTableError("a JSON table must be a list of records", source=str(p))
         frame = pd.DataFrame.from_records([{k: _cell(v) for k, v in r.items()} for r in records])
-    elif suffix in (".csv", ".tsv", ".txt"):
-        frame = _read_delimited(text, "\t" if suffix != ".csv" else ",", str(p))
     else:
-        raise TargetTableError("the file must end in .csv, .tsv or .json", source=str(p))
+        frame = _read_delimited(text, "\t" if suffix != ".csv" else ",", str(p))
     return validate_targets(frame, source=str(p))
 
 
