@@ -71,7 +71,9 @@ def test_missing_column_is_named(frame) -> None:
 
 def test_bad_evidence_level_names_row_and_column(frame) -> None:
     frame.loc[frame.index[2], "evidence"] = "approved-ish"
-    with pytest.raises(TargetTableError, match=r"row 3, column 'evidence': 'approved-ish' is not one of") as err:
+    with pytest.raises(
+        TargetTableError, match=r"row 3, column 'evidence': 'approved-ish' is not one of"
+    ) as err:
         validate_targets(frame, source="mine.csv")
     assert (err.value.row, err.value.column, err.value.source) == (3, "evidence", "mine.csv")
 
@@ -107,7 +109,9 @@ def test_duplicate_row_and_conflicting_alias(frame) -> None:
     with pytest.raises(TargetTableError, match=r"row 7, column 'drug': duplicates row 1"):
         validate_targets(dup)
     frame.loc[frame.index[3], ["biomarker_id", "genes", "aliases"]] = ["X_expr", "EGFR", "HER2"]
-    with pytest.raises(TargetTableError, match=r"row 4, column 'aliases': 'HER2' already names ERBB2"):
+    with pytest.raises(
+        TargetTableError, match=r"row 4, column 'aliases': 'HER2' already names ERBB2"
+    ):
         validate_targets(frame)
 
 

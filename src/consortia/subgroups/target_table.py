@@ -157,7 +157,7 @@ def normalize_cancer_type(name: str) -> str:
 
 
 def covers(row_cancer_type: str, study_cancer_type: str) -> bool:
-    """Whether a table row's cancer type covers the study's (tissue-agnostic rows: solid tumours)."""
+    """Whether a row's cancer type covers the study's (a tissue-agnostic row: solid tumours)."""
     if row_cancer_type == study_cancer_type:
         return True
     return row_cancer_type == "solid_tumors" and study_cancer_type not in HAEMATOLOGICAL
@@ -314,8 +314,16 @@ def validate_targets(frame: pd.DataFrame, *, source: str = "<frame>") -> TargetT
         if rec["source_type"] in _FDA_SOURCES and not rec["brand"]:
             raise fail("brand", "an FDA source must name the drug's label (brand) name")
         if rec["evidence"] == "fda_approved" and rec["source_type"] not in _FDA_SOURCES:
-            raise fail("source_type", "evidence 'fda_approved' needs an FDA label or approval notice")
-        key = (rec["biomarker_id"], rec["drug"], rec["cancer_type"], rec["biomarker"], rec["setting"])
+            raise fail(
+                "source_type", "evidence 'fda_approved' needs an FDA label or approval notice"
+            )
+        key = (
+            rec["biomarker_id"],
+            rec["drug"],
+            rec["cancer_type"],
+            rec["biomarker"],
+            rec["setting"],
+        )
         if key in seen:
             raise fail("drug", f"duplicates row {seen[key]} (same biomarker, drug and indication)")
         seen[key] = i

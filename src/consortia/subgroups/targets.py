@@ -279,7 +279,9 @@ def _subgroup_tables(markers: Any) -> dict[str, Any]:
             raise ValidationError("markers must hold at least one subgroup")
         return {str(k): v for k, v in markers.items()}
     if isinstance(markers, pd.DataFrame) and "subgroup" in markers.columns:
-        return {str(k): g.drop(columns="subgroup") for k, g in markers.groupby("subgroup", sort=False)}
+        return {
+            str(k): g.drop(columns="subgroup") for k, g in markers.groupby("subgroup", sort=False)
+        }
     return {"all": markers}
 
 
@@ -312,7 +314,9 @@ def _marker_frame(obj: Any, subgroup: str, aliases: Mapping[str, str]) -> pd.Dat
     )
     out = out[np.isfinite(out["log2fc"]) & np.isfinite(out["padj"])]
     if ((out["padj"] < 0) | (out["padj"] > 1)).any():
-        raise ValidationError(f"markers of subgroup {subgroup!r}: column {padj!r} must lie in [0, 1]")
+        raise ValidationError(
+            f"markers of subgroup {subgroup!r}: column {padj!r} must lie in [0, 1]"
+        )
     out["gene"] = out["gene"].map(aliases)
     out = out.dropna(subset=["gene"]).sort_values("padj", kind="stable")
     return out.drop_duplicates("gene").set_index("gene")
