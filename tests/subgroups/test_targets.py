@@ -11,6 +11,7 @@ import pytest
 
 from consortia.errors import SchemaError, ValidationError
 from consortia.omics.limma import ModeratedTResult
+from consortia.omics.screen import CoxScreenResult
 from consortia.results import Result
 from consortia.subgroups.target_table import load_targets, validate_targets
 from consortia.subgroups.targets import TargetMatchResult, match_targets
@@ -153,7 +154,14 @@ def test_marker_input_shapes(shipped) -> None:
     )
     long = pd.DataFrame({"subgroup": ["k1", "k1"], "gene": ["ERBB2", "TROP2"], "coef": [2.0, 1.0],
                          "FDR": [1e-5, 1e-2]})  # fmt: skip
-    tables = [match_targets({"k1": m}, shipped).summary for m in (limma, deseq)]
+    cox = CoxScreenResult(
+        genes=genes, coef=np.array([2.0, 0.0, 1.0]), se=np.ones(3), z=np.zeros(3),
+        pvalue=np.array([1e-6, 0.9, 1e-3]), fdr=np.array([1e-5, 0.9, 1e-2]),
+        converged=np.ones(3, bool), tested=np.ones(3, bool), covariates=(), n=12, n_events=5,
+        rounds=3, iterations=2, ties="breslow", alpha=0.05, stratified_by_site=False,
+        transform="none",
+    )  # fmt: skip
+    tables = [match_targets({"k1": m}, shipped).summary for m in (limma, deseq, cox)]
     tables.append(match_targets(long, shipped).summary)
     for t in tables[1:]:
         pd.testing.assert_frame_equal(t, tables[0])

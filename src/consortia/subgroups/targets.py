@@ -294,7 +294,7 @@ def _marker_frame(obj: Any, subgroup: str, aliases: Mapping[str, str]) -> pd.Dat
         )
     if "gene" in frame.columns:
         gene = frame["gene"]
-    elif frame.index.dtype == object or frame.index.name == "gene":
+    elif frame.index.name == "gene" or pd.api.types.is_string_dtype(frame.index):
         gene = pd.Series(frame.index, index=frame.index)
     else:
         raise SchemaError(f"markers of subgroup {subgroup!r}: no 'gene' column or gene index")
