@@ -22,6 +22,35 @@ class SchemaError(ValidationError):
     """A dataset does not match its declared schema (missing column, wrong type, ...)."""
 
 
+class TargetTableError(SchemaError):
+    """A target and drug knowledge table breaks its documented format (``docs/targets.md``).
+
+    Parameters
+    ----------
+    message
+        The rule that was broken.
+    row
+        The 1-based data row (the header is not counted); ``None`` for the whole table.
+    column
+        The column concerned, when one is.
+    source
+        Where the table came from (a path, or ``"<frame>"``).
+    """
+
+    def __init__(
+        self, message: str, *, row: int | None = None, column: str | None = None, source: str = ""
+    ) -> None:
+        self.row = row
+        self.column = column
+        self.source = source
+        where = [f"targets table {source}".rstrip()]
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        super().__init__(f"{', '.join(where)}: {message}")
+
+
 class AlgorithmError(ConsortiaError):
     """An algorithm was misused or could not produce a result."""
 
