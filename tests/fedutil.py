@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import uvicorn
 
+from consortia.data import load_dataset
 from consortia.hub import bootstrap_token
 from consortia.hub.app import create_app
 from consortia.hub.db import make_engine
@@ -109,6 +110,14 @@ class LocalFederation:
             t.start()
             self._threads.append(t)
         _wait(lambda: len(self.fed.catalogue()) == len(sites), "the nodes to publish")
+
+    def datasets(self) -> dict:
+        """The sites' ``data`` as the nodes loaded it from their files (for the simulation)."""
+        out = {}
+        for name, agent in self.agents.items():
+            (ds,) = agent.config.datasets
+            out[name] = load_dataset(str(ds.path), schema=ds.schema, name=ds.name)
+        return out
 
     def stop(self) -> None:
         """Stop the agents, then the hub."""

@@ -85,7 +85,7 @@ def test_a_long_local_step_does_not_hold_another_studys_rounds(federation):
     )
     fast = VectorSum(size=5, rounds=3)
     got = fed.fed.run(fast, dataset="data", timeout=PATIENCE)
-    assert encode_result(got) == encode_result(Simulation(sites).run(fast))
+    assert encode_result(got) == encode_result(Simulation(fed.datasets()).run(fast))
     assert fed.fed.status(slow).status == "running"  # its sites are still computing
     assert not RELEASE.is_set()
     RELEASE.set()
