@@ -44,7 +44,7 @@ def federations(tmp_path, toy_sites):
 
 
 def test_the_same_studies_give_the_same_bits_through_both_transports(federations):
-    feds, sites = federations
+    feds, _ = federations
     sim = Simulation(feds["memory"].datasets())  # the data as the nodes read it
     for algo in ALGORITHMS:
         # the algorithm as the hub rebuilds it from its spec (a tuple parameter is a list)
