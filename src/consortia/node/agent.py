@@ -45,7 +45,11 @@ __all__ = ["NodeAgent"]
 log = logging.getLogger("consortia.node")
 
 BUSY_POLL = 0.25
-"""Seconds between polls while tasks are being answered (the hub lists them until answered)."""
+"""Seconds between polls while tasks are being answered (the hub lists them until answered).
+
+The delay doubles while nothing starts or ends, up to :data:`MAX_BUSY_POLL`."""
+MAX_BUSY_POLL = 1.0
+"""Longest delay between polls while tasks are being answered, in seconds."""
 
 
 class NodeAgent:
@@ -192,7 +196,7 @@ class NodeAgent:
 
         Up to ``max_tasks`` tasks (of different attempts) are answered at once.
         """
-        backoff = 0.1
+        backoff, busy = 0.1, BUSY_POLL
         published = False
         dispatcher = Dispatcher(self.handle, self.config.max_tasks, self.tasks.holds)
         try:
@@ -204,14 +208,20 @@ class NodeAgent:
                         settle_gc()
                         # tells a supervisor (NodeProcess.wait_ready) that this process serves
                         (self.config.data_dir / "agent.pid").write_text(f"{os.getpid()}\n")
-                    busy = dispatcher.running > 0 or dispatcher.pending()
                     asked = time.monotonic()
-                    queue = self.transport.poll(0.0 if busy else self.config.poll_wait)
+                    if dispatcher.pending():  # an answer brought the node's open tasks back
+                        queue = []
+                    else:  # while tasks run, the hub lists them: it would not wait
+                        wait = 0.0 if dispatcher.running else self.config.poll_wait
+                        queue = self.transport.poll(wait)
                     if self._stop.is_set():
                         break
                     started, held = dispatcher.offer(queue, asked)
+                    if started:
+                        busy = BUSY_POLL
                     if dispatcher.running:  # wait for an answer, or poll again shortly
-                        dispatcher.wait(BUSY_POLL)
+                        woke = dispatcher.wait(busy)
+                        busy = BUSY_POLL if woke else min(2 * busy, MAX_BUSY_POLL)
                     elif held and not started:  # only refused tasks: wait for a hold to end
                         self._stop.wait(self.tasks.holds.left(self.config.poll_wait))
                     backoff = 0.1

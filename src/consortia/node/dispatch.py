@@ -104,11 +104,12 @@ class Dispatcher:
                 self._inbox.extend((t, asked) for t in follow)
                 self._cond.notify_all()
 
-    def wait(self, timeout: float) -> None:
-        """Wait until a task's answer is done (or its next tasks came), at most ``timeout`` s."""
+    def wait(self, timeout: float) -> bool:
+        """Wait until a task's answer is done, at most ``timeout`` s (False: none was)."""
         with self._cond:
-            if not self._inbox:
-                self._cond.wait(max(timeout, 0.0))
+            if self._inbox:
+                return True
+            return self._cond.wait(max(timeout, 0.0))
 
     def pending(self) -> bool:
         """Whether next tasks wait to be offered."""
