@@ -10,6 +10,7 @@ blocks on an event.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from pathlib import Path
@@ -48,6 +49,8 @@ class LocalFederation:
         The hub's node timeout (nodes heartbeat at a third of it).
     max_tasks
         Each node's ``max_tasks``.
+    node_options
+        Node name -> NodeConfig fields that replace the defaults.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class LocalFederation:
         mode: str,
         node_timeout: float = 20.0,
         max_tasks: int = 4,
+        node_options: dict[str, dict] | None = None,
     ) -> None:
         self.root, self.mode = root, mode
         db = str(root / "hub.sqlite")
@@ -97,6 +101,7 @@ class LocalFederation:
                 peers=pins[name],
                 max_tasks=max_tasks,
             )
+            cfg = dataclasses.replace(cfg, **(node_options or {}).get(name, {}))
             transport = MemoryNodeTransport(self.hub) if mode == "memory" else None
             agent = NodeAgent(cfg, transport=transport)
             agent.enrol(bootstrap_token(db, "enrolment", name))
