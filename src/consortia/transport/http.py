@@ -9,6 +9,7 @@ failure becomes :class:`~consortia.errors.HubUnreachable` here and nowhere else.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import ssl
@@ -230,8 +231,6 @@ class HttpNodeTransport(NodeTransport):
         return self._json_post(key, "refusal", msg.model_dump_json(), None)
 
     def pending(self, key: TaskKey, digest: str) -> Reply | None:
-        import json
-
         return self._json_post(key, "pending", json.dumps({"digest": digest}), None)
 
     def heartbeat(self, key: TaskKey, progress: float | None = None) -> Reply:
