@@ -217,13 +217,12 @@ class NodeAgent:
                     if self._stop.is_set():
                         break
                     started, held = dispatcher.offer(queue, asked)
-                    if started:
-                        busy = BUSY_POLL
-                    if dispatcher.running:  # wait for an answer, or poll again shortly
-                        woke = dispatcher.wait(busy)
-                        busy = BUSY_POLL if woke else min(2 * busy, MAX_BUSY_POLL)
-                    elif held and not started:  # only refused tasks: wait for a hold to end
+                    if held and not started and not dispatcher.running:
+                        # only refused tasks: wait for the first hold to end
                         self._stop.wait(self.tasks.holds.left(self.config.poll_wait))
+                    busy = BUSY_POLL if started else min(2 * busy, MAX_BUSY_POLL)
+                    if self._await(dispatcher, asked, busy):
+                        busy = BUSY_POLL
                     backoff = 0.1
                 except (HubUnreachable, ProtocolError) as exc:
                     log.warning("hub unreachable or refusing (%s); retrying in %.1fs", exc, backoff)
@@ -232,6 +231,29 @@ class NodeAgent:
         finally:
             dispatcher.wake()
             dispatcher.shutdown()
+
+    def _await(self, dispatcher: Dispatcher, polled: float, busy: float) -> bool:
+        """While tasks run, wait until one ends or the hub should be polled again.
+
+        A task posting its answer long-polls the hub for the node's next tasks
+        itself; only while a task computes (its study's task is listed until it is
+        answered, so the hub's long-poll would not wait) is the hub polled, every
+        ``busy`` seconds once that task has computed :data:`BUSY_POLL` seconds.
+        Returns whether a task ended.
+        """
+        while dispatcher.running and not dispatcher.pending() and not self._stop.is_set():
+            age = self.tasks.computing_age()
+            now = time.monotonic()
+            if age is None:  # every running task is at the hub
+                timeout = self.config.poll_wait
+            else:
+                due = max(polled + busy, now - age + BUSY_POLL)
+                if now >= due:
+                    return False
+                timeout = due - now
+            if dispatcher.wait(timeout):
+                return True
+        return False
 
     def run_once(self, wait: float = 0.0) -> int:
         """Poll once and answer the tasks received, one after the other; return how many."""

@@ -128,6 +128,25 @@ class TaskAnswerer:
         self.holds = Holds()
         self._trusted: dict[str, bytes] = {}
         self._pins: tuple[str, dict[str, str]] | None = None  # (study, pins read for it)
+        self._computing: dict[TaskKey, float] = {}  # tasks in their local step -> since
+        self._computing_lock = threading.Lock()
+
+    def computing_age(self) -> float | None:
+        """Seconds the longest-running local step has run (None: no step runs)."""
+        with self._computing_lock:
+            since = min(self._computing.values(), default=None)
+        return None if since is None else time.monotonic() - since
+
+    @contextlib.contextmanager
+    def _computing_step(self, task: Task) -> Iterator[None]:
+        key = _key(task)
+        with self._computing_lock:
+            self._computing[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._computing_lock:
+                self._computing.pop(key, None)
 
     @property
     def _actor(self) -> str:
@@ -319,7 +338,7 @@ class TaskAnswerer:
                         where["lost"] = sorted(shares)
                     store.record(self._actor, "reveal", {**where, "attempt": task.attempt})
             else:
-                with self._beating(task, hb) as tracker:
+                with self._computing_step(task), self._beating(task, hb) as tracker:
                     with worker.lock:
                         self._trust(worker, task)
                         prepared = worker.prepare(task)
