@@ -23,14 +23,13 @@ class _Handler:
         self.started: list[tuple[str, str]] = []
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
-        self.follow: list[dict] = []
+        self.follow: dict[tuple[str, str], list[dict]] = {}
 
     def __call__(self, msg):
         self.started.append((msg["study_id"], msg["kind"]))
         self.entered.release()
         assert self.release.wait(PATIENCE)
-        follow, self.follow = self.follow, []
-        return follow
+        return self.follow.pop((msg["study_id"], msg["kind"]), [])
 
 
 def test_at_most_max_tasks_run_and_one_per_attempt():
@@ -44,11 +43,14 @@ def test_at_most_max_tasks_run_and_one_per_attempt():
             assert handle.entered.acquire(timeout=PATIENCE)
         assert d.running == 2
         assert d.offer([_msg("a"), _msg("b"), _msg("c")], time.monotonic()) == (0, 0)
-        handle.follow = [_msg("a", "reveal")]  # the answer brings the next task back
+        # a's answer brings its next task back, and "b" again (answered since): the
+        # next task is answered in the same thread, "b" is not started again
+        handle.follow[("a", "contribute")] = [_msg("a", "reveal"), _msg("b")]
         handle.release.set()
         d.shutdown()
-        assert d.running == 0 and d.pending()
-        assert sorted(handle.started) == [("a", "contribute"), ("b", "contribute")]
+        assert d.running == 0
+        assert sorted(handle.started) == [("a", "contribute"), ("a", "reveal"), ("b", "contribute")]
+        assert d.offer([], time.monotonic()) == (0, 0)  # "b" was left for the loop: stale
     finally:
         handle.release.set()
         d.shutdown()

@@ -244,8 +244,8 @@ class NodeAgent:
         while dispatcher.running and not dispatcher.pending() and not self._stop.is_set():
             age = self.tasks.computing_age()
             now = time.monotonic()
-            if age is None:  # every running task is at the hub
-                timeout = self.config.poll_wait
+            if age is None:  # every running task is at the hub (look again shortly)
+                timeout = MAX_BUSY_POLL
             else:
                 due = max(polled + busy, now - age + BUSY_POLL)
                 if now >= due:

@@ -63,46 +63,64 @@ class Dispatcher:
     def offer(self, tasks: list[Any], asked: float) -> tuple[int, int]:
         """Start the tasks of a list the hub made after ``asked`` (a monotonic time).
 
-        Returns how many were started and how many were held back.
+        The next tasks that answers brought back are offered too.  Returns how many
+        were started and how many were held back.
         """
         started = held = 0
         with self._cond:
             items = [(t, asked) for t in tasks] + self._inbox
             self._inbox = []
             for msg, when in items:
-                key = key_of(msg)
-                if key is None:
-                    log.warning("ignoring a malformed task (not an attempt of a study)")
-                    continue
-                kind = str(msg.get("kind"))
-                if key in self._running or self._answered.get((key, kind), -1.0) >= when:
-                    continue
-                if self._holds.holding(key):
+                verdict = self._verdict(msg, when)
+                if verdict == "held":
                     held += 1
-                    continue
-                if len(self._running) >= self.max_tasks:
-                    continue  # it comes again with a later poll
-                self._running.add(key)
-                self._pool.submit(self._run, key, kind, msg)
-                started += 1
+                elif verdict == "start" and len(self._running) < self.max_tasks:
+                    key = key_of(msg)
+                    assert key is not None
+                    self._running.add(key)
+                    self._pool.submit(self._run, key, str(msg.get("kind")), msg)
+                    started += 1
         return started, held
 
+    def _verdict(self, msg: Any, when: float) -> str:
+        """``start``, ``held`` or ``skip`` (malformed, running, or answered since ``when``)."""
+        key = key_of(msg)
+        if key is None:
+            log.warning("ignoring a malformed task (not an attempt of a study)")
+            return "skip"
+        if key in self._running or self._answered.get((key, str(msg.get("kind"))), -1.0) >= when:
+            return "skip"
+        return "held" if self._holds.holding(key) else "start"
+
     def _run(self, key: TaskKey, kind: str, msg: Mapping[str, Any]) -> None:
-        asked = time.monotonic()
-        follow: list[dict[str, Any]] = []
-        try:
-            follow = self._handle(msg)
-        except Exception:  # pragma: no cover - handle() reports its own failures
-            log.exception("answering a task failed")
-        finally:
+        """Answer ``msg``, then, in the same thread, the first of the next tasks it brought."""
+        while True:
+            asked = time.monotonic()
+            follow: list[dict[str, Any]] = []
+            try:
+                follow = self._handle(msg)
+            except Exception:  # pragma: no cover - handle() reports its own failures
+                log.exception("answering a task failed")
             with self._cond:
                 self._running.discard(key)
                 now = time.monotonic()
                 self._answered[(key, kind)] = now
                 for k in [k for k, t in self._answered.items() if t < now - _FORGET_AFTER]:
                     del self._answered[k]
-                self._inbox.extend((t, asked) for t in follow)
-                self._cond.notify_all()
+                chained: Mapping[str, Any] | None = None
+                for t in follow:
+                    if chained is None and self._verdict(t, asked) == "start":
+                        chained = t  # answered next, in this thread (no hand-over)
+                    else:
+                        self._inbox.append((t, asked))
+                if chained is None or self._inbox:
+                    self._cond.notify_all()
+                if chained is None:
+                    return
+                next_key = key_of(chained)
+                assert next_key is not None
+                key, kind, msg = next_key, str(chained.get("kind")), chained
+                self._running.add(key)
 
     def wait(self, timeout: float) -> bool:
         """Wait until a task's answer is done, at most ``timeout`` s (False: none was)."""
