@@ -97,7 +97,7 @@ class LocalFederation:
                 hub=self.url,
                 data_dir=root / name,
                 datasets=(DatasetConfig(name="data", path=csv, policy=Policy()),),
-                poll_wait=2,
+                poll_wait=1,
                 peers=pins[name],
                 max_tasks=max_tasks,
             )

@@ -10,6 +10,8 @@ errors through both.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from consortia import Simulation
@@ -29,14 +31,24 @@ ALGORITHMS = (
 )
 
 
-@pytest.fixture
-def federations(tmp_path, toy_sites):
-    sites = dict(list(toy_sites.items())[:3])
+def _sites() -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(2024)
+    out = {}
+    for i, n in enumerate((40, 55, 60)):
+        x1, x2 = rng.normal(i * 0.3, 1.0, n), rng.normal(0, 2.0, n)
+        y = 1.0 + 0.5 * x1 - 0.25 * x2 + rng.normal(0, 1, n)
+        event = (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 0.8 * x1 - 0.4 * x2)))).astype(int)
+        out[f"site{i}"] = pd.DataFrame({"x1": x1, "x2": x2, "y": y, "event": event})
+    return out
+
+
+@pytest.fixture(scope="module")
+def federations(tmp_path_factory):
+    sites = _sites()
     started = {}
     try:
         for mode in MODES:
-            (tmp_path / mode).mkdir()
-            started[mode] = LocalFederation(tmp_path / mode, sites, mode=mode)
+            started[mode] = LocalFederation(tmp_path_factory.mktemp(mode), sites, mode=mode)
         yield started, sites
     finally:
         for fed in started.values():
