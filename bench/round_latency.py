@@ -194,7 +194,8 @@ class Federation:
         cpu0 = self._cpu()
         calls = [0]
         # count the SDK's requests (its status long-poll wakes on every hub change)
-        self.fed._http.event_hooks["request"] = [lambda request: calls.__setitem__(0, calls[0] + 1)]
+        http = self.fed.transport._http  # the HTTP transport's httpx client
+        http.event_hooks["request"] = [lambda request: calls.__setitem__(0, calls[0] + 1)]
         t0 = time.perf_counter()
         try:
             study = self.fed.submit(VectorSum(size=size, rounds=rounds), dataset="bench")

@@ -128,6 +128,10 @@ class ProtocolError(ConsortiaError):
     """A message breaks the federation protocol (wrong layout, round, study, ...)."""
 
 
+class HubUnreachable(ProtocolError):
+    """The hub could not be reached (network error, or the hub is restarting)."""
+
+
 class ResultCodecError(ProtocolError):
     """A study result could not be encoded or decoded (see :mod:`consortia.resultcodec`).
 

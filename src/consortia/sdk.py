@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from pydantic import ValidationError as PydanticValidationError
 
 from consortia.errors import (
     ConsortiaError,
+    HubUnreachable,
     PolicyError,
     ProtocolError,
     ResultCodecError,
@@ -42,16 +42,14 @@ from consortia.messages import StudyStatusMessage
 from consortia.privacy.fixedpoint import FixedPoint
 from consortia.protocol import Algorithm, Coordinator, algorithm_from_spec
 from consortia.resultcodec import decode_result, encode_result
+from consortia.transport.base import ResearcherTransport
+from consortia.transport.http import HttpResearcherTransport
 from consortia.wire import unpack_arrays
 
 __all__ = ["HubUnreachable", "RemoteFederation", "StudyStatus", "connect"]
 
 Progress = Callable[[int, str], None]
 """``progress(round_index, step)``, called when a round starts (as in the simulation)."""
-
-
-class HubUnreachable(ProtocolError):
-    """The hub could not be reached (network error, or the hub is restarting)."""
 
 
 @dataclass(frozen=True)
@@ -131,41 +129,32 @@ class RemoteFederation:
     :meth:`consortia.Simulation.run`.
     """
 
-    def __init__(self, url: str, token: str, *, ca: str | Path | None = None) -> None:
-        self.url = url.rstrip("/")
-        verify: Any = True
-        if ca is not None:
-            from consortia.certs import client_ssl_context
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        ca: str | Path | None = None,
+        transport: ResearcherTransport | None = None,
+    ) -> None:
+        if transport is None:
+            if url is None or token is None:
+                raise ValidationError("RemoteFederation needs a url and a token, or a transport")
+            verify: Any = True
+            if ca is not None:
+                from consortia.certs import client_ssl_context
 
-            verify = client_ssl_context(ca)
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            verify=verify,
-            timeout=httpx.Timeout(90, connect=10),
-        )
+                verify = client_ssl_context(ca)
+            transport = HttpResearcherTransport(url, token, verify=verify)
+        self.transport = transport
+        self.url = transport.url
         self.last_study: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            r = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise HubUnreachable(f"cannot reach the hub at {self.url}: {exc}") from None
-        if r.status_code == 200:
-            return r.json()
-        try:
-            detail = r.json().get("detail")
-        except ValueError:
-            detail = r.text[:200]
-        if r.status_code == 422:
-            raise ValidationError(f"the hub refused the request: {detail}")
-        raise ProtocolError(f"the hub answered {r.status_code}: {detail}")
-
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._http.close()
+        """Close the transport's connections."""
+        self.transport.close()
 
     def __enter__(self) -> RemoteFederation:
         return self
@@ -177,11 +166,11 @@ class RemoteFederation:
 
     def whoami(self) -> dict[str, str]:
         """The role and name of this client's token."""
-        return self._call("GET", "/v1/whoami")
+        return self.transport.whoami()
 
     def catalogue(self) -> dict[str, dict[str, Any]]:
         """What the nodes published: node -> dataset -> description (no values)."""
-        return self._call("GET", "/v1/catalogue")
+        return self.transport.catalogue()
 
     def budget(self) -> list[dict[str, Any]]:
         """Your remaining differential-privacy budget per node and dataset.
@@ -189,11 +178,11 @@ class RemoteFederation:
         Each node keeps the budget and reports it after every study that spends
         some; a node that never ran a noisy study of yours has no row.
         """
-        return self._call("GET", "/v1/budget")
+        return self.transport.budget()
 
     def nodes(self) -> list[dict[str, Any]]:
         """Enrolled nodes with their identity fingerprints and last contact (admin token)."""
-        return self._call("GET", "/v1/nodes")
+        return self.transport.nodes()
 
     @property
     def sites(self) -> list[str]:
@@ -222,19 +211,19 @@ class RemoteFederation:
         }
         if nodes is not None:
             body["nodes"] = list(nodes)
-        return self._call("POST", "/v1/studies", json=body)["id"]
+        return str(self.transport.submit(body)["id"])
 
     def status(self, study_id: str) -> StudyStatus:
         """The study's current state."""
-        return StudyStatus.from_json(self._call("GET", f"/v1/studies/{study_id}"))
+        return StudyStatus.from_json(self.transport.status(study_id))
 
     def studies(self) -> list[dict[str, Any]]:
         """This researcher's studies, newest first."""
-        return self._call("GET", "/v1/studies")
+        return self.transport.studies()
 
     def cancel(self, study_id: str) -> StudyStatus:
         """Cancel a running study."""
-        return StudyStatus.from_json(self._call("POST", f"/v1/studies/{study_id}/cancel"))
+        return StudyStatus.from_json(self.transport.cancel(study_id))
 
     def wait(
         self,
@@ -258,11 +247,8 @@ class RemoteFederation:
         seen: tuple[int, str | None] | None = None
         while True:
             wait = 20.0 if end is None else max(0.0, min(20.0, end - time.monotonic()))
-            params: dict[str, Any] = {"wait": wait}
-            if version is not None:
-                params["version"] = version
             try:
-                raw = self._call("GET", f"/v1/studies/{study_id}", params=params)
+                raw = self.transport.status(study_id, version=version, wait=wait)
             except HubUnreachable:
                 if end is not None and time.monotonic() >= end:
                     raise
@@ -289,19 +275,12 @@ class RemoteFederation:
 
     def rounds(self, study_id: str, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Finished rounds of the study: index, step, attempt, participants (no sums)."""
-        return self._call(
-            "GET", f"/v1/studies/{study_id}/rounds", params={"start": start, "limit": limit}
-        )
+        return self.transport.rounds(study_id, start, limit)
 
     def round_sums(self, study_id: str, round_index: int) -> dict[str, np.ndarray]:
         """The securely aggregated sums of one finished round, by array name."""
-        try:
-            r = self._http.get(f"/v1/studies/{study_id}/rounds/{round_index}/sums")
-        except httpx.TransportError as exc:
-            raise ProtocolError(f"cannot reach the hub at {self.url}: {exc}") from None
-        if r.status_code != 200:
-            raise ProtocolError(f"the hub answered {r.status_code} for round {round_index}")
-        return unpack_arrays(r.content, max_bytes=2**40, copy=True)
+        frame = self.transport.round_sums(study_id, round_index)
+        return unpack_arrays(frame, max_bytes=2**40, copy=True)
 
     def stored_result(self, study_id: str) -> bytes | None:
         """The result frame the hub stored when the study finished (``None``: it holds none).
@@ -309,16 +288,11 @@ class RemoteFederation:
         The frame is checked against the hub's ``X-Consortia-Digest`` (sha256);
         :func:`consortia.resultcodec.decode_result` turns it into the result.
         """
-        try:
-            r = self._http.get(f"/v1/studies/{study_id}/result")
-        except httpx.TransportError as exc:
-            raise HubUnreachable(f"cannot reach the hub at {self.url}: {exc}") from None
-        if r.status_code == 404:  # not stored (or a hub older than stored results)
+        stored = self.transport.result(study_id)
+        if stored is None:  # not stored (or a hub older than stored results)
             return None
-        if r.status_code != 200:
-            raise ProtocolError(f"the hub answered {r.status_code} for the result of {study_id}")
-        frame = r.content
-        if hashlib.sha256(frame).hexdigest() != r.headers.get("x-consortia-digest"):
+        frame, digest = stored
+        if hashlib.sha256(frame).hexdigest() != digest:
             raise ProtocolError(f"study {study_id}: the result does not match its digest")
         return frame
 

@@ -356,7 +356,7 @@ def test_idempotent_retry_is_not_double_counted(fedn, tmp_path):
         assert task["kind"] == "reveal"
         task["kind"] = "contribute"
         w = agents[0].worker()
-        masked = w.contribute(agents[0]._task(task))
+        masked = w.contribute(agents[0].tasks.task(task))
         url = f"{fedn.hub.url}/v1/node/studies/{sid}/rounds/0/attempts/0/contribution"
         r = httpx.post(
             url,
@@ -516,10 +516,10 @@ def test_an_out_of_memory_local_step_is_a_refusal_and_the_node_lives_on(
         # out of memory outside the algorithm (masking, say): refused too, class only
         from consortia.runtime.site import SiteWorker
 
-        def no_memory(self, task):
+        def no_memory(self, task, contribution):
             raise MemoryError("Unable to allocate 3.1 TiB for an array with shape (424242,)")
 
-        monkeypatch.setattr(SiteWorker, "contribute", no_memory)
+        monkeypatch.setattr(SiteWorker, "mask", no_memory)
         sid = fedn.fed.submit(Mean(columns=("y",)), dataset="oom")
         for a in agents:
             a.run_once()

@@ -183,7 +183,7 @@ def test_one_dataset_failing_to_load_leaves_the_others_served(hub, tmp_path):
             for _ in range(2):
                 agent.run_once()
             assert fed.wait(sid, timeout=PATIENCE).status == "finished"
-            r = fed._http.post(
+            r = fed.transport._http.post(
                 "/v1/studies",
                 json={"algorithm": VectorSum(size=2).spec(), "dataset": "broken"},
             )

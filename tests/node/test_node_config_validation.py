@@ -48,6 +48,7 @@ def test_docstring_example_round_trip(tmp_path):
     assert cfg.ca == folder / "ca.pem" and cfg.data_dir == folder / "state"
     assert cfg.audit_key_file == folder / "audit.key"
     assert (cfg.poll_wait, cfg.fsync, cfg.trust_on_first_use) == (20.0, True, False)
+    assert cfg.max_tasks == 4
     assert cfg.approval == "manual" and cfg.auto_approve == ("stats.count", "stats.mean")
     assert cfg.peers == {"hospital-b": "3f1c9a0d" * 8}
     (ds,) = cfg.datasets
@@ -110,6 +111,14 @@ def test_unknown_keys_are_errors_naming_key_and_table(tmp_path, text, match):
             r"\[node\] poll_wait: must be a number of seconds in \(0, 60\]",
         ),
         (NODE + "fsync = 1\n" + DATA, r"\[node\] fsync: must be true or false, not an integer"),
+        (
+            NODE + "max_tasks = 0\n" + DATA,
+            r"\[node\] max_tasks: must be a whole number of tasks in \[1, 256\]",
+        ),
+        (
+            NODE + "max_tasks = 2.5\n" + DATA,
+            r"\[node\] max_tasks: must be a whole number of tasks, not a number",
+        ),
         (
             NODE + "trust_on_first_use = 'yes'\n" + DATA,
             r"\[node\] trust_on_first_use: must be true or false, not a string",

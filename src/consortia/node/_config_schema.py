@@ -113,6 +113,14 @@ def _poll_wait(value: Any) -> float:
     return float(value)
 
 
+def _max_tasks(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail("max_tasks", f"must be a whole number of tasks, not {_kind(value)}")
+    if not 1 <= value <= 256:
+        raise _fail("max_tasks", "must be a whole number of tasks in [1, 256]")
+    return value
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail("flag", f"must be true or false, not {_kind(value)}")
@@ -206,6 +214,7 @@ Name = Annotated[str, PlainValidator(_name)]
 Hub = Annotated[str, PlainValidator(_hub)]
 ConfigPath = Annotated[Path, PlainValidator(_path)]
 PollWait = Annotated[float, PlainValidator(_poll_wait)]
+MaxTasks = Annotated[int, PlainValidator(_max_tasks)]
 Flag = Annotated[bool, PlainValidator(_flag)]
 Patterns = Annotated[tuple[str, ...], PlainValidator(_patterns)]
 Approval = Annotated[Literal["auto", "manual"], BeforeValidator(_approval)]
@@ -231,6 +240,7 @@ class NodeTable(_Table):
     data_dir: ConfigPath
     ca: ConfigPath | None = None
     poll_wait: PollWait = 20.0
+    max_tasks: MaxTasks = 4
     fsync: Flag = True
     trust_on_first_use: Flag = False
     approval: Approval = "auto"

@@ -1,4 +1,4 @@
-"""Helpers of the node agent: TLS context, audit key, GC settling, answers, release details."""
+"""Helpers of the node agent: TLS context, audit key, GC settling, release details."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import gc
 import ssl
 from typing import Any
 
-import httpx
-
 from consortia.node.config import NodeConfig
 from consortia.node.identity import read_private
-from consortia.node.link import Answer
 from consortia.runtime.site import SiteWorker
 from consortia.runtime.task import Task
 
-__all__ = ["audit_key", "detail", "next_tasks", "release_details", "settle_gc", "tls_verify"]
+__all__ = ["audit_key", "release_details", "settle_gc", "tls_verify"]
 
 
 def tls_verify(config: NodeConfig) -> ssl.SSLContext | bool:
@@ -61,20 +58,3 @@ def settle_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def next_tasks(r: Answer | None) -> list[dict]:
-    if r is None or r.status_code != 200:
-        return []
-    try:
-        tasks = r.json().get("tasks", [])
-    except (ValueError, AttributeError):
-        return []
-    return tasks if isinstance(tasks, list) else []
-
-
-def detail(r: httpx.Response | Answer) -> str:
-    try:
-        return str(r.json().get("detail"))
-    except (ValueError, AttributeError):
-        return r.text[:200]

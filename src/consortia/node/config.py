@@ -20,6 +20,7 @@ Example (every path may be relative to the TOML file's folder)::
     ca = "ca.pem"                           # CA certificate that signed the hub's (TLS)
     data_dir = "state"                      # keys, credential, SQLite (ledger, audit, peers)
     poll_wait = 20                          # long-poll seconds (optional)
+    max_tasks = 4                           # tasks (of different studies) computed at once
     fsync = true                            # fsync the ledger and audit log on every write
     approval = "manual"                     # each new study waits for the owner (default "auto")
     auto_approve = ["stats.count", "stats.mean"]  # algorithm-name patterns approved at once
@@ -94,6 +95,7 @@ _NODE_KEYS = (
     "ca",
     "peers",
     "poll_wait",
+    "max_tasks",
     "fsync",
     "trust_on_first_use",
     "approval",
@@ -165,6 +167,7 @@ class NodeConfig:
     ca: Path | None = None
     peers: Mapping[str, str] = field(default_factory=dict)
     poll_wait: float = 20.0
+    max_tasks: int = 4
     fsync: bool = True
     trust_on_first_use: bool = False
     approval: str = "auto"  # see consortia.node.approvals
@@ -188,6 +191,7 @@ class NodeConfig:
         lines += [
             f"data_dir = {_q(str(self.data_dir))}",
             f"poll_wait = {self.poll_wait}",
+            f"max_tasks = {self.max_tasks}",
             f"fsync = {_toml_value(self.fsync)}",
             f"trust_on_first_use = {_toml_value(self.trust_on_first_use)}",
             f"approval = {_q(self.approval)}",
@@ -304,6 +308,7 @@ def load_config(path: str | Path) -> NodeConfig:
         ca=node.ca,
         peers=checked.peers,
         poll_wait=node.poll_wait,
+        max_tasks=node.max_tasks,
         fsync=node.fsync,
         trust_on_first_use=node.trust_on_first_use,
         approval=node.approval,

@@ -10,15 +10,10 @@ same round, needs no download.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 
-import httpx
-
-from consortia.errors import ProtocolError
-from consortia.messages import BlobRef
-from consortia.wire import CONTENT_TYPE, DEFAULT_MAX_BYTES
+from consortia.transport.http import fetch_blob
 
 __all__ = ["BlobCache", "fetch_blob"]
 
@@ -71,64 +66,3 @@ class BlobCache:
             while self._size > self.max_bytes or len(self._items) > self.max_items:
                 _, dropped = self._items.popitem(last=False)
                 self._size -= len(dropped)
-
-
-def fetch_blob(
-    client: httpx.Client,
-    ref: BlobRef,
-    headers: dict[str, str],
-    *,
-    cache: BlobCache | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> bytes:
-    """The blob ``ref`` from the cache, or downloaded from the hub and verified.
-
-    Parameters
-    ----------
-    client
-        An HTTP client whose base URL is the hub.
-    ref
-        The blob's digest and size, as the task announced them.
-    headers
-        The node's authorisation header.
-    cache
-        Where verified blobs are kept (and looked up first).
-    max_bytes
-        The largest blob accepted (checked before the download starts).
-
-    Raises
-    ------
-    ProtocolError
-        The blob is larger than ``max_bytes``, the hub refused it, or what arrived is
-        not a wire frame, is longer or shorter than announced, or does not match its digest.
-    httpx.TransportError
-        The hub could not be reached (the task comes again).
-    """
-    if cache is not None:
-        data = cache.get(ref.sha256)
-        if data is not None:
-            return data
-    short = ref.sha256[:12]
-    if ref.size > max_bytes:
-        raise ProtocolError(f"public arrays {short} are larger than {max_bytes} bytes")
-    with client.stream("GET", f"/v1/node/blobs/{ref.sha256}", headers=headers) as r:
-        if r.status_code != 200:
-            raise ProtocolError(f"the hub refused the public arrays {short} ({r.status_code})")
-        if r.headers.get("content-type", "").split(";")[0].strip() != CONTENT_TYPE:
-            raise ProtocolError(f"public arrays {short}: the answer is not a {CONTENT_TYPE}")
-        length = r.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) != ref.size):
-            raise ProtocolError(f"public arrays {short}: not of the announced size")
-        buf = bytearray()
-        for chunk in r.iter_bytes():
-            if len(buf) + len(chunk) > ref.size:
-                raise ProtocolError(f"public arrays {short}: longer than announced")
-            buf += chunk
-    if len(buf) != ref.size:
-        raise ProtocolError(f"public arrays {short}: shorter than announced")
-    if hashlib.sha256(buf).hexdigest() != ref.sha256:
-        raise ProtocolError(f"public arrays {short} do not match their digest")
-    data = bytes(buf)
-    if cache is not None:
-        cache.put(ref.sha256, data)
-    return data

@@ -319,14 +319,17 @@ class DisclosureControl:
         study_id: str,
         researcher: str,
         cost: tuple[float, float],
+        again: bool = False,
     ) -> None:
         """Rules that need no computation: refusal limit, study rate, privacy budget.
 
         Judged when a study first reaches this dataset; its later rounds pass (a study
-        is charged once, when its first release leaves).
+        is charged once, when its first release leaves).  ``again=True`` judges them
+        even for a study already admitted (a node that computed several tasks at once
+        judges them again, against what the others released meanwhile, before its release).
         """
         admitted = (dataset, study_id, researcher)
-        if admitted in self._admitted:
+        if admitted in self._admitted and not again:
             return
         if self.ledger.refusals(researcher, dataset) >= policy.max_refusals:
             raise PolicyError(
@@ -356,6 +359,10 @@ class DisclosureControl:
         if len(self._admitted) > 4096:
             self._admitted.clear()
         self._admitted.add(admitted)
+
+    def admitted(self, dataset: str, study_id: str, researcher: str) -> bool:
+        """Whether the study already passed :meth:`before_compute` on ``dataset``."""
+        return (dataset, study_id, researcher) in self._admitted
 
     def check_release(
         self,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Collection, Mapping
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TypeVar
 
 import numpy as np
@@ -34,7 +36,7 @@ from consortia.privacy.secagg import Ledger, MaskedContribution, Reveal, SecureS
 from consortia.protocol import Algorithm, Contribution, Requirements, algorithm_from_spec
 from consortia.runtime.task import Task
 
-__all__ = ["SiteWorker"]
+__all__ = ["Prepared", "SiteWorker"]
 
 log = logging.getLogger("consortia.site")
 
@@ -42,6 +44,25 @@ _ALGORITHM_CACHE = 64
 _MISSING_SHOWN = 20  # missing columns named in an error, at most
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A task that passed every rule decidable before compute (:meth:`SiteWorker.prepare`)."""
+
+    task: Task
+    algo: Algorithm
+    policy: Policy
+    data: Dataset
+    cost: tuple[float, float]
+    admitted: bool
+    """The study had already passed the budget and rate rules on this dataset."""
+    epoch: int
+    """How many releases and refusals the site had made when the task was judged."""
+
+
+def _who(task: Task) -> dict[str, str]:
+    return {"dataset": task.dataset, "study_id": task.study_id, "researcher": task.researcher}
 
 
 def _guarded(algo: Algorithm, step: str, call: Callable[[], T]) -> T:
@@ -116,6 +137,9 @@ class SiteWorker:
         self.disclosure = DisclosureControl(releases)
         self._algorithms: dict[str, Algorithm] = {}
         self._identities: dict[str, np.ndarray] = {}
+        self.lock = threading.RLock()
+        """Held while the site's ledgers are read and written (never while a step computes)."""
+        self._epoch = 0  # releases and refusals so far (see release())
 
     @property
     def peer_key(self) -> PeerKey:
@@ -199,13 +223,156 @@ class SiteWorker:
                 f"column(s) {missing[:_MISSING_SHOWN]}{tail} not found in the site's data"
             )
 
+    def prepare(self, task: Task) -> Prepared:
+        """Judge everything the policy can decide from the task alone; nothing is computed.
+
+        The first of the three steps of :meth:`compute` (then :meth:`run_local` and
+        :meth:`release`): the algorithm is allowed, the peers trusted, the declared
+        parameters and columns fit the dataset, the researcher's budget and rates
+        allow the study.  Judged under :attr:`lock`.
+
+        Raises
+        ------
+        PolicyError
+            A rule of the dataset's policy refused.
+        LocalStepError
+            The algorithm's declared requirements could not be read.
+        """
+        with self.lock:
+            if task.dataset not in self.datasets:
+                raise ValidationError(
+                    f"site {self.name!r} has no dataset {task.dataset!r} "
+                    f"(it has: {sorted(self.datasets)})"
+                )
+            self.secure.verify(task.participants)
+            policy = self.policy_for(task.dataset)
+            algo = self._algorithm(task)
+            data = self.datasets[task.dataset]
+            prepared = Prepared(
+                task=task,
+                algo=algo,
+                policy=policy,
+                data=data,
+                cost=algo.privacy_cost(),
+                admitted=self.disclosure.admitted(task.dataset, task.study_id, task.researcher),
+                epoch=self._epoch,
+            )
+            with self._refusing(prepared):
+                policy.check_round(algo.name, len(self.trusted_sites(task.participants)))
+                self.disclosure.before_compute(
+                    policy=policy,
+                    cost=prepared.cost,
+                    dataset=task.dataset,
+                    study_id=task.study_id,
+                    researcher=task.researcher,
+                )
+                self._before_local(algo, task.step, policy, data)
+        return prepared
+
+    def run_local(self, prepared: Prepared) -> Contribution:
+        """Run the algorithm's :meth:`~consortia.protocol.Algorithm.local` step (no lock held).
+
+        This is the long part of a task (model training, a genome-wide screen): a
+        node runs several at once, each between its :meth:`prepare` and its
+        :meth:`release`.
+
+        Raises
+        ------
+        LocalStepError
+            The local step failed unexpectedly (out of memory, for example); the
+            message names the step and the exception's class, never its message.
+        """
+        task, algo = prepared.task, prepared.algo
+        try:
+            contribution = _guarded(
+                algo, task.step, lambda: algo.local(task.step, task.public, prepared.data)
+            )
+        except LocalStepError:
+            # whether a step fails may depend on the data: it counts like a refusal
+            with self.lock:
+                self._refused("LocalStepError", task)
+            raise
+        if not isinstance(contribution, Contribution):
+            raise ValidationError(
+                f"{type(algo).__name__}.local() returned {type(contribution).__name__}, "
+                "expected a Contribution"
+            )
+        return contribution
+
+    def release(self, prepared: Prepared, contribution: Contribution) -> Contribution:
+        """Judge the computed contribution and remember its release (under :attr:`lock`).
+
+        When another task of this site was released or refused since ``prepared``
+        was judged (tasks computed at once), the budget and rate rules of a study
+        not yet admitted are judged again, against what was released meanwhile.
+
+        Raises
+        ------
+        PolicyError
+            A rule of the dataset's policy refused (nothing was released).
+        """
+        task, policy = prepared.task, prepared.policy
+        with self.lock:
+            with self._refusing(prepared):
+                if not prepared.admitted and prepared.epoch != self._epoch:
+                    self.disclosure.before_compute(
+                        policy=policy,
+                        cost=prepared.cost,
+                        again=True,
+                        dataset=task.dataset,
+                        study_id=task.study_id,
+                        researcher=task.researcher,
+                    )
+                policy.check_contribution(contribution)
+                # exact binned counts are tied to their grid; noisy ones are not
+                exact = contribution.count_arrays - frozenset(
+                    k for k, v in contribution.noise.items() if v > 0
+                )
+                bins = dict(contribution.bins) if exact else {}
+                cohort = self.disclosure.check_release(
+                    policy=policy,
+                    dataset=task.dataset,
+                    cohort=self._cohort(task.dataset, contribution.rows),
+                    bins=bins,
+                )
+            self.disclosure.released(
+                query=query_digest(task.algorithm, task.dataset),
+                content=content_digest(contribution.arrays),
+                participants=frozenset(p.site for p in task.participants),
+                cohort=cohort,
+                cost=prepared.cost,
+                bins=bins,
+                round_index=task.round_index,
+                attempt=task.attempt,
+                **_who(task),
+            )
+            self._epoch += 1
+        return contribution
+
+    @contextlib.contextmanager
+    def _refusing(self, prepared: Prepared) -> Iterator[None]:
+        """A policy refusal (or a failed requirements step) is remembered, then raised."""
+        try:
+            yield
+        except PolicyError as err:
+            self._refused(err.rule, prepared.task)
+            raise self._attribute(err) from None
+        except LocalStepError:
+            self._refused("LocalStepError", prepared.task)
+            raise
+
+    def _refused(self, rule: str, task: Task) -> None:
+        self.disclosure.refused(rule=rule, **_who(task))
+        self._epoch += 1
+
     def compute(self, task: Task) -> Contribution:
         """Check the policy and compute the (unmasked) contribution; nothing leaves.
 
         Everything the policy can judge from the task (algorithm, trusted peers,
         declared parameters and columns against the dataset) is judged before the
         algorithm's :meth:`~consortia.protocol.Algorithm.local` runs; the
-        contribution is judged after.
+        contribution is judged after (:meth:`prepare`, :meth:`run_local`,
+        :meth:`release`).
 
         Raises
         ------
@@ -215,69 +382,16 @@ class SiteWorker:
             The local step failed unexpectedly (out of memory, for example); the
             message names the step and the exception's class, never its message.
         """
-        if task.dataset not in self.datasets:
-            raise ValidationError(
-                f"site {self.name!r} has no dataset {task.dataset!r} "
-                f"(it has: {sorted(self.datasets)})"
-            )
-        self.secure.verify(task.participants)
-        policy = self.policy_for(task.dataset)
-        algo = self._algorithm(task)
-        common = {"dataset": task.dataset, "study_id": task.study_id, "researcher": task.researcher}
-        cost = algo.privacy_cost()
-        try:
-            policy.check_round(algo.name, len(self.trusted_sites(task.participants)))
-            self.disclosure.before_compute(policy=policy, cost=cost, **common)
-            data = self.datasets[task.dataset]
-            self._before_local(algo, task.step, policy, data)
-            contribution = _guarded(
-                algo, task.step, lambda: algo.local(task.step, task.public, data)
-            )
-            if not isinstance(contribution, Contribution):
-                raise ValidationError(
-                    f"{type(algo).__name__}.local() returned {type(contribution).__name__}, "
-                    "expected a Contribution"
-                )
-            policy.check_contribution(contribution)
-            # exact binned counts are tied to their grid; noisy ones are not
-            exact = contribution.count_arrays - frozenset(
-                k for k, v in contribution.noise.items() if v > 0
-            )
-            bins = dict(contribution.bins) if exact else {}
-            cohort = self.disclosure.check_release(
-                policy=policy,
-                dataset=task.dataset,
-                cohort=self._cohort(task.dataset, contribution.rows),
-                bins=bins,
-            )
-        except PolicyError as err:
-            self.disclosure.refused(rule=err.rule, **common)
-            raise self._attribute(err) from None
-        except LocalStepError:
-            # whether a step fails may depend on the data: it counts like a refusal
-            self.disclosure.refused(rule="LocalStepError", **common)
-            raise
-        self.disclosure.released(
-            dataset=task.dataset,
-            study_id=task.study_id,
-            researcher=task.researcher,
-            query=query_digest(task.algorithm, task.dataset),
-            content=content_digest(contribution.arrays),
-            participants=frozenset(p.site for p in task.participants),
-            cohort=cohort,
-            cost=cost,
-            bins=bins,
-            round_index=task.round_index,
-            attempt=task.attempt,
-        )
-        return contribution
+        prepared = self.prepare(task)
+        return self.release(prepared, self.run_local(prepared))
 
     def budget(self, task: Task) -> dict[str, float | str] | None:
         """The researcher's privacy spend and caps on the task's dataset (None: exact study)."""
-        if self._algorithm(task).privacy_cost() == (0.0, 0.0):
-            return None
-        policy = self.policy_for(task.dataset)
-        eps, dlt = self.disclosure.ledger.spent(task.researcher, task.dataset)
+        with self.lock:
+            if self._algorithm(task).privacy_cost() == (0.0, 0.0):
+                return None
+            policy = self.policy_for(task.dataset)
+            eps, dlt = self.disclosure.ledger.spent(task.researcher, task.dataset)
         return {
             "researcher": task.researcher,
             "dataset": task.dataset,
@@ -294,11 +408,15 @@ class SiteWorker:
         :mod:`consortia.privacy.recovery`) the contribution carries this site's seed
         shares, encrypted to its peers.
         """
-        contribution = self.compute(task)
+        return self.mask(task, self.compute(task))
+
+    def mask(self, task: Task, contribution: Contribution) -> MaskedContribution:
+        """Encode and mask a released contribution (its seed recorded in the ledger)."""
         arrays = contribution.arrays
         if contribution.noise:  # this site's share of the sum's DP noise, before masking
             arrays = add_noise(arrays, contribution.noise, len(task.participants))
-        return self.secure.mask(task.context, arrays)
+        with self.lock:
+            return self.secure.mask(task.context, arrays)
 
     def reveal(self, task: Task) -> bytes:
         """Release the self-mask seed of the task's attempt (once every vector is in).
@@ -306,11 +424,12 @@ class SiteWorker:
         This is when the attempt's sum becomes computable: the release is judged
         against what this dataset revealed before over other sets of sites.
         """
-        try:
-            self.disclosure.before_reveal(task.study_id, task.round_index, task.attempt)
-        except PolicyError as err:
-            raise self._attribute(err) from None
-        return self.secure.reveal(task.context)
+        with self.lock:
+            try:
+                self.disclosure.before_reveal(task.study_id, task.round_index, task.attempt)
+            except PolicyError as err:
+                raise self._attribute(err) from None
+            return self.secure.reveal(task.context)
 
     def reveal_and_share(
         self,
@@ -335,10 +454,11 @@ class SiteWorker:
         disclosure rules run and anything is released.
         """
         ctx = task.context
-        if missing:  # refuse a bad request before the disclosure ledger is touched
-            self.secure.check_share_request(ctx, missing, shares)
-        try:
-            self.disclosure.before_reveal(task.study_id, task.round_index, task.attempt)
-        except PolicyError as err:
-            raise self._attribute(err) from None
-        return self.secure.reveal_and_share(ctx, missing, shares)
+        with self.lock:
+            if missing:  # refuse a bad request before the disclosure ledger is touched
+                self.secure.check_share_request(ctx, missing, shares)
+            try:
+                self.disclosure.before_reveal(task.study_id, task.round_index, task.attempt)
+            except PolicyError as err:
+                raise self._attribute(err) from None
+            return self.secure.reveal_and_share(ctx, missing, shares)
