@@ -5,6 +5,7 @@ Algorithms in this package register themselves on import (entry point group
 """
 
 from consortia.subgroups._linalg import principal_angles
+from consortia.subgroups.characterise import Subgroups, SubgroupsResult
 from consortia.subgroups.choose_k import ChooseK, ChooseKResult
 from consortia.subgroups.kmeans import ClusterQuality, KMeans, KMeansResult, assign
 from consortia.subgroups.pca import PCA, PCAResult, project
@@ -17,6 +18,8 @@ __all__ = [
     "KMeans",
     "KMeansResult",
     "PCAResult",
+    "Subgroups",
+    "SubgroupsResult",
     "assign",
     "principal_angles",
     "project",
