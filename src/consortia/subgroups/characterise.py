@@ -154,7 +154,7 @@ class SubgroupsResult(Result):
             up = []
             for s in labels:
                 m = self.markers[s]
-                up.append(int(np.count_nonzero((np.nan_to_num(m.fdr, nan=2.0) < 0.05))))
+                up.append(int(np.count_nonzero(np.nan_to_num(m.fdr, nan=2.0) < 0.05)))
             out["markers_fdr_0.05"] = up
         return out
 
@@ -318,7 +318,7 @@ class Subgroups(Algorithm, ClusterParams):
         """The characterising parts by step prefix, in the order they run."""
         k = self.n_clusters
         levels = tuple(range(k))
-        surv = {"time": self.time, "event": self.event, "time_grid": self.time_grid}
+        surv: dict[str, Any] = {"time": self.time, "event": self.event, "time_grid": self.time_grid}
         parts: dict[str, Algorithm] = {
             "km": KaplanMeier(**surv, group=LABEL, groups=levels, alpha=self.alpha),
             "logrank": LogRank(**surv, group=LABEL, groups=levels),
