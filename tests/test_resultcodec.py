@@ -29,7 +29,7 @@ from consortia.stats.dp import DPCount, DPCrossTab, DPHistogram
 from consortia.stats.dp_mean import DPMean
 from consortia.stats.linear import LinearRegression
 from consortia.stats.logistic import LogisticRegression
-from consortia.subgroups import PCA, ChooseK, KMeans
+from consortia.subgroups import PCA, ChooseK, KMeans, Subgroups
 from consortia.survival._grid import day_grid
 from consortia.survival.concordance import Concordance
 from consortia.survival.cox import CoxPH
@@ -94,6 +94,17 @@ CASES: dict[str, Callable[[tuple[str, ...]], Algorithm]] = {
     ),
     "subgroups_kmeans": lambda s: KMeans(columns=("x1", "x2"), n_clusters=2, n_init=2),
     "subgroups_choose_k": lambda s: ChooseK(columns=("x1", "x2"), k_min=2, k_max=3, n_init=2),
+    "subgroups_characterise": lambda s: Subgroups(
+        columns=("x1", "x2"),
+        n_clusters=2,
+        n_init=2,
+        time="T",
+        event="E",
+        time_grid=GRID,
+        cox_covariates=("y",),
+        crosstab=("arm",),
+        crosstab_levels=(("a", "b"),),
+    ),
     "concordance": lambda s: Concordance(
         time="T", event="E", covariates=("x1",), coefficients=(0.5,), time_grid=GRID, sites=s
     ),

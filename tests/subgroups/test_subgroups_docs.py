@@ -21,3 +21,6 @@ def test_subgroups_page_example_runs(capsys) -> None:
     assert choice.ks == (2, 3, 4) and choice.best_k == 3
     truth = namespace["cohort"].truth.subtype
     assert adjusted_rand_score(truth.loc[labels.index], labels) > 0.95
+    subgroups = namespace["subgroups"]
+    assert subgroups.n_subgroups == 3 and subgroups.sizes.sum() == 240
+    assert len(subgroups.markers) == 3 and "markers_fdr_0.05" in subgroups.summary

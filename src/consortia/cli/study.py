@@ -183,6 +183,22 @@ def submit(
         algo = algorithm_from_spec({"name": algorithm, "params": parsed})
     except ConsortiaError as exc:
         raise click.ClickException(str(exc)) from exc
+    _run(algo, hub, token, ca, dataset, nodes, wait, timeout, fmt, out)
+
+
+def _run(
+    algo: Any,
+    hub: str,
+    token: str,
+    ca: str | None,
+    dataset: str,
+    nodes: tuple[str, ...],
+    wait: bool,
+    timeout: float | None,
+    fmt: str,
+    out: str | None,
+) -> None:
+    """Submit ``algo``; print its id, then (with ``wait``) follow it and print its result."""
     with _connect(hub, token, ca) as fed:
         sid = fed.submit(algo, dataset=dataset, nodes=list(nodes) or None)
         # the id leads the output; to stderr when stdout is to hold JSON or CSV alone
@@ -193,6 +209,134 @@ def submit(
         if st.status != "finished":
             fed.result(sid)  # raises with the reason
         emit(render_result(fed.result(sid, algo), fmt), out)
+
+
+def _list(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _level(text: str) -> int | float | str:
+    """A declared category as given: an integer, a number, else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _levels(crosstab: tuple[str, ...], given: tuple[str, ...]) -> tuple[tuple[Any, ...], ...]:
+    """``--levels COLUMN=A,B,C`` (one per ``--crosstab`` column) in crosstab order."""
+    by_col: dict[str, tuple[Any, ...]] = {}
+    for item in given:
+        col, sep, cats = item.partition("=")
+        if not sep or not col.strip() or not _list(cats):
+            raise click.BadParameter(
+                f"{item!r} is not COLUMN=A,B,C (the column's categories)", param_hint="--levels"
+            )
+        by_col[col.strip()] = tuple(_level(c) for c in _list(cats))
+    missing = [c for c in crosstab if c not in by_col]
+    if missing:
+        raise click.BadParameter(
+            f"declare the categories of {', '.join(missing)} (e.g. --levels stage=I,II,III,IV)",
+            param_hint="--levels",
+        )
+    extra = sorted(set(by_col) - set(crosstab))
+    if extra:
+        raise click.BadParameter(
+            f"--levels names {', '.join(extra)}, not in --crosstab", param_hint="--levels"
+        )
+    return tuple(by_col[c] for c in crosstab)
+
+
+@command.command("subgroups")
+@_hub
+@_token
+@_ca
+@click.option("--dataset", required=True, help="The dataset name the nodes publish.")
+@click.option("--k", "k", type=int, default=3, show_default=True, help="Number of subgroups.")
+@click.option(
+    "--features",
+    default="",
+    help="Comma-separated clinical columns to cluster on (with --expression: genes; "
+    "empty with --expression: every gene).",
+)
+@click.option("--expression", is_flag=True, help="Cluster on the expression modality.")
+@click.option("--components", type=int, default=None, help="Cluster on this many PCs.")
+@click.option("--time", "time_", required=True, help="Follow-up time column.")
+@click.option("--event", required=True, help="Event (0/1) column.")
+@click.option(
+    "--time-grid",
+    metavar="START:STOP:STEP",
+    required=True,
+    help="Public time grid of the survival parts, e.g. 0:3650:30.",
+)
+@click.option("--crosstab", default="", help="Clinical columns to cross-tabulate, e.g. stage,msi.")
+@click.option(
+    "--levels",
+    "levels",
+    multiple=True,
+    metavar="COLUMN=A,B,C",
+    help="The categories of a --crosstab column (repeatable, one per column).",
+)
+@click.option("--adjust", default="", help="Numeric columns the Cox model adjusts for.")
+@click.option("--markers", default="", help="Marker genes (default: the clustered genes).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starts.")
+@click.option("--node", "nodes", multiple=True, help="Restrict to these nodes (repeatable).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it to the end.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait at most.")
+@fmt_option
+@out_option
+def subgroups(
+    hub: str,
+    token: str,
+    ca: str | None,
+    dataset: str,
+    k: int,
+    features: str,
+    expression: bool,
+    components: int | None,
+    time_: str,
+    event: str,
+    time_grid: str,
+    crosstab: str,
+    levels: tuple[str, ...],
+    adjust: str,
+    markers: str,
+    seed: int,
+    nodes: tuple[str, ...],
+    wait: bool,
+    timeout: float | None,
+    fmt: str,
+    out: str | None,
+) -> None:
+    """Find k patient subgroups and characterise them (subgroups.characterise).
+
+    K-means, then per subgroup Kaplan-Meier curves, a log-rank test, a Cox model,
+    cross-tabs with clinical columns and, with expression, marker genes.
+    """
+    from consortia.subgroups import Subgroups
+
+    cols = _list(crosstab)
+    params: dict[str, Any] = {
+        ("genes" if expression else "columns"): _list(features),
+        "expression": expression,
+        "n_clusters": k,
+        "n_components": components,
+        "seed": seed,
+        "time": time_,
+        "event": event,
+        "time_grid": _time_grid(time_grid),
+        "crosstab": cols,
+        "crosstab_levels": _levels(cols, levels),
+        "cox_covariates": _list(adjust),
+        "marker_genes": _list(markers),
+    }
+    try:
+        algo = Subgroups(**params)
+    except ConsortiaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _run(algo, hub, token, ca, dataset, nodes, wait, timeout, fmt, out)
 
 
 @command.command("list")

@@ -6,6 +6,7 @@ targets and approved drugs (:func:`match_targets`, a pure function): ``docs/targ
 """
 
 from consortia.subgroups._linalg import principal_angles
+from consortia.subgroups.characterise import Subgroups, SubgroupsResult
 from consortia.subgroups.choose_k import ChooseK, ChooseKResult
 from consortia.subgroups.kmeans import ClusterQuality, KMeans, KMeansResult, assign
 from consortia.subgroups.pca import PCA, PCAResult, project
@@ -20,6 +21,8 @@ __all__ = [
     "KMeans",
     "KMeansResult",
     "PCAResult",
+    "Subgroups",
+    "SubgroupsResult",
     "TargetMatchResult",
     "TargetTable",
     "assign",
