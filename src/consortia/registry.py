@@ -51,7 +51,12 @@ __all__ = [
 ENTRY_POINT_GROUP = "consortia.algorithms"
 """The entry point group through which packages register algorithm modules or classes."""
 
-BUILTIN_PACKAGES = ("consortia.stats", "consortia.survival", "consortia.testing")
+BUILTIN_PACKAGES = (
+    "consortia.omics",
+    "consortia.stats",
+    "consortia.survival",
+    "consortia.testing",
+)
 """Consortia's packages of algorithms: the fallback when its entry points are not visible."""
 
 _OWN_DISTRIBUTION = "consortia"
