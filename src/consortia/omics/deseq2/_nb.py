@@ -62,6 +62,52 @@ def site_nll(counts: np.ndarray, mu: np.ndarray, alpha: np.ndarray) -> np.ndarra
     return np.asarray(n * a1 * np.log(alpha) + body)
 
 
+_STABLE_BELOW = 1e-4
+"""Dispersions under which the likelihood and its derivative use cancellation-free forms."""
+
+
+def _small_alpha_terms(
+    counts: np.ndarray, mu: np.ndarray, alpha: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample NB log-likelihood terms and derivative brackets without cancellation.
+
+    At a small dispersion PyDESeq2's formulas add terms of order ``1/alpha * log(alpha)``
+    that cancel to a result of order of the counts: in float64 the value then carries
+    an error of about ``1e-16 / alpha``, enough to derail L-BFGS-B's line search near
+    ``min_disp``.  Here ``lgamma(a + y) - lgamma(a)`` and ``digamma(a + y) -
+    digamma(a)`` (``a = 1/alpha >= 1e4``) use Stirling's series, and every difference
+    of logarithms is a ``log1p``: the same values, to about 1e-16 of the counts.
+    """
+    a1 = 1.0 / alpha
+    y = counts
+    ya = y + a1
+    # lgamma(a1 + y) - lgamma(a1), Stirling's series to 1/(360 z^3)
+    lg_diff = (
+        (a1 - 0.5) * np.log1p(y * alpha)
+        + y * np.log(ya)
+        - y
+        - y / (12.0 * a1 * ya)
+        - (ya**-3 - a1**-3) / 360.0
+    )
+    # nb_nll's per-sample term: a1 log(alpha) + (y + a1) log(a1 + mu) - y log(mu) - logbinom
+    nll = (
+        a1 * np.log1p(alpha * mu)
+        + y * np.log(a1 + mu)
+        - y * np.log(mu)
+        - lg_diff
+        + gammaln(y + 1.0)
+    )
+    # digamma(a1) - digamma(y + a1) + log(1 + mu alpha) + (y - mu) / (mu + a1)
+    bracket = (
+        -np.log1p(y * alpha)
+        - y / (2.0 * a1 * ya)
+        - y * (2.0 * a1 + y) / (12.0 * a1**2 * ya**2)
+        + np.log1p(mu * alpha)
+        + (y - mu) / (mu + a1)
+    )
+    return nll, bracket
+
+
 def site_dispersion_sums(
     counts: np.ndarray, mu: np.ndarray, x: np.ndarray, alpha: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -80,8 +126,14 @@ def site_dispersion_sums(
         + np.log(1.0 + mu * alpha)
         + (counts - mu) / (mu + a1)
     ).sum(axis=0)
+    nll = site_nll(counts, mu, alpha)
+    small = alpha < _STABLE_BELOW
+    if small.any():
+        terms, brackets = _small_alpha_terms(counts[:, small], mu[:, small], alpha[small])
+        nll[small] = terms.sum(axis=0)
+        bracket[small] = brackets.sum(axis=0)
     return {
-        "nll": site_nll(counts, mu, alpha),
+        "nll": nll,
         "dnll": bracket * a1,
         "xwx": weighted_gram(x, w),
         "xw2x": weighted_gram(x, alpha * w * w),

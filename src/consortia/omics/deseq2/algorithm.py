@@ -78,7 +78,8 @@ class DESeq2(Algorithm):
         ``(factor, tested level, reference level)``.
     genes
         The genes to test (columns of each site's expression table).  ``None``:
-        every column, which must then be the same, in the same order, at every site.
+        every column, which must then be the same, in the same order, at every site;
+        the result then labels genes by their position (``"0"``, ``"1"``, ...).
     alpha
         Significance level of independent filtering (PyDESeq2: 0.05).
     min_mu, min_disp, max_disp, beta_tol
@@ -267,7 +268,7 @@ class DESeq2(Algorithm):
             padj = independent_filtering(base_mean, pvalue, self.alpha)
         else:
             padj = bh_adjust(pvalue)
-        genes = self.genes if self.genes is not None else tuple(f"gene{i}" for i in range(n_genes))
+        genes = self.genes if self.genes is not None else tuple(str(i) for i in range(n_genes))
         return DESeq2Result(
             genes=genes,
             base_mean=base_mean,
