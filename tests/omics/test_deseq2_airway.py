@@ -17,11 +17,11 @@ or its line search fails and its grid search finds an interior optimum (116 gene
 is decided by the last bits of its pooled sums.  Those genes enter or leave the
 trend fit, which moves every MAP dispersion by 1 to 3%.  The federated fit evaluates
 that objective without cancellation and takes the noise-free path.  The bounds
-below are what it reaches with PyDESeq2's default ``beta_tol`` (measured: 15 genes,
+below are what it reaches with PyDESeq2's default ``beta_tol`` (measured: 16 genes,
 median 7.7e-5, p99 1.15e-2; with ``beta_tol=1e-12``: 16 genes, 7.4e-5, 1.13e-2, but
-589 rounds instead of 148); see ``docs/omics.md``.
+589 rounds instead of 147); see ``docs/omics.md``.
 
-This test takes minutes (148 rounds over 33,469 genes): it is marked slow.
+This test takes about a minute (147 rounds over 33,469 genes): it is marked slow.
 
 Policy relaxation: each donor holds 2 samples (one per treatment), so the sites
 accept cohorts of 2, design cells of 1 sample and 5 parameters per gene model from
