@@ -18,8 +18,11 @@ import pandas as pd
 import pytest
 
 from consortia import Policy, Simulation
+from consortia.data.dataset import Dataset
+from consortia.data.schema import Schema
 from consortia.errors import ProtocolError, ResultCodecError
 from consortia.learn import Training
+from consortia.omics import DESeq2
 from consortia.omics.limma import ModeratedT
 from consortia.omics.screen import CoxScreen
 from consortia.protocol import Algorithm, Contribution, Round, register, registered_algorithms
@@ -104,6 +107,13 @@ CASES: dict[str, Callable[[tuple[str, ...]], Algorithm]] = {
         cox_covariates=("y",),
         crosstab=("arm",),
         crosstab_levels=(("a", "b"),),
+    ),
+    "deseq2": lambda s: DESeq2(
+        design="~cond",
+        levels={"cond": ("A", "B")},
+        contrast=("cond", "B", "A"),
+        cooks_filter=False,
+        refit_cooks=False,
     ),
     "concordance": lambda s: Concordance(
         time="T", event="E", covariates=("x1",), coefficients=(0.5,), time_grid=GRID, sites=s
@@ -231,11 +241,29 @@ def test_every_registered_algorithm_has_a_case() -> None:
     assert product <= covered
 
 
+def _count_sites() -> dict[str, Dataset]:
+    """Three sites of 10 samples with raw counts of 30 genes (the omics cases)."""
+    rng = np.random.default_rng(5)
+    out = {}
+    for i in range(3):
+        ids = [f"p{i}_{j}" for j in range(10)]
+        cond = np.tile(["A", "B"], 5)
+        mu = np.exp(rng.normal(3, 1.5, 30))[None, :] * np.where(cond == "B", 2.0, 1.0)[:, None]
+        counts = rng.negative_binomial(5, 5 / (5 + mu))
+        out[f"site{i}"] = Dataset(
+            frame=pd.DataFrame({"pid": ids, "cond": cond}),
+            schema=Schema.from_mapping({"id": "pid"}),
+            expression=pd.DataFrame(counts, index=ids, columns=[f"g{k}" for k in range(30)]),
+        )
+    return out
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_result_round_trips(case: str, sites: dict[str, pd.DataFrame]) -> None:
     if case.startswith("learn"):
         pytest.importorskip("torch")
-    result = Simulation(sites, policy=OPEN).run(CASES[case](tuple(sites)))
+    data: Mapping[str, Any] = _count_sites() if case == "deseq2" else sites
+    result = Simulation(data, policy=OPEN).run(CASES[case](tuple(data)))
     frame = encode_result(result)
     assert encode_result(result) == frame  # deterministic
     back = decode_result(frame)
