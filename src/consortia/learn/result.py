@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,10 @@ class TrainingResult(Result):
         Patients per split, pooled over sites.
     c_index_split
         The split the C-index was computed on (``""`` when none).
+    privacy
+        The privacy spent at each site's dataset: ``epsilon_spent``, ``delta_spent``,
+        ``mechanism`` and, with differential privacy, the accountant, noise
+        multiplier, sampling rate, steps and clipping bound.
     """
 
     model: str
@@ -71,6 +75,13 @@ class TrainingResult(Result):
     metrics: Mapping[str, float]
     n: Mapping[str, int]
     c_index_split: str = ""
+    privacy: Mapping[str, Any] = field(
+        default_factory=lambda: {
+            "epsilon_spent": 0.0,
+            "delta_spent": 0.0,
+            "mechanism": "none: every site's update was released only inside a secure sum",
+        }
+    )
 
     @property
     def summary(self) -> pd.DataFrame:
