@@ -26,6 +26,7 @@ from consortia.learn.models import get_model
 from consortia.privacy.disclosure import DisclosureControl
 from consortia.privacy.dp import add_noise
 from consortia.protocol import Requirements, TrainingPlan, algorithm_from_spec
+from consortia.resultcodec import decode_result, encode_result
 
 torch = pytest.importorskip("torch")
 
@@ -196,6 +197,9 @@ def test_dp_training_runs_states_its_privacy_and_hides_training_metrics(sites, t
     assert not any(k.startswith("train_") for k in (*res.history, *res.metrics))
     assert res.history["clipped_sites"].sum() == 0  # the clipped count is not released
     assert np.isfinite(res.metrics["test_loss"]) and res.rounds == 6
+    assert 0.5 < res.metrics["test_auc"] <= 1.0
+    back = decode_result(encode_result(res))
+    assert dict(back.privacy) == dict(res.privacy)
     files = export_model(res, tmp_path / "model")
     card = json.loads(files.card.read_text())
     assert card["privacy"]["epsilon_spent"] == pytest.approx(eps)
@@ -294,3 +298,26 @@ def test_the_node_refuses_a_training_study_against_its_rules_before_it_runs(site
     tiny = Policy(min_cell_count=1, min_samples_per_round=50, epsilon_budget=100.0)
     with pytest.raises(PolicyError, match="min_samples_per_round"):  # 0.5 * 70 rows < 50
         Simulation(sites, policy=tiny).run(_dp_training(rounds=2))
+
+
+def test_training_rules_in_the_node_toml(tmp_path) -> None:
+    from consortia.node import load_config
+
+    head = "[node]\nname = 'a'\nhub = 'http://h'\ndata_dir = 's'\n[datasets.d]\npath = 'x.csv'\n"
+    rules = (
+        "[datasets.d.policy]\nmin_samples_per_round = 64\nrequire_clipping = true\n"
+        "require_dp = true\nmax_rounds = 200\nepsilon_budget = 8.0\n"
+    )
+    path = tmp_path / "node.toml"
+    path.write_text(head + rules)
+    (ds,) = load_config(path).datasets
+    assert ds.policy == Policy(
+        min_samples_per_round=64,
+        require_clipping=True,
+        require_dp=True,
+        max_rounds=200,
+        epsilon_budget=8.0,
+    )
+    path.write_text(head + "[datasets.d.policy]\nrequire_dp = 'yes'\n")
+    with pytest.raises(ValidationError, match="require_dp"):
+        load_config(path)

@@ -408,8 +408,6 @@ class Training(Algorithm):
         counts = {"counts", "correct"} if self.task == "binary" else {"counts"}
         kwargs: dict[str, Any] = {}
         noise: dict[str, float] = {}
-        if self.dp is not None:
-            self._hide_train_metrics(arrays)
         if step == "train":
             if self.dp is not None:
                 arrays.update(self._train_dp(d, public))
@@ -430,6 +428,8 @@ class Training(Algorithm):
             kwargs = binned_on(str(self.time), self.time_grid or ())
         else:
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
+        if self.dp is not None:
+            self._hide_train_metrics(arrays)
         return Contribution(
             arrays,
             cohort=len(d.x),
@@ -440,11 +440,22 @@ class Training(Algorithm):
         )
 
     def _hide_train_metrics(self, arrays: dict[str, Any]) -> None:
-        """DP mode: the training split's loss and accuracy are not released."""
-        for key in ("loss", "correct"):
+        """DP mode: nothing computed from the training split is released but the noisy sum.
+
+        The split metrics (``loss``, ``correct``) and the AUC histograms and pairs hold
+        the three splits in order; the training split's part is zeroed.
+        """
+        for key, width in (
+            ("loss", 1),
+            ("correct", 1),
+            ("hist_pos", self.auc_bins),
+            ("hist_neg", self.auc_bins),
+            ("auc_own", 3),
+        ):
             if key in arrays:
-                arrays[key] = np.asarray(arrays[key], dtype=np.float64).copy()
-                arrays[key][0] = 0.0
+                arr = np.array(arrays[key], dtype=np.float64)
+                arr[:width] = 0.0
+                arrays[key] = arr
 
     def _train_dp(self, d: _SiteData, public: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """One DP-SGD step's share: the clipped per-sample gradient sum of a Poisson sample.
