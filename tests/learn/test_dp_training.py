@@ -156,6 +156,34 @@ def test_per_sample_clipping_bounds_each_rows_gradient(sites) -> None:
     assert n_clipped == int((norms > clip).sum())
 
 
+def test_per_sample_clipping_of_a_hidden_layer_model_matches_one_row_batches(sites) -> None:
+    """Oracle: the ordinary autograd gradient of a batch of one row, clipped by hand."""
+    from consortia.learn._local import batch_gradient, clipped_gradient_sum
+
+    df = sites["s0"].head(12)
+    x, y = df[list(FEATURES)].to_numpy(), df[["e"]].to_numpy(dtype=np.float64)
+    spec = get_model("mlp")
+    hp = spec.validate({"hidden": [4]})
+    w = spec.initial(3, hp, seed=5) * 3.0
+    common = {"spec": spec, "hp": hp, "task": "binary", "weights": w}
+    rows = [batch_gradient(**common, x=x[i : i + 1], y=y[i : i + 1], batch_size=None, seed=0)
+            for i in range(len(df))]  # fmt: skip
+    norms = np.linalg.norm(rows, axis=1)
+    clip = float(np.median(norms))
+    expected = sum(g * min(1.0, clip / n) for g, n in zip(rows, norms, strict=True))
+    total, n_clipped = clipped_gradient_sum(**common, x=x, y=y, clip_norm=clip)
+    np.testing.assert_allclose(total, expected, rtol=1e-10, atol=1e-12)
+    assert n_clipped == int((norms > clip).sum()) >= 5
+
+
+def test_dp_randomness_is_fresh_not_the_studys_seed(sites) -> None:
+    """Same study, same seed, twice: the Poisson samples and the noise differ."""
+    algo = _dp_training(rounds=2)
+    sim = Simulation(sites, policy=OPEN)
+    first, second = sim.run(algo).weights, sim.run(algo).weights
+    assert not np.array_equal(first, second)
+
+
 def test_the_summed_noise_has_the_calibrated_variance(sites) -> None:
     """Each site adds a share of variance sigma**2 / n; the sum carries sigma**2."""
     algo = _dp_training(dp={"noise_multiplier": 0.8, "delta": 1e-5})  # sample_rate 1
