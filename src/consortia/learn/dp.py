@@ -67,10 +67,13 @@ Premises and limits (stated in ``docs/learn.md``)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from consortia.errors import ValidationError
+import numpy as np
+
+from consortia.errors import TrainingError, ValidationError
 
 __all__ = [
     "ORDERS",
@@ -84,6 +87,13 @@ __all__ = [
 
 UNITS = 2**14
 """Integer units per ``clip_norm`` in which a site's sum of clipped gradients is released."""
+
+NO_PRIVACY: Mapping[str, Any] = {
+    "epsilon_spent": 0.0,
+    "delta_spent": 0.0,
+    "mechanism": "none: every site's update was released only inside a secure sum",
+}
+"""The privacy block of a study without ``dp``."""
 
 _KEYS = ("noise_multiplier", "epsilon", "delta", "sample_rate")
 
@@ -193,3 +203,77 @@ def noise_std(noise_multiplier: float, n_parameters: int) -> float:
     The sensitivity in units is ``UNITS + sqrt(n_parameters)`` (clipping plus rounding).
     """
     return noise_multiplier * (UNITS + math.sqrt(n_parameters))
+
+
+def poisson_sample(
+    rows: np.ndarray,
+    *,
+    n_parameters: int,
+    noise_multiplier: float,
+    sample_rate: float,
+    limit: float,
+) -> np.ndarray:
+    """A site's Poisson sample of its training ``rows``, from the OS entropy.
+
+    Each row is kept independently with probability ``sample_rate``, by a Philox
+    generator keyed from ``os.urandom`` (never the study's seed: the amplification by
+    sampling needs a sample no party can predict).
+
+    Raises
+    ------
+    TrainingError
+        The rows times the sensitivity (plus room for the noise) exceed ``limit``, the
+        fixed-point range of one site's value: the integer sum could not be encoded.
+    """
+    sens = UNITS + math.sqrt(n_parameters)
+    if rows.size * sens + 40.0 * noise_std(noise_multiplier, n_parameters) > limit:
+        raise TrainingError(
+            f"the site's training rows exceed what the fixed-point range ({limit:.3g}) "
+            f"holds of a DP gradient sum ({UNITS} units per clip_norm)"
+        )
+    if sample_rate >= 1.0:
+        return rows
+    key = int.from_bytes(os.urandom(16), "little")
+    rng = np.random.Generator(np.random.Philox(key=key))
+    return rows[rng.random(rows.size) < sample_rate]
+
+
+def hide_train_split(arrays: dict[str, Any], auc_bins: int) -> None:
+    """Zero, in place, the training split's part of the metric arrays (DP mode).
+
+    Nothing computed from the training split is released but the noisy sum: the
+    split metrics (``loss``, ``correct``) and the AUC histograms and pairs hold the
+    three splits in order, training first.
+    """
+    for key, width in (
+        ("loss", 1),
+        ("correct", 1),
+        ("hist_pos", auc_bins),
+        ("hist_neg", auc_bins),
+        ("auc_own", 3),
+    ):
+        if key in arrays:
+            arr = np.array(arrays[key], dtype=np.float64)
+            arr[:width] = 0.0
+            arrays[key] = arr
+
+
+def privacy_block(
+    dp: Mapping[str, Any] | None, cost: tuple[float, float], *, steps: int, clip_norm: float
+) -> dict[str, Any]:
+    """The result's and the model card's statement of the privacy spent."""
+    if dp is None:
+        return dict(NO_PRIVACY)
+    return {
+        "epsilon_spent": float(cost[0]),
+        "delta_spent": float(cost[1]),
+        "mechanism": (
+            "record-level DP: distributed DP-SGD (per-sample clipping, Poisson sampling, "
+            "discrete Gaussian noise shares summed securely), add/remove one training record"
+        ),
+        "accountant": "dp_accounting RDP, Poisson-subsampled Gaussian",
+        "noise_multiplier": float(dp["noise_multiplier"]),
+        "sample_rate": float(dp["sample_rate"]),
+        "steps": int(steps),
+        "clip_norm": float(clip_norm),
+    }

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from consortia.learn.dp import NO_PRIVACY
 from consortia.results import Result
 
 __all__ = ["TrainingResult"]
@@ -75,13 +76,7 @@ class TrainingResult(Result):
     metrics: Mapping[str, float]
     n: Mapping[str, int]
     c_index_split: str = ""
-    privacy: Mapping[str, Any] = field(
-        default_factory=lambda: {
-            "epsilon_spent": 0.0,
-            "delta_spent": 0.0,
-            "mechanism": "none: every site's update was released only inside a secure sum",
-        }
-    )
+    privacy: Mapping[str, Any] = field(default_factory=lambda: dict(NO_PRIVACY))
 
     @property
     def summary(self) -> pd.DataFrame:

@@ -47,7 +47,6 @@ same study give bit-identical weights on CPU.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -342,30 +341,10 @@ class Training(Algorithm):
             metrics=metrics,
             n=n,
             c_index_split=c_split,
-            privacy=self._privacy_block(),
-        )
-
-    def _privacy_block(self) -> dict[str, Any]:
-        if self.dp is None:
-            return {
-                "epsilon_spent": 0.0,
-                "delta_spent": 0.0,
-                "mechanism": "none: every site's update was released only inside a secure sum",
-            }
-        eps, delta = self.privacy_cost()
-        return {
-            "epsilon_spent": eps,
-            "delta_spent": delta,
-            "mechanism": (
-                "record-level DP: distributed DP-SGD (per-sample clipping, Poisson sampling, "
-                "discrete Gaussian noise shares summed securely), add/remove one training record"
+            privacy=_dp.privacy_block(
+                self.dp, self.privacy_cost(), steps=self.rounds, clip_norm=self.clip_norm
             ),
-            "accountant": "dp_accounting RDP, Poisson-subsampled Gaussian",
-            "noise_multiplier": float(self.dp["noise_multiplier"]),
-            "sample_rate": float(self.dp["sample_rate"]),
-            "steps": self.rounds * self.local_steps,
-            "clip_norm": self.clip_norm,
-        }
+        )
 
     # ------------------------------------------------------------------ site side
 
@@ -429,7 +408,7 @@ class Training(Algorithm):
         else:
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
         if self.dp is not None:
-            self._hide_train_metrics(arrays)
+            _dp.hide_train_split(arrays, self.auc_bins)
         return Contribution(
             arrays,
             cohort=len(d.x),
@@ -438,24 +417,6 @@ class Training(Algorithm):
             noise=noise,
             **kwargs,
         )
-
-    def _hide_train_metrics(self, arrays: dict[str, Any]) -> None:
-        """DP mode: nothing computed from the training split is released but the noisy sum.
-
-        The split metrics (``loss``, ``correct``) and the AUC histograms and pairs hold
-        the three splits in order; the training split's part is zeroed.
-        """
-        for key, width in (
-            ("loss", 1),
-            ("correct", 1),
-            ("hist_pos", self.auc_bins),
-            ("hist_neg", self.auc_bins),
-            ("auc_own", 3),
-        ):
-            if key in arrays:
-                arr = np.array(arrays[key], dtype=np.float64)
-                arr[:width] = 0.0
-                arrays[key] = arr
 
     def _train_dp(self, d: _SiteData, public: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """One DP-SGD step's share: the clipped per-sample gradient sum of a Poisson sample.
@@ -466,22 +427,13 @@ class Training(Algorithm):
         """
         dp = self.dp
         assert dp is not None
-        rows = np.flatnonzero(d.split == 0)
-        size = self.n_parameters
-        scale = _dp.quantise_scale(self.clip_norm)
-        sens = _dp.UNITS + float(np.sqrt(size))
-        # the sum's coordinates are bounded by the rows times the sensitivity; keep
-        # room for the noise (its share is far below the bound for any sane multiplier)
-        if rows.size * sens + 40.0 * _dp.noise_std(float(dp["noise_multiplier"]), size) > _RANGE:
-            raise TrainingError(
-                f"the site's training rows exceed what the fixed-point range ({_RANGE:.3g}) "
-                f"holds of a DP gradient sum ({_dp.UNITS} units per clip_norm)"
-            )
-        rate = float(dp["sample_rate"])
-        if rate < 1.0:
-            key = int.from_bytes(os.urandom(16), "little")
-            rng = np.random.Generator(np.random.Philox(key=key))
-            rows = rows[rng.random(rows.size) < rate]
+        rows = _dp.poisson_sample(
+            np.flatnonzero(d.split == 0),
+            n_parameters=self.n_parameters,
+            noise_multiplier=float(dp["noise_multiplier"]),
+            sample_rate=float(dp["sample_rate"]),
+            limit=_RANGE,
+        )
         total, _ = _local.clipped_gradient_sum(
             spec=get_model(self.model),
             hp=self.hyperparameters,
@@ -492,7 +444,7 @@ class Training(Algorithm):
             clip_norm=self.clip_norm,
         )
         # the count of clipped rows is data-dependent: not released in DP mode
-        return {"update": np.rint(total * scale), "clipped": [0.0]}
+        return {"update": np.rint(total * _dp.quantise_scale(self.clip_norm)), "clipped": [0.0]}
 
     def _metric_arrays(self, d: _SiteData, score: np.ndarray) -> dict[str, Any]:
         counts, loss, correct = np.zeros(3), np.zeros(3), np.zeros(3)
