@@ -481,7 +481,9 @@ def test_non_dataclass_types_are_refused(ref: str) -> None:
 
 def test_dataclass_fields_must_match_exactly() -> None:
     ref = "consortia.protocol:Requirements"
-    good = _dc(ref, [["n_parameters", 3], ["columns", {"$": "tuple", "items": ["a"]}]])
+    good = _dc(
+        ref, [["n_parameters", 3], ["columns", {"$": "tuple", "items": ["a"]}], ["training", None]]
+    )
     assert decode_result(_frame(good)).n_parameters == 3
     for fields in (
         [["n_parameters", 3]],  # one missing

@@ -46,6 +46,7 @@ __all__ = [
     "Requirements",
     "Round",
     "Sums",
+    "TrainingPlan",
     "algorithm_from_spec",
     "get_algorithm",
     "register",
@@ -276,6 +277,48 @@ class Contribution:
 
 
 @dataclass(frozen=True)
+class TrainingPlan:
+    """What a model-training study declares of its rounds, judged by the node's training rules.
+
+    Parameters
+    ----------
+    rounds
+        Most training rounds the study may run.
+    batch_rows
+        Rows each local gradient step averages over; ``None``: the site's whole
+        training split (bounded by the dataset's rows).
+    sample_rate
+        Poisson sampling rate of the batches (differentially private training);
+        ``None``: not sampled.  The expected batch is ``sample_rate`` times the rows.
+    clip_norm
+        The L2 bound of what one site (or, with ``dp``, one record) contributes to an
+        update; ``None``: not clipped.
+    dp
+        Whether the updates carry calibrated differential-privacy noise.
+    """
+
+    rounds: int
+    batch_rows: int | None = None
+    sample_rate: float | None = None
+    clip_norm: float | None = None
+    dp: bool = False
+
+    def __post_init__(self) -> None:
+        r = self.rounds
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise ValidationError("TrainingPlan.rounds must be a positive integer")
+        b = self.batch_rows
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1):
+            raise ValidationError("TrainingPlan.batch_rows must be a positive integer or None")
+        q = self.sample_rate
+        if q is not None and not 0 < q <= 1:
+            raise ValidationError("TrainingPlan.sample_rate must be in (0, 1] or None")
+        c = self.clip_norm
+        if c is not None and not 0 < c < float("inf"):
+            raise ValidationError("TrainingPlan.clip_norm must be a positive number or None")
+
+
+@dataclass(frozen=True)
 class Requirements:
     """What one step of an algorithm declares before it runs (see :meth:`Algorithm.requirements`).
 
@@ -288,10 +331,15 @@ class Requirements:
     columns
         The columns of ``data.frame`` the step reads; the node refuses the step
         when one is missing, before :meth:`Algorithm.local` runs.
+    training
+        A model-training step's :class:`TrainingPlan`, judged by the node's training
+        rules (rounds, samples per step, clipping, DP) before it runs; ``None``: not
+        a training step.
     """
 
     n_parameters: int = 0
     columns: tuple[str, ...] = ()
+    training: TrainingPlan | None = None
 
     def __post_init__(self) -> None:
         n = self.n_parameters
@@ -302,6 +350,8 @@ class Requirements:
         if not all(isinstance(c, str) and c for c in cols):
             raise ValidationError("Requirements.columns must be a tuple of column names")
         object.__setattr__(self, "columns", cols)
+        if self.training is not None and not isinstance(self.training, TrainingPlan):
+            raise ValidationError("Requirements.training must be a TrainingPlan or None")
 
 
 Coordination = Generator[Round, Sums, Any]

@@ -22,3 +22,7 @@ def test_learn_guide_runs(capsys) -> None:
     assert 0.5 < result.metrics["test_auc"] <= 1.0
     assert np.all(np.isfinite(result.weights))
     assert "test AUC" in capsys.readouterr().out
+    private, dp_result = namespace["private"], namespace["dp_result"]
+    assert dp_result.privacy["epsilon_spent"] == pytest.approx(3.0, abs=1e-3)
+    assert dp_result.privacy["epsilon_spent"] == private.privacy_cost()[0] <= 3.0
+    assert 0.5 < dp_result.metrics["test_auc"] <= 1.0

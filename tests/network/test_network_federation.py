@@ -86,6 +86,23 @@ def test_federated_training_gives_the_simulations_weights_bit_for_bit(fedn):
     assert got.history["val_loss"].tobytes() == ref.history["val_loss"].tobytes()
 
 
+def test_dp_training_over_http_charges_each_nodes_budget(fedn):
+    """Issue 9 section 2: DP training through node processes; each node's persistent
+    ledger charges the accounted epsilon before the first round."""
+    pytest.importorskip("torch")
+    from consortia.learn import Training
+
+    algo = Training(
+        model="linear", features=("x1", "x2"), task="regression", label="y", rounds=3,
+        lr=0.1, clip_norm=1.0, dp={"noise_multiplier": 2.0, "delta": 1e-6, "sample_rate": 0.5},
+    )  # fmt: skip
+    eps, delta = algo.privacy_cost()
+    got = fedn.fed.run(algo, dataset="data", timeout=PATIENCE)
+    assert got.privacy["epsilon_spent"] == eps and got.privacy["delta_spent"] == delta
+    assert np.all(np.isfinite(got.weights)) and got.rounds == 3
+    assert not any(k.startswith("train_") for k in got.history)
+
+
 def test_the_stored_result_is_the_simulations_and_the_replays(fedn):
     """Issue 8: the hub stores each result; the SDK fetches it in one request.
 

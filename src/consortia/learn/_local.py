@@ -19,7 +19,7 @@ import numpy as np
 from consortia.errors import TrainingDivergedError
 from consortia.learn.models import ModelSpec, flatten, unflatten
 
-__all__ = ["batch_gradient", "loss_sum", "scores", "site_seed", "train"]
+__all__ = ["batch_gradient", "clipped_gradient_sum", "loss_sum", "scores", "site_seed", "train"]
 
 
 def site_seed(seed: int, round_index: int, site: str | None) -> int:
@@ -191,6 +191,62 @@ def batch_gradient(
             total = g if total is None else total + g
         assert total is not None
         return (total / len(batches)).numpy().astype(np.float64, copy=True)
+
+
+def clipped_gradient_sum(
+    *,
+    spec: ModelSpec,
+    hp: Mapping[str, Any],
+    task: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    clip_norm: float,
+    chunk: int = 4096,
+) -> tuple[np.ndarray, int]:
+    """Sum over rows of each row's loss gradient at ``weights``, each clipped to ``clip_norm``.
+
+    DP-SGD's per-sample clipping: the gradient of every row's own loss is computed
+    with ``torch.func`` (``vmap`` of ``grad`` over a functional call of the module),
+    scaled to L2 norm at most ``clip_norm``, and summed.  Returns the sum and the
+    number of rows whose gradient was clipped.  ``task`` must be a per-row loss
+    (``binary`` or ``regression``).
+
+    Raises
+    ------
+    TrainingDivergedError
+        A per-sample gradient is NaN or infinite.
+    """
+    size = int(weights.size)
+    if x.shape[0] == 0:
+        return np.zeros(size), 0
+    with deterministic() as torch:
+        from torch.func import functional_call, grad, vmap
+
+        module = _module(spec, hp, x.shape[1], weights)
+        names = [n for n, _ in module.named_parameters()]
+        params = {n: p.detach() for n, p in module.named_parameters()}
+
+        def one(p: dict[str, Any], xi: Any, yi: Any) -> Any:
+            out = functional_call(module, p, (xi.unsqueeze(0),))
+            return _loss(torch, task, out, yi.unsqueeze(0), reduction="sum")
+
+        per_row = vmap(grad(one), in_dims=(None, 0, 0))
+        total = torch.zeros(size, dtype=torch.float64)
+        clipped = 0
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        for start in range(0, x.shape[0], chunk):
+            g = per_row(params, xt[start : start + chunk], yt[start : start + chunk])
+            flat = torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1)
+            norms = torch.linalg.vector_norm(flat, dim=1)
+            if not bool(torch.all(torch.isfinite(norms))):
+                raise TrainingDivergedError(
+                    f"a per-sample {task} gradient is NaN or infinite; lower the learning rate 'lr'"
+                )
+            factor = torch.clamp(clip_norm / torch.clamp(norms, min=1e-300), max=1.0)
+            clipped += int(torch.sum(norms > clip_norm))
+            total += (flat * factor[:, None]).sum(dim=0)
+        return total.numpy().astype(np.float64, copy=True), clipped
 
 
 def scores(

@@ -139,11 +139,7 @@ def export_model(
         "stopped_early": result.stopped_early,
         "metrics": jsonable(dict(result.metrics)),
         "patients_per_split": jsonable(dict(result.n)),
-        "privacy": {
-            "epsilon_spent": 0.0,
-            "delta_spent": 0.0,
-            "mechanism": "none: every site's update was released only inside a secure sum",
-        },
+        "privacy": jsonable(dict(result.privacy)),
         "provenance": jsonable(dict(provenance or {})),
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": digest,

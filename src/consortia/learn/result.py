@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from consortia.learn.dp import NO_PRIVACY
 from consortia.results import Result
 
 __all__ = ["TrainingResult"]
@@ -55,6 +56,10 @@ class TrainingResult(Result):
         Patients per split, pooled over sites.
     c_index_split
         The split the C-index was computed on (``""`` when none).
+    privacy
+        The privacy spent at each site's dataset: ``epsilon_spent``, ``delta_spent``,
+        ``mechanism`` and, with differential privacy, the accountant, noise
+        multiplier, sampling rate, steps and clipping bound.
     """
 
     model: str
@@ -71,6 +76,7 @@ class TrainingResult(Result):
     metrics: Mapping[str, float]
     n: Mapping[str, int]
     c_index_split: str = ""
+    privacy: Mapping[str, Any] = field(default_factory=lambda: dict(NO_PRIVACY))
 
     @property
     def summary(self) -> pd.DataFrame:

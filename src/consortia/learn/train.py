@@ -28,6 +28,15 @@ refuses otherwise, so the encoding of a clipped update can never overflow; losse
 checked against the same bound.  Each value of the mean update is exact to
 ``n_sites * 2**-25 / sum n_i`` (the codec's resolution).
 
+Differential privacy
+--------------------
+With ``dp`` the study trains with record-level differential privacy by distributed
+DP-SGD (:mod:`consortia.learn.dp`): each round every site releases the sum of the
+per-sample clipped gradients of a secret Poisson sample of its training rows, in
+integer units, and the runtime adds the site's share of the calibrated Gaussian
+noise before masking; the study's ``(epsilon, delta)`` is declared by
+:meth:`Training.privacy_cost` and charged by the node before the first round.
+
 Determinism
 -----------
 Local training is seeded from ``(seed, round, site name)`` and runs single-threaded
@@ -52,8 +61,10 @@ from consortia.errors import (
     SplitClassError,
     TrainingDivergedError,
     TrainingError,
+    ValidationError,
 )
 from consortia.learn import _local
+from consortia.learn import dp as _dp
 from consortia.learn._hub import Evaluator, check_params
 from consortia.learn.evaluation import (
     column_codes,
@@ -65,7 +76,15 @@ from consortia.learn.models import get_model
 from consortia.learn.result import TrainingResult
 from consortia.learn.strategies import Strategy, make_strategy
 from consortia.precision import DEFAULT_FRAC_BITS
-from consortia.protocol import Algorithm, Contribution, Coordination, Requirements, Round, register
+from consortia.protocol import (
+    Algorithm,
+    Contribution,
+    Coordination,
+    Requirements,
+    Round,
+    TrainingPlan,
+    register,
+)
 from consortia.stats._validate import numeric_columns
 from consortia.survival._grid import binned_on, grid_map
 from consortia.survival._validate import survival_columns
@@ -142,6 +161,13 @@ class Training(Algorithm):
         Score bins of the C-index.
     round_timeout
         Seconds a site may spend on a training round (``Round.timeout``).
+    dp
+        Record-level differential privacy by distributed DP-SGD
+        (:mod:`consortia.learn.dp`): ``delta``, ``sample_rate`` (Poisson rate of each
+        round's batch, default 1) and either ``noise_multiplier`` or a target
+        ``epsilon`` (calibrated over ``rounds``).  Needs ``local_steps=1``, no
+        ``batch_size``, task ``binary`` or ``regression``, and not Scaffold; with it,
+        ``clip_norm`` bounds each record's gradient.  ``None``: no noise.
     """
 
     name = "learn.train"
@@ -170,15 +196,50 @@ class Training(Algorithm):
     time_grid: tuple[float, ...] | None = None
     score_bins: int = 1024
     round_timeout: float | None = None
+    dp: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_params(self)
+        if self.dp is not None:
+            self._check_dp()
         hp = get_model(self.model).validate(self.hyperparameters)
         object.__setattr__(self, "hyperparameters", MappingProxyType(hp))
         strat = make_strategy(self.strategy, self.strategy_params)
         object.__setattr__(self, "strategy_params", MappingProxyType(strat.params()))
 
+    def _check_dp(self) -> None:
+        for bad, why in (
+            (self.local_steps != 1, "local_steps=1 (one noisy step per round)"),
+            (self.batch_size is not None, "batch_size=None (batches are Poisson samples)"),
+            (self.task == "cox", "a per-record loss (task 'binary' or 'regression')"),
+            (self.strategy == "scaffold", "a strategy other than scaffold"),
+        ):
+            if bad:
+                raise ValidationError(f"dp (differentially private training) needs {why}")
+        norm = _dp.check_dp(self.dp or {}, rounds=self.rounds)
+        object.__setattr__(self, "dp", MappingProxyType(norm))
+
     # ------------------------------------------------------------------ shared
+
+    def privacy_cost(self) -> tuple[float, float]:
+        """The study's ``(epsilon, delta)`` at each site's dataset (``(0, 0)`` without ``dp``).
+
+        ``rounds`` Poisson-subsampled Gaussian steps, RDP accountant
+        (:func:`consortia.learn.dp.epsilon_spent`); charged for every declared round.
+        """
+        if self.dp is None:
+            return (0.0, 0.0)
+        cached = self.__dict__.get("_privacy_cost")
+        if cached is None:
+            eps = _dp.epsilon_spent(
+                noise_multiplier=float(self.dp["noise_multiplier"]),
+                sample_rate=float(self.dp["sample_rate"]),
+                steps=self.rounds * self.local_steps,
+                delta=float(self.dp["delta"]),
+            )
+            cached = (eps, float(self.dp["delta"]))
+            object.__setattr__(self, "_privacy_cost", cached)
+        return cached
 
     @property
     def strategy_(self) -> Strategy:
@@ -199,7 +260,14 @@ class Training(Algorithm):
         """Every step: the model's parameter count; the feature, outcome and split columns."""
         cols = (*self.features, *self._outcomes())
         extra = tuple(c for c in (self.split_column, self.id_column) if c)
-        return Requirements(n_parameters=self.n_parameters, columns=cols + extra)
+        plan = TrainingPlan(
+            rounds=self.rounds,
+            batch_rows=self.batch_size,
+            sample_rate=None if self.dp is None else float(self.dp["sample_rate"]),
+            clip_norm=self.clip_norm,
+            dp=self.dp is not None,
+        )
+        return Requirements(n_parameters=self.n_parameters, columns=cols + extra, training=plan)
 
     # ------------------------------------------------------------------ hub side
 
@@ -226,7 +294,11 @@ class Training(Algorithm):
             n_train = float(sums["counts"][0])
             if n_train < 1:
                 raise AlgorithmError("no site has rows in its training split")
-            delta = np.asarray(sums["update"]) / n_train
+            if self.dp is None:
+                delta = np.asarray(sums["update"]) / n_train
+            else:  # the noisy sum of clipped gradients, in units, over the expected batch
+                grad = np.asarray(sums["update"]) / _dp.quantise_scale(self.clip_norm)
+                delta = -self.lr * grad / (float(self.dp["sample_rate"]) * n_train)
             ev.record(r, sums, float(np.linalg.norm(delta)))
             done = r + 1
             val = ev.last("val_loss")
@@ -244,6 +316,10 @@ class Training(Algorithm):
             weights, best_round = best[1], best[2]
         sums = yield Round("evaluate", {"weights": weights})
         metrics, n = ev.final(sums)
+        history = ev.history()
+        if self.dp is not None:  # the training split's metrics were not released
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("train_")}
+            history = {k: v for k, v in history.items() if not k.startswith("train_")}
         c_split = ""
         if self.task == "cox" and self.time_grid is not None:
             c_split, cells = ev.cindex_round(sums, n)
@@ -261,10 +337,13 @@ class Training(Algorithm):
             rounds=done,
             best_round=int(best_round),
             stopped_early=stopped,
-            history=ev.history(),
+            history=history,
             metrics=metrics,
             n=n,
             c_index_split=c_split,
+            privacy=_dp.privacy_block(
+                self.dp, self.privacy_cost(), steps=self.rounds, clip_norm=self.clip_norm
+            ),
         )
 
     # ------------------------------------------------------------------ site side
@@ -307,8 +386,15 @@ class Training(Algorithm):
         arrays: dict[str, Any] = self._metric_arrays(d, score)
         counts = {"counts", "correct"} if self.task == "binary" else {"counts"}
         kwargs: dict[str, Any] = {}
+        noise: dict[str, float] = {}
         if step == "train":
-            arrays.update(self._train(d, public, data.site))
+            if self.dp is not None:
+                arrays.update(self._train_dp(d, public))
+                noise["update"] = _dp.noise_std(
+                    float(self.dp["noise_multiplier"]), self.n_parameters
+                )
+            else:
+                arrays.update(self._train(d, public, data.site))
         elif step == "evaluate":
             more, extra_counts = self._evaluate(d, score)
             arrays.update(more)
@@ -321,13 +407,44 @@ class Training(Algorithm):
             kwargs = binned_on(str(self.time), self.time_grid or ())
         else:
             raise AlgorithmError(f"unknown step {step!r} for {self.name}")
+        if self.dp is not None:
+            _dp.hide_train_split(arrays, self.auc_bins)
         return Contribution(
             arrays,
             cohort=len(d.x),
             count_arrays=frozenset(counts),
             n_parameters=self.n_parameters,
+            noise=noise,
             **kwargs,
         )
+
+    def _train_dp(self, d: _SiteData, public: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """One DP-SGD step's share: the clipped per-sample gradient sum of a Poisson sample.
+
+        The sample is drawn from the OS entropy (never the study's seed); the sum is
+        released in integer units of ``clip_norm / UNITS`` and the runtime adds the
+        noise share declared in the contribution.
+        """
+        dp = self.dp
+        assert dp is not None
+        rows = _dp.poisson_sample(
+            np.flatnonzero(d.split == 0),
+            n_parameters=self.n_parameters,
+            noise_multiplier=float(dp["noise_multiplier"]),
+            sample_rate=float(dp["sample_rate"]),
+            limit=_RANGE,
+        )
+        total, _ = _local.clipped_gradient_sum(
+            spec=get_model(self.model),
+            hp=self.hyperparameters,
+            task=self.task,
+            x=d.x[rows],
+            y=d.y[rows],
+            weights=np.asarray(public["weights"], dtype=np.float64),
+            clip_norm=self.clip_norm,
+        )
+        # the count of clipped rows is data-dependent: not released in DP mode
+        return {"update": np.rint(total * _dp.quantise_scale(self.clip_norm)), "clipped": [0.0]}
 
     def _metric_arrays(self, d: _SiteData, score: np.ndarray) -> dict[str, Any]:
         counts, loss, correct = np.zeros(3), np.zeros(3), np.zeros(3)

@@ -85,6 +85,7 @@ DATA_DEPENDENT_RULES = frozenset(
     {
         "min_cohort_size",
         "min_cell_count",
+        "min_samples_per_round",
         "cohort_difference",
         "max_params_per_sample",
         "planned_grid",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from consortia.errors import PolicyError, ValidationError
-from consortia.protocol import Contribution, Requirements
+from consortia.protocol import Contribution, Requirements, TrainingPlan
 
 __all__ = ["Policy"]
 
@@ -61,6 +61,19 @@ class Policy:
     allow_per_site
         Whether releases that put this site's values in a slot of their own (for
         example per-site concordance) are allowed.
+    min_samples_per_round
+        Training rules (judged on what a training step declares,
+        :class:`~consortia.protocol.TrainingPlan`, before it runs): the fewest rows
+        each local gradient step may average over (the declared batch size; the
+        dataset's rows for a whole-split step; ``sample_rate`` times the rows for
+        Poisson-sampled DP batches).  0: no minimum.
+    require_clipping
+        Whether a training study must bound each contribution to an update (a
+        declared ``clip_norm``).
+    require_dp
+        Whether a training study must carry calibrated differential-privacy noise.
+    max_rounds
+        Most training rounds a study may declare; 0: no limit.
     """
 
     allowed_algorithms: tuple[str, ...] = ("*",)
@@ -73,6 +86,10 @@ class Policy:
     epsilon_budget: float = 10.0
     delta_budget: float = 1e-4
     allow_per_site: bool = False
+    min_samples_per_round: int = 0
+    require_clipping: bool = False
+    require_dp: bool = False
+    max_rounds: int = 0
 
     def __post_init__(self) -> None:
         algos = self.allowed_algorithms
@@ -87,6 +104,8 @@ class Policy:
             "min_sites",
             "max_refusals",
             "max_studies_per_day",
+            "min_samples_per_round",
+            "max_rounds",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -105,8 +124,9 @@ class Policy:
                 raise ValidationError(f"Policy.{name} must be a finite number >= 0")
         if self.delta_budget >= 1:
             raise ValidationError("Policy.delta_budget must be below 1")
-        if not isinstance(self.allow_per_site, bool):
-            raise ValidationError("Policy.allow_per_site must be true or false")
+        for name in ("allow_per_site", "require_clipping", "require_dp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValidationError(f"Policy.{name} must be true or false")
 
     @classmethod
     def from_mapping(cls, obj: Mapping[str, Any]) -> Policy:
@@ -175,6 +195,43 @@ class Policy:
         n = requirements.n_parameters
         if n and n > self.max_params_per_sample * n_rows:
             raise self._parameters_error()
+        if requirements.training is not None:
+            self.check_training(requirements.training, n_rows)
+
+    def check_training(self, plan: TrainingPlan, n_rows: int) -> None:
+        """Refuse, before it runs, a training step that breaks a training rule.
+
+        ``n_rows`` (the dataset's rows) bounds the rows of a whole-split step and of a
+        Poisson-sampled batch, so a ``min_samples_per_round`` refusal here is certain.
+        """
+        if self.max_rounds and plan.rounds > self.max_rounds:
+            raise PolicyError(
+                "max_rounds",
+                f"a training study may declare at most {self.max_rounds} rounds on this dataset",
+            )
+        if self.require_dp and not plan.dp:
+            raise PolicyError(
+                "require_dp",
+                "training on this dataset must carry differential-privacy noise (a 'dp' option)",
+            )
+        if self.require_clipping and plan.clip_norm is None:
+            raise PolicyError(
+                "require_clipping",
+                "training on this dataset must clip every contribution to an update (clip_norm)",
+            )
+        if self.min_samples_per_round:
+            if plan.sample_rate is not None:
+                rows = plan.sample_rate * n_rows
+            elif plan.batch_rows is not None:
+                rows = min(plan.batch_rows, n_rows)
+            else:
+                rows = n_rows
+            if rows < self.min_samples_per_round:
+                raise PolicyError(
+                    "min_samples_per_round",
+                    f"each local training step must average over at least "
+                    f"{self.min_samples_per_round} rows",
+                )
 
     def check_contribution(self, contribution: Contribution) -> None:
         """Refuse a contribution that breaks a cohort, cell or parameter rule."""
