@@ -267,3 +267,26 @@ def test_a_site_column_named_subgroup_is_refused() -> None:
     sites = {f"s{i}": _clinical(i, 50).assign(subgroup=1) for i in range(3)}
     with pytest.raises(SchemaError, match="reserved for the subgroup labels"):
         Simulation(sites, policy=OPEN).run(_algo())
+
+
+def test_targets_are_matched_from_the_subgroups_markers(run) -> None:
+    import dataclasses
+
+    from consortia.subgroups import TargetMatchResult
+
+    _, res, _, _ = run
+    # the synthetic genes are not in the knowledge table: name subgroup 0's strongest
+    # up-marker ERBB2, as a real panel would
+    m = res.markers["0"]
+    top = int(np.argmax(np.where(m.fdr < 0.1, m.log_fc, -np.inf)))
+    genes = list(m.genes)
+    genes[top] = "ERBB2"
+    renamed = dataclasses.replace(
+        res, markers={**res.markers, "0": dataclasses.replace(m, genes=tuple(genes))}
+    )
+    matched = renamed.targets(cancer_type="breast")
+    assert isinstance(matched, TargetMatchResult)
+    first = matched.top("0", 1)
+    assert "ERBB2" in " ".join(map(str, first.to_numpy().ravel()))
+    with pytest.raises(ValidationError, match="no markers"):
+        dataclasses.replace(res, markers={}).targets()

@@ -127,6 +127,21 @@ class SubgroupsResult(Result):
         table = table[table["adj.P.Val"] < fdr]
         return table.sort_values("P.Value", kind="stable").head(n)
 
+    def targets(
+        self, *, cancer_type: str | None = None, table: Any = None, fdr: float = 0.1
+    ) -> Any:
+        """Targets and approved drugs ranked for each subgroup from its markers.
+
+        :func:`consortia.subgroups.targets.match_targets` on :attr:`markers` (the
+        shipped knowledge table unless ``table`` is given); computed locally from the
+        released markers, nothing more is released.
+        """
+        from consortia.subgroups.targets import match_targets
+
+        if not self.markers:
+            raise ValidationError("no markers to match: run the study with marker genes")
+        return match_targets(dict(self.markers), table, cancer_type=cancer_type, fdr=fdr)
+
     @property
     def summary(self) -> pd.DataFrame:
         """One row per subgroup: size, events, median survival, hazard ratio, markers."""
