@@ -46,7 +46,6 @@ same study give bit-identical weights on CPU.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -55,27 +54,14 @@ from typing import Any
 import numpy as np
 
 from consortia.data.dataset import Dataset
-from consortia.errors import (
-    AlgorithmError,
-    SchemaError,
-    SplitClassError,
-    TrainingDivergedError,
-    TrainingError,
-    ValidationError,
-)
-from consortia.learn import _local
+from consortia.errors import AlgorithmError, ValidationError
+from consortia.learn import _local, _site
 from consortia.learn import dp as _dp
 from consortia.learn._hub import Evaluator, check_params
-from consortia.learn.evaluation import (
-    column_codes,
-    histogram_pairs,
-    split_codes,
-    within_auc_pairs,
-)
+from consortia.learn._site import MAX_SITES
 from consortia.learn.models import get_model
 from consortia.learn.result import TrainingResult
 from consortia.learn.strategies import Strategy, make_strategy
-from consortia.precision import DEFAULT_FRAC_BITS
 from consortia.protocol import (
     Algorithm,
     Contribution,
@@ -85,24 +71,9 @@ from consortia.protocol import (
     TrainingPlan,
     register,
 )
-from consortia.stats._validate import numeric_columns
-from consortia.survival._grid import binned_on, grid_map
-from consortia.survival._validate import survival_columns
-from consortia.survival.concordance import cell_pair_counts, harrell_pair_counts
+from consortia.survival._grid import binned_on
 
 __all__ = ["MAX_SITES", "Training"]
-
-MAX_SITES = 1000
-"""Most sites the clipping bound is sized for (see the module notes)."""
-
-_RANGE = 2.0 ** (63 - DEFAULT_FRAC_BITS) / MAX_SITES
-
-
-@dataclass(frozen=True)
-class _SiteData:
-    x: np.ndarray  # features
-    y: np.ndarray  # label (n, 1) or time/event (n, 2)
-    split: np.ndarray  # 0 train, 1 val, 2 test
 
 
 @register
@@ -348,61 +319,31 @@ class Training(Algorithm):
 
     # ------------------------------------------------------------------ site side
 
-    def _read(self, data: Dataset) -> _SiteData:
-        cached = self.__dict__.get("_site_data")
-        if cached is not None and cached[0] is data.frame:
-            return cached[1]
-        frame = data.frame
-        x = np.ascontiguousarray(numeric_columns(frame, self.features))
-        if self.task == "cox":
-            t, e = survival_columns(frame, str(self.time), str(self.event))
-            y = np.column_stack([t, e.astype(np.float64)])
-        else:
-            y = numeric_columns(frame, (str(self.label),)).reshape(-1, 1)
-            if self.task == "binary" and not np.all((y == 0) | (y == 1)):
-                raise SchemaError(f"label column {self.label!r} must hold only 0 and 1")
-        if self.split_column is not None:
-            split = column_codes(frame[self.split_column].astype(str).to_numpy(), self.split_column)
-        else:
-            col = self.id_column or data.id_column
-            if col is not None and col not in frame.columns:
-                raise SchemaError(f"id column {col!r} not found in the site's data")
-            ids = frame[col].to_numpy() if col is not None else np.arange(len(frame))
-            split = split_codes(
-                ids,
-                seed=self.seed,
-                val_fraction=self.val_fraction,
-                test_fraction=self.test_fraction,
-            )
-        site = _SiteData(np.ascontiguousarray(x), np.ascontiguousarray(y), split)
-        object.__setattr__(self, "_site_data", (frame, site))
-        return site
-
     def local(self, step: str, public: Mapping[str, np.ndarray], data: Dataset) -> Contribution:
-        d = self._read(data)
+        d = _site.read(self, data)
         spec, hp = get_model(self.model), self.hyperparameters
         weights = np.asarray(public["weights"], dtype=np.float64)
         score = _local.scores(spec=spec, hp=hp, x=d.x, weights=weights)
-        arrays: dict[str, Any] = self._metric_arrays(d, score)
+        arrays: dict[str, Any] = _site.metric_arrays(self, d, score)
         counts = {"counts", "correct"} if self.task == "binary" else {"counts"}
         kwargs: dict[str, Any] = {}
         noise: dict[str, float] = {}
         if step == "train":
             if self.dp is not None:
-                arrays.update(self._train_dp(d, public))
+                arrays.update(_site.train_dp(self, d, public))
                 noise["update"] = _dp.noise_std(
                     float(self.dp["noise_multiplier"]), self.n_parameters
                 )
             else:
-                arrays.update(self._train(d, public, data.site))
+                arrays.update(_site.train(self, d, public, data.site))
         elif step == "evaluate":
-            more, extra_counts = self._evaluate(d, score)
+            more, extra_counts = _site.evaluate(self, d, score)
             arrays.update(more)
             counts |= extra_counts
             if self.task == "cox" and self.time_grid is not None:
                 kwargs = binned_on(str(self.time), self.time_grid)
         elif step == "concordance":
-            arrays = self._cells(d, score, public)
+            arrays = _site.cells(self, d, score, public)
             counts = {"events", "censored"}
             kwargs = binned_on(str(self.time), self.time_grid or ())
         else:
@@ -417,195 +358,3 @@ class Training(Algorithm):
             noise=noise,
             **kwargs,
         )
-
-    def _train_dp(self, d: _SiteData, public: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        """One DP-SGD step's share: the clipped per-sample gradient sum of a Poisson sample.
-
-        The sample is drawn from the OS entropy (never the study's seed); the sum is
-        released in integer units of ``clip_norm / UNITS`` and the runtime adds the
-        noise share declared in the contribution.
-        """
-        dp = self.dp
-        assert dp is not None
-        rows = _dp.poisson_sample(
-            np.flatnonzero(d.split == 0),
-            n_parameters=self.n_parameters,
-            noise_multiplier=float(dp["noise_multiplier"]),
-            sample_rate=float(dp["sample_rate"]),
-            limit=_RANGE,
-        )
-        total, _ = _local.clipped_gradient_sum(
-            spec=get_model(self.model),
-            hp=self.hyperparameters,
-            task=self.task,
-            x=d.x[rows],
-            y=d.y[rows],
-            weights=np.asarray(public["weights"], dtype=np.float64),
-            clip_norm=self.clip_norm,
-        )
-        # the count of clipped rows is data-dependent: not released in DP mode
-        return {"update": np.rint(total * _dp.quantise_scale(self.clip_norm)), "clipped": [0.0]}
-
-    def _metric_arrays(self, d: _SiteData, score: np.ndarray) -> dict[str, Any]:
-        counts, loss, correct = np.zeros(3), np.zeros(3), np.zeros(3)
-        for k in range(3):
-            rows = d.split == k
-            counts[k] = float(rows.sum())
-            loss[k] = _local.loss_sum(self.task, score[rows], d.y[rows])
-            if self.task == "binary":
-                correct[k] = float(np.sum((score[rows] > 0) == (d.y[rows, 0] == 1)))
-        if not np.all(np.isfinite(loss)) or np.any(np.abs(loss) > _RANGE):
-            raise TrainingDivergedError(
-                f"the {self.task} loss of the global model is NaN, infinite or beyond the "
-                "encoding range at a site; lower the learning rates"
-            )
-        out: dict[str, Any] = {"counts": counts, "loss": loss}
-        if self.task == "binary":
-            out["correct"] = correct
-        return out
-
-    def _train(
-        self, d: _SiteData, public: Mapping[str, np.ndarray], site: str | None
-    ) -> dict[str, Any]:
-        rows = d.split == 0
-        n = int(rows.sum())
-        size = self.n_parameters
-        if n == 0:
-            out: dict[str, Any] = {"update": np.zeros(size), "clipped": [0.0]}
-            if self.strategy_.control_variates:
-                out["grad"] = np.zeros(size)
-            return out
-        if n * self.clip_norm / min(self.lr, 1.0) > _RANGE:
-            raise TrainingError(
-                f"clip_norm times the site's training rows exceeds the fixed-point range "
-                f"({_RANGE:.3g}); lower 'clip_norm'"
-            )
-        x, y = d.x[rows], d.y[rows]
-        if self.task == "binary" and np.unique(y[:, 0]).size < 2:
-            raise SplitClassError(
-                f"the site's training split holds a single class of label {self.label!r}; "
-                "a binary model needs both classes at every training site"
-            )
-        spec, hp, strategy = get_model(self.model), self.hyperparameters, self.strategy_
-        weights = np.asarray(public["weights"], dtype=np.float64)
-        common = {"spec": spec, "hp": hp, "task": self.task, "x": x, "y": y}
-        round_index = int(round(float(np.asarray(public["round"])[0])))
-        correction = None
-        grad_now = None
-        if strategy.control_variates:
-            if "previous" in public:
-                prev = np.asarray(public["previous"], dtype=np.float64)
-                own = self._control(prev, common, round_index - 1, site)
-                correction = np.asarray(public["control"], dtype=np.float64) - own
-            grad_now = self._control(weights, common, round_index, site)
-        new = _local.train(
-            **common,
-            weights=weights,
-            lr=self.lr,
-            steps=self.local_steps,
-            batch_size=self.batch_size,
-            mu=strategy.proximal_mu,
-            correction=correction,
-            seed=_local.site_seed(self.seed, round_index, site),
-        )
-        delta, clipped = _clip(new - weights, self.clip_norm)
-        out = {"update": n * delta, "clipped": [1.0 if clipped else 0.0]}
-        if grad_now is not None:
-            out["grad"] = n * grad_now
-        return out
-
-    def _control(
-        self, weights: np.ndarray, common: Mapping[str, Any], round_index: int, site: str | None
-    ) -> np.ndarray:
-        """Scaffold's ``c_i`` at ``weights`` (those of ``round_index``), clipped.
-
-        The mean of the batch gradients over one epoch of a permutation seeded from
-        (seed, round, site), or the full-batch gradient without ``batch_size``: the
-        gradient of the objective local training follows (a Cox loss on batches is not
-        the Cox loss of the whole split).  Computed at round ``r`` for the sum and again
-        at ``r + 1`` for the correction; kept in between, and recomputed bit for bit by
-        a restarted node.
-        """
-        key = (hashlib.sha256(weights.tobytes()).hexdigest(), round_index)
-        cache = self.__dict__.get("_control_cache")
-        if cache is not None and cache[0] == key:
-            return np.asarray(cache[1])
-        grad = _local.batch_gradient(
-            **common,
-            weights=weights,
-            batch_size=self.batch_size,
-            seed=_local.site_seed(self.seed, round_index, f"{site or ''}/control"),
-        )
-        clipped = _clip(grad, self.clip_norm / self.lr)[0]
-        object.__setattr__(self, "_control_cache", (key, clipped))
-        return clipped
-
-    def _evaluate(self, d: _SiteData, score: np.ndarray) -> tuple[dict[str, Any], set[str]]:
-        if self.task == "binary":
-            prob = 1.0 / (1.0 + np.exp(-np.clip(score, -700, 700)))
-            edges = np.linspace(0.0, 1.0, self.auc_bins + 1)
-            pos, neg = np.zeros((3, self.auc_bins)), np.zeros((3, self.auc_bins))
-            own = np.zeros((3, 3))  # per split: histogram concordant, ambiguous, exact
-            for k in range(3):
-                rows = d.split == k
-                lab = d.y[rows, 0]
-                b = np.clip(
-                    np.searchsorted(edges, prob[rows], side="right") - 1, 0, self.auc_bins - 1
-                )
-                pos[k] = np.bincount(b[lab == 1], minlength=self.auc_bins)
-                neg[k] = np.bincount(b[lab == 0], minlength=self.auc_bins)
-                own[k, :2] = histogram_pairs(pos[k], neg[k])
-                own[k, 2] = within_auc_pairs(prob[rows], lab)
-            return {"hist_pos": pos.ravel(), "hist_neg": neg.ravel(), "auc_own": own.ravel()}, {
-                "hist_pos",
-                "hist_neg",
-            }
-        if self.task == "cox" and self.time_grid is not None:
-            idx, e = grid_map(d.y[:, 0], d.y[:, 1], self.time_grid, column=str(self.time))
-            k = len(self.time_grid)
-            events = np.zeros((3, k))
-            moments = np.zeros((3, 2))
-            for s in range(3):
-                rows = d.split == s
-                events[s] = np.bincount(idx[rows], weights=e[rows].astype(np.float64), minlength=k)
-                moments[s] = (score[rows].sum(), (score[rows] ** 2).sum())
-            return {"events": events.ravel(), "risk_moments": moments.ravel()}, {"events"}
-        return {}, set()
-
-    def _cells(
-        self, d: _SiteData, score: np.ndarray, public: Mapping[str, np.ndarray]
-    ) -> dict[str, Any]:
-        s = int(round(float(np.asarray(public["split"])[0])))
-        rows = d.split == s
-        idx, e = grid_map(d.y[rows, 0], d.y[rows, 1], self.time_grid or (), column=str(self.time))
-        risk = score[rows]
-        event_bins = np.rint(np.asarray(public["event_bins"])).astype(np.int64)
-        bounds = np.asarray(public["bounds"], dtype=np.float64)
-        cell = np.clip(np.searchsorted(bounds, risk, side="right") - 1, 0, bounds.size - 2)
-        pos = np.searchsorted(event_bins, idx, side="right") - 1
-        keep = pos >= 0
-        nb = bounds.size - 1
-        flat = pos[keep] * nb + cell[keep]
-        size = event_bins.size * nb
-        ev = e[keep].astype(np.float64)
-        events = np.bincount(flat, weights=ev, minlength=size)
-        censored = np.bincount(flat, weights=1.0 - ev, minlength=size)
-        conc, comp, amb = cell_pair_counts(
-            events.reshape(event_bins.size, nb), censored.reshape(event_bins.size, nb)
-        )
-        num, den = harrell_pair_counts(idx, e, risk)
-        return {
-            "events": events,
-            "censored": censored,
-            "own_cells": [conc, comp, amb],
-            "within_exact": [num, den],
-        }
-
-
-def _clip(v: np.ndarray, bound: float) -> tuple[np.ndarray, bool]:
-    norm = float(np.linalg.norm(v))
-    if not np.isfinite(norm):
-        raise TrainingDivergedError("a site's update is NaN or infinite")
-    if norm > bound:
-        return v * (bound / norm), True
-    return v, False
