@@ -17,6 +17,16 @@ pytestmark = pytest.mark.timeout(NETWORK_TEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
+def hub_db(tmp_path_factory):
+    """The hub on SQLite only: these tests kill and restart nodes, whose state is
+    their own.
+    The hub's PostgreSQL store runs the same state machine in tests/hub (engine,
+    recovery, finishing) and over the network in test_network_federation.py.
+    """
+    return str(tmp_path_factory.mktemp("hubdb") / "hub.sqlite")
+
+
+@pytest.fixture(scope="module")
 def fed4(hub_db, tmp_path_factory):
     """Four nodes (policy min_sites 3) behind a hub that excludes a silent node after 15 s.
 

@@ -17,6 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
+def hub_db(tmp_path_factory):
+    """The hub on SQLite only: the budgets and pins under test live at the nodes.
+    The hub's PostgreSQL store runs the same state machine in tests/hub (engine,
+    recovery, finishing) and over the network in test_network_federation.py.
+    """
+    return str(tmp_path_factory.mktemp("hubdb") / "hub.sqlite")
+
+
+@pytest.fixture(scope="module")
 def fedp(hub_db, tmp_path_factory):
     f = start_federation(tmp_path_factory.mktemp("fedp"), hub_db, restricted=False)
     yield f
