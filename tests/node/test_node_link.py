@@ -64,6 +64,25 @@ def _hold_every_slot(
     return stuck
 
 
+def _wait_until_busy(hub, path: str, headers: dict) -> None:
+    """Wait (generous ceiling) until the hub has the stuck uploads in every slot.
+
+    Until it has read their heads, a new upload could still take a slot.
+    """
+    masked = np.arange(EXPECT_CONTINUE_MIN, dtype=np.uint64)
+    link = HubLink(hub.url, timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            r = link.post(path, pack_parts({"masked": masked}), headers)
+            if r.status_code == 503:
+                return
+            assert time.monotonic() < deadline, "the stuck uploads never filled the slots"
+            time.sleep(0.05)
+    finally:
+        link.close()
+
+
 def test_a_busy_hub_answers_an_announced_body_at_once_and_takes_it_when_a_slot_frees(tmp_path):
     """Every upload slot taken: 503 + Retry-After before the body is sent, never a queue."""
     masked = np.arange(EXPECT_CONTINUE_MIN, dtype=np.uint64)  # 8 x the announcing size
@@ -119,6 +138,7 @@ def test_a_node_waits_its_turn_while_the_hub_is_busy_and_then_posts(tmp_path):
             headers = {**agent._auth(), **ContributionHeader.of(layout).to_headers()}
             headers["Content-Type"] = CONTENT_TYPE
             stuck = _hold_every_slot(hub, path, headers, slots)
+            _wait_until_busy(hub, path, headers)
             answers: list = []
             post = threading.Thread(
                 target=lambda: answers.append(
